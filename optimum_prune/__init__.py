@@ -1,0 +1,35 @@
+"""optimum-prune: structured pruning of ONNX models for Hugging Face Optimum.
+
+Public API::
+
+    from optimum_prune import ORTPruner, PruningConfig, verify
+"""
+
+from optimum_prune.configuration import PruningConfig
+from optimum_prune.errors import (
+    ConfigError,
+    InvalidModelError,
+    PlanMismatchError,
+    PruningError,
+    UnsupportedOpError,
+    ValidationError,
+)
+from optimum_prune.plan import PruningPlan
+from optimum_prune.pruner import AnalysisReport, ORTPruner
+from optimum_prune.verify import VerificationResult, verify
+
+__all__ = [
+    "AnalysisReport",
+    "ConfigError",
+    "InvalidModelError",
+    "ORTPruner",
+    "PlanMismatchError",
+    "PruningConfig",
+    "PruningError",
+    "PruningPlan",
+    "UnsupportedOpError",
+    "ValidationError",
+    "VerificationResult",
+    "verify",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,434 @@
+"""Find every root and walk def-use from it to build the pruning groups.
+
+A walk starts at a *seed* (the output-channel axis of a constant weight) with one unit per channel and
+follows the graph both ways with an explicit worklist, applying the op rules, until no tracked tensor
+axis changes. What it collects is the group: every tensor axis that shrinks, with an owner array
+(position -> unit), the shape constants and attributes to patch, and the reasons it may not be pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.association.rules import Entry, RuleRegistry, default_registry
+from optimum_prune.association.tree import Patch, PruningGroup, TensorSlice
+from optimum_prune.association.units import UnitSets
+from optimum_prune.graph import Shape, const_array, is_constant
+
+_MAX_STEPS_PER_VALUE = 50
+
+
+class Refusal(Exception):
+    """Raised inside a walk when the group cannot be pruned safely."""
+
+
+@dataclass
+class _PatchKey:
+    kind: str
+    target: str
+    index: int
+    attribute: str
+
+
+@dataclass
+class Walk:
+    """The state of one walk from one seed; the API the op rules call."""
+
+    model: ir.Model
+    shapes: dict[str, Shape]
+    registry: RuleRegistry
+    n_units: int
+    units: UnitSets = field(init=False)
+    owners: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    values: dict[str, ir.Value] = field(default_factory=dict)
+    leaves: set[tuple[str, int]] = field(default_factory=set)
+    roots: list[tuple[str, int]] = field(default_factory=list)
+    marks: set[str] = field(default_factory=set)
+    non_exact_reasons: list[str] = field(default_factory=list)
+    patches: dict[tuple[str, str, int, str], np.ndarray] = field(default_factory=dict)
+    deferred: list[tuple[str, int, str]] = field(default_factory=list)
+    nodes: dict[str, None] = field(default_factory=dict)
+    current: ir.Node | None = None
+    _stack: list[tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.units = UnitSets(self.n_units)
+
+    # ---- shapes -------------------------------------------------------------------------------
+    def shape(self, value: ir.Value) -> Shape | None:
+        """The inferred shape of ``value`` (ints, symbols or None per axis), or None."""
+        if value.const_value is not None:
+            return tuple(int(d) for d in value.const_value.shape)
+        s = self.shapes.get(value.name)
+        if s is None and value.shape is not None:
+            s = tuple(d if isinstance(d, int) else (str(d) if d is not None else None) for d in value.shape)
+        if s is None:
+            arr = const_array(value)
+            if arr is not None:
+                s = tuple(arr.shape)
+        return s
+
+    def rank(self, value: ir.Value) -> int:
+        """The rank of ``value``; refuses the group when unknown."""
+        s = self.shape(value)
+        if s is None:
+            self.fail(f"unknown shape of '{value.name}'")
+        return len(s)
+
+    def dim(self, value: ir.Value, axis: int):
+        """One dimension of ``value`` (int, symbol or None)."""
+        s = self.shape(value)
+        if s is None or axis >= len(s):
+            return None
+        return s[axis]
+
+    # ---- what rules call ----------------------------------------------------------------------
+    def fail(self, reason: str) -> None:
+        """Refuse the whole group, naming the node being processed."""
+        node = self.current
+        where = f" at node '{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node is not None else ""
+        raise Refusal(f"{reason}{where}")
+
+    def mark(self, tag: str) -> None:
+        """Record a property of the group ("attention", "conv") used to name its kind."""
+        self.marks.add(tag)
+
+    def non_exact(self, reason: str) -> None:
+        """Record a coupling that changes the function (normalisation over the channel axis)."""
+        if reason not in self.non_exact_reasons:
+            self.non_exact_reasons.append(reason)
+
+    def leaf(self, value: ir.Value, axis: int) -> None:
+        """Mark a consumer's input slice (zeroed by the exactness oracle)."""
+        self.leaves.add((value.name, axis))
+
+    def root(self, value: ir.Value, axis: int) -> None:
+        """Mark a constant whose slices produce the group's channels (scored by magnitude criteria)."""
+        key = (value.name, axis)
+        if key not in self.roots:
+            self.roots.append(key)
+
+    def link(self, value: ir.Value | None, axis: int, owner: np.ndarray) -> None:
+        """Require ``value``'s ``axis`` to shrink with the group, positions owned as in ``owner``."""
+        if value is None or not value.name:
+            return
+        owner = np.asarray(owner, dtype=np.int64)
+        dim = self.dim(value, axis)
+        if isinstance(dim, int) and dim != owner.size:
+            self.fail(f"'{value.name}' axis {axis} has size {dim}, expected {owner.size}")
+        key = (value.name, axis)
+        self.values[value.name] = value
+        cur = self.owners.get(key)
+        if cur is None:
+            self.owners[key] = self.units.find(owner)
+            self._stack.append(key)
+            return
+        if cur.size != owner.size:
+            self.fail(f"'{value.name}' axis {axis} reached with two different sizes")
+        a, b = self.units.find(cur), self.units.find(owner)
+        self.units.union_pairs(a, b)
+        merged = self.units.find(np.where(a >= 0, a, b))
+        if not np.array_equal(merged, self.units.find(cur)) or not np.array_equal(cur, merged):
+            grew = bool(((a < 0) & (b >= 0)).any())
+            self.owners[key] = merged
+            if grew:
+                self._stack.append(key)
+
+    def patch_attribute(self, node: ir.Node, attribute: str, index: int, owner: np.ndarray) -> None:
+        """Element ``index`` of ``node.attribute`` counts positions of ``owner``."""
+        self._add_patch("attribute", node.name, index, attribute, owner)
+
+    def patch_shape_element(self, shape_value: ir.Value, index: int, owner: np.ndarray, node: ir.Node, *,
+                            reshape_input: ir.Value | None = None, allowzero: bool = False,
+                            broadcast_ok: bool = False) -> None:
+        """Element ``index`` of the 1-D shape tensor ``shape_value`` counts the positions of ``owner``.
+
+        Traces the element back to a constant (patched) or to a dimension read at run time with Shape
+        (checked to belong to this group at the end of the walk); anything else refuses the group.
+        """
+        self._trace_shape(shape_value, index, owner, reshape_input, allowzero, broadcast_ok, depth=0)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _add_patch(self, kind: str, target: str, index: int, attribute: str, owner: np.ndarray) -> None:
+        self.patches[(kind, target, index, attribute)] = np.asarray(owner, dtype=np.int64)
+
+    def _trace_shape(self, value: ir.Value, index: int, owner: np.ndarray, reshape_input: ir.Value | None,
+                     allowzero: bool, broadcast_ok: bool, depth: int) -> None:
+        if depth > 32:
+            self.fail("shape expression too deep to trace")
+        arr = const_array(value)
+        if arr is not None:
+            flat = arr.reshape(-1)
+            if index >= flat.size:
+                self.fail(f"shape constant '{value.name}' has no element {index}")
+            elem = int(flat[index])
+            if elem == -1 and reshape_input is not None:
+                return
+            if elem == 0 and reshape_input is not None and not allowzero:
+                self.deferred.append((reshape_input.name, index, "Reshape copies this dimension"))
+                return
+            if elem == 1 and broadcast_ok:
+                return
+            if elem != owner.size:
+                self.fail(f"shape constant '{value.name}'[{index}] is {elem}, expected {owner.size}")
+            holder = _constant_holder(value)
+            self._add_patch("constant", holder.name, index, "", owner)
+            return
+        node = value.producer()
+        if node is None:
+            self.fail(f"shape value '{value.name}' is a graph input")
+        op = node.op_type
+
+        def trace(v: ir.Value, i: int) -> None:
+            self._trace_shape(v, i, owner, reshape_input, allowzero, broadcast_ok, depth + 1)
+
+        if op == "Concat":
+            offset = 0
+            for inp in node.inputs:
+                n = self.dim(inp, 0) if self.rank(inp) == 1 else 1
+                if not isinstance(n, int):
+                    self.fail("shape Concat with a piece of unknown length")
+                if index < offset + n:
+                    trace(inp, index - offset)
+                    return
+                offset += n
+            self.fail("shape Concat shorter than expected")
+        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Floor", "Ceil"):
+            trace(node.inputs[0], index)
+            return
+        if op == "Shape":
+            start = int(node.attributes["start"].value) if "start" in node.attributes else 0
+            x = node.inputs[0]
+            rank = self.rank(x)
+            start = start + rank if start < 0 else start
+            self.deferred.append((x.name, start + index, f"shape read by '{node.name}'"))
+            return
+        if op == "Gather":
+            idx = const_array(node.inputs[1])
+            if idx is None:
+                self.fail("shape Gather with computed index")
+            trace(node.inputs[0], int(idx.reshape(-1)[index if idx.size > 1 else 0]))
+            return
+        if op == "Slice":
+            starts = const_array(node.inputs[1])
+            if starts is None:
+                self.fail("shape Slice with computed start")
+            trace(node.inputs[0], index + int(starts.reshape(-1)[0]))
+            return
+        if op in ("Mul", "Div", "Add", "Sub"):
+            dynamic = [v for v in node.inputs if v is not None and not is_constant(v)]
+            if not dynamic:
+                self.fail("shape arithmetic on constants only")
+            for v in dynamic:
+                trace(v, index if self.rank(v) else 0)
+            return
+        if op == "Where":
+            for v in node.inputs[1:]:
+                prod = v.producer()
+                if prod is not None and prod.op_type == "ConstantOfShape":
+                    continue
+                trace(v, index)
+            return
+        if op == "ConstantOfShape":
+            return
+        self.fail(f"cannot trace shape element {index} through {op} '{node.name}'")
+
+    def run(self, seed: ir.Value, axis: int) -> None:
+        """Walk from ``seed``'s ``axis`` to a fixpoint."""
+        self.values[seed.name] = seed
+        self.link(seed, axis, np.arange(self.n_units, dtype=np.int64))
+        steps = 0
+        limit = _MAX_STEPS_PER_VALUE * max(1, len(self.model.graph.initializers) + len(self.model.graph))
+        while self._stack:
+            steps += 1
+            if steps > limit:
+                self.fail("the walk did not converge")
+            name, ax = self._stack.pop()
+            value = self.values[name]
+            owner = self.units.find(self.owners[(name, ax)])
+            producer = value.producer()
+            if producer is not None:
+                self._apply(producer, Entry(value, ax, owner, True, value.index() or 0))
+            for use in value.uses():
+                self._apply(use.node, Entry(value, ax, owner, False, use.idx))
+        for name, ax, why in self.deferred:
+            if (name, ax) not in self.owners:
+                self.current = None
+                self.fail(f"a shape element that must shrink is read from '{name}' axis {ax}, which does not "
+                          f"shrink with the group ({why})")
+
+    def _apply(self, node: ir.Node, entry: Entry) -> None:
+        self.current = node
+        self.nodes[node.name] = None
+        rule = self.registry.get(node)
+        if rule is None:
+            raise Refusal(
+                f"no association rule for op {node.domain or 'ai.onnx'}::{node.op_type} (node '{node.name}'); "
+                "register one with RuleRegistry.register or exclude the group"
+            )
+        try:
+            rule(node, entry, self)
+        except Refusal:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise Refusal(
+                f"rule for {node.op_type} failed at node '{node.name}': {type(e).__name__}: {e}"
+            ) from e
+        self.current = None
+
+
+def _constant_holder(value: ir.Value) -> ir.Value:
+    """The initializer or Constant-node output behind ``value`` (through Identity)."""
+    while value.const_value is None:
+        node = value.producer()
+        if node is None or node.op_type != "Identity":
+            return value
+        value = node.inputs[0]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def find_seeds(model: ir.Model, shapes: dict[str, Shape]) -> list[tuple[ir.Value, int]]:
+    """Every root: output-channel axes of constant MatMul/Gemm/Conv weights and embedding tables."""
+    seeds: list[tuple[ir.Value, int]] = []
+    for node in model.graph:
+        op, dom = node.op_type, node.domain
+        ins = node.inputs
+
+        def add(v: ir.Value | None, axis: int) -> None:
+            if v is not None and is_constant(v):
+                arr_shape = _const_shape(v)
+                if arr_shape is not None and len(arr_shape) > axis and arr_shape[axis] > 1:
+                    seeds.append((v, axis))
+
+        if dom in ("", "ai.onnx"):
+            if op == "MatMul" and len(ins) > 1 and ins[1] is not None:
+                s = _const_shape(ins[1])
+                if s is not None and len(s) >= 2:
+                    add(ins[1], len(s) - 1)
+            elif op == "Gemm":
+                tb = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
+                add(ins[1], 0 if tb else 1)
+            elif op == "Conv":
+                add(ins[1], 0)
+            elif op == "ConvTranspose":
+                add(ins[1], 1)
+            elif op == "Gather":
+                axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
+                s = _const_shape(ins[0])
+                if axis == 0 and s is not None and len(s) == 2:
+                    add(ins[0], 1)
+        elif dom == "com.microsoft":
+            if op == "Attention":
+                add(ins[1], 1)
+            elif op == "EmbedLayerNormalization":
+                add(ins[2], 1)
+            elif op == "FusedMatMul":
+                s = _const_shape(ins[1])
+                if s is not None and len(s) >= 2:
+                    tb = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
+                    add(ins[1], len(s) - 2 if tb else len(s) - 1)
+    return seeds
+
+
+def _const_shape(v: ir.Value) -> tuple[int, ...] | None:
+    while v is not None:
+        if v.const_value is not None:
+            return tuple(int(d) for d in v.const_value.shape)
+        node = v.producer()
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            arr = const_array(v)
+            return None if arr is None else arr.shape
+        if node.op_type != "Identity":
+            return None
+        v = node.inputs[0]
+    return None
+
+
+def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegistry | None = None,
+                 io_patterns: tuple[str, ...] = ()) -> list[PruningGroup]:
+    """Build every pruning group of ``model``.
+
+    ``io_patterns``: substrings of graph input/output names that a group may resize (the KV cache);
+    a group that would resize any other graph input or output is refused.
+    """
+    registry = registry or default_registry()
+    groups: list[PruningGroup] = []
+    claimed: set[tuple[str, int]] = set()
+    patch_owner: dict[tuple[str, str, int, str], int] = {}
+    for seed, axis in find_seeds(model, shapes):
+        if (seed.name, axis) in claimed:
+            continue
+        n = _const_shape(seed)[axis]
+        walk = Walk(model, shapes, registry, n)
+        group = PruningGroup(id=len(groups), seed=seed.name, seed_axis=axis)
+        try:
+            walk.run(seed, axis)
+        except Refusal as e:
+            group.prunable = False
+            group.reason = str(e)
+        claimed.update(walk.owners)
+        _finalize(group, walk, io_patterns)
+        if group.prunable:
+            for p in group.patches:
+                key = (p.kind, p.target, p.index, p.attribute)
+                if key in patch_owner:
+                    group.prunable = False
+                    group.reason = (f"shares the shape element {p.target}[{p.index}] with group "
+                                    f"{patch_owner[key]}")
+                    break
+            else:
+                for p in group.patches:
+                    patch_owner[(p.kind, p.target, p.index, p.attribute)] = group.id
+        groups.append(group)
+    return groups
+
+
+def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> None:
+    seed_owner = walk.units.find(walk.owners.get((group.seed, group.seed_axis), np.arange(walk.n_units)))
+    roots_in_order = list(dict.fromkeys(int(r) for r in seed_owner if r >= 0))
+    index = {r: i for i, r in enumerate(roots_in_order)}
+
+    def renumber(owner: np.ndarray) -> np.ndarray:
+        canon = walk.units.find(owner)
+        out = np.full(canon.shape, -1, dtype=np.int64)
+        for r, i in index.items():
+            out[canon == r] = i
+        return out
+
+    group.units = len(roots_in_order)
+    group.unit_size = int(np.bincount(renumber(seed_owner)[seed_owner >= 0]).max()) if group.units else 0
+    graph = walk.model.graph
+    for (name, axis), owner in walk.owners.items():
+        value = walk.values[name]
+        io = "input" if value.is_graph_input() else ("output" if value.is_graph_output() else None)
+        group.slices.append(TensorSlice(name=name, axis=axis, owner=renumber(owner), constant=is_constant(value),
+                                        leaf=(name, axis) in walk.leaves, io=io))
+        if io and group.prunable and not any(p in name for p in io_patterns):
+            group.prunable = False
+            group.reason = f"would change the shape of graph {io} '{name}'"
+    for (kind, target, idx, attribute), owner in walk.patches.items():
+        group.patches.append(Patch(kind=kind, target=target, index=idx, owner=renumber(owner), attribute=attribute))
+    group.roots = [r for r in walk.roots if r in walk.owners]
+    group.nodes = list(walk.nodes)
+    group.exact = not walk.non_exact_reasons
+    group.notes = list(walk.non_exact_reasons)
+    if not group.exact:
+        group.kind = "hidden"
+    elif "conv" in walk.marks:
+        group.kind = "conv"
+    elif "attention" in walk.marks:
+        group.kind = "heads"
+    else:
+        group.kind = "ffn"
+    if group.prunable and group.units < 2:
+        group.prunable = False
+        group.reason = "all channels are coupled into one unit"
+    del graph

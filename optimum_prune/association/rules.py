@@ -1,0 +1,962 @@
+"""The op rule library: how a channel axis moves through each operator.
+
+A rule is called with the node and the *entry*: one of the node's inputs or outputs, an axis of it,
+and the owner array of that axis (position -> unit, -1 for positions outside the group). The rule
+links every other input/output axis that must shrink with it (``walk.link``), marks consumer slices
+(``walk.leaf``), records shape constants and attributes that count the channels (``walk.patch_*``),
+and refuses what it cannot prove safe (``walk.fail``). Rules are looked up by (domain, op type);
+an op with no rule makes its group unprunable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.graph import const_array, is_constant
+
+if TYPE_CHECKING:
+    from optimum_prune.association.builder import Walk
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where a walk enters a node: ``node.inputs[index]`` (or outputs) at ``axis`` with ``owner``."""
+
+    value: ir.Value
+    axis: int
+    owner: np.ndarray
+    is_output: bool
+    index: int
+
+
+Rule = Callable[[ir.Node, Entry, "Walk"], None]
+
+MS = "com.microsoft"
+
+
+class RuleRegistry:
+    """Rules keyed by (domain, op_type); ``""`` and ``"ai.onnx"`` are the same domain."""
+
+    def __init__(self) -> None:
+        self._rules: dict[tuple[str, str], Rule] = {}
+
+    def register(self, op_types: str | tuple[str, ...], rule: Rule, domain: str = "") -> None:
+        """Register ``rule`` for one or several op types of ``domain``."""
+        for op in (op_types,) if isinstance(op_types, str) else op_types:
+            self._rules[(domain, op)] = rule
+
+    def get(self, node: ir.Node) -> Rule | None:
+        """The rule for ``node``, or None when the op is unknown."""
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        return self._rules.get((domain, node.op_type))
+
+    def copy(self) -> RuleRegistry:
+        """A copy that can be extended without changing this registry."""
+        new = RuleRegistry()
+        new._rules = dict(self._rules)
+        return new
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _repeat(owner: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(owner, k)
+
+
+def _rows_owner(owner: np.ndarray, rows: int, walk: Walk, what: str) -> np.ndarray:
+    """Owner of each of ``rows`` contiguous blocks of ``owner``; units inside one block are merged."""
+    if owner.size % rows:
+        walk.fail(f"{what}: axis of size {owner.size} does not split into {rows} blocks")
+    block = owner.reshape(rows, -1)
+    owned = block >= 0
+    if (owned.any(axis=1) & ~owned.all(axis=1)).any():
+        walk.fail(f"{what}: a block mixes channels of this group with other channels")
+    walk.units.union_rows(block)
+    return walk.units.find(block[:, 0])
+
+
+def _outputs(node: ir.Node) -> list[ir.Value]:
+    return [o for o in node.outputs if o is not None and o.name]
+
+
+def _entry_to_output_axis(node: ir.Node, entry: Entry, walk: Walk) -> int:
+    if entry.is_output:
+        return entry.axis
+    return entry.axis + walk.rank(node.outputs[0]) - walk.rank(entry.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# elementwise
+
+
+def unary(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Shape-preserving ops on input 0 (activations, Cast, Identity, Dropout, ...): same axis everywhere."""
+    walk.link(node.inputs[0], entry.axis, entry.owner)
+    for out in _outputs(node):
+        walk.link(out, entry.axis, entry.owner)
+
+
+def broadcast(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Multidirectional broadcast (Add, Mul, Where, ...): inputs that span the axis shrink with it."""
+    out = node.outputs[0]
+    out_axis = _entry_to_output_axis(node, entry, walk)
+    ro = walk.rank(out)
+    walk.link(out, out_axis, entry.owner)
+    for inp in node.inputs:
+        if inp is None or not inp.name:
+            continue
+        ri = walk.rank(inp)
+        axis = out_axis - (ro - ri)
+        if axis < 0:
+            continue
+        dim = walk.dim(inp, axis)
+        if dim == 1:
+            continue
+        walk.link(inp, axis, entry.owner)
+
+
+def first_input_broadcast(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Ops whose data input is 0 and whose other inputs are scalars or broadcast parameters (Clip, Pow)."""
+    broadcast(node, entry, walk)
+
+
+# ---------------------------------------------------------------------------------------------------
+# matrix products
+
+
+def _matmul_labels(ra: int, rb: int, ry: int, trans_a: bool = False, trans_b: bool = False):
+    nb = ry - (1 if ra >= 2 else 0) - (1 if rb >= 2 else 0)
+
+    def batch(r: int) -> list[tuple]:
+        return [("b", i + nb - r) for i in range(r)]
+
+    if ra == 1:
+        la = ["K"]
+    else:
+        la = batch(ra - 2) + (["K", "M"] if trans_a else ["M", "K"])
+    if rb == 1:
+        lb = ["K"]
+    else:
+        lb = batch(rb - 2) + (["N", "K"] if trans_b else ["K", "N"])
+    ly = [("b", i) for i in range(nb)] + (["M"] if ra >= 2 else []) + (["N"] if rb >= 2 else [])
+    return la, lb, ly
+
+
+def _link_labels(node: ir.Node, entry: Entry, walk: Walk, operands: list[tuple[ir.Value, list]]) -> None:
+    labels = None
+    for value, lab in operands:
+        if value is entry.value and (entry.is_output == (value is node.outputs[0])):
+            labels = lab[entry.axis]
+            break
+    if labels is None:
+        walk.fail("entry tensor not found among the operands")
+    a_const = is_constant(operands[0][0])
+    b_const = is_constant(operands[1][0])
+    if labels == "K":
+        if not (a_const or b_const):
+            walk.mark("attention")
+        for value, lab in operands[:2]:
+            for ax, lb in enumerate(lab):
+                if lb == "K" and not (value is entry.value and ax == entry.axis):
+                    walk.link(value, ax, entry.owner)
+                if lb == "K" and is_constant(value):
+                    walk.leaf(value, ax)
+        return
+    if isinstance(labels, tuple) and not (a_const or b_const):
+        walk.mark("attention")
+    for value, lab in operands:
+        for ax, lb in enumerate(lab):
+            if lb != labels or (value is entry.value and ax == entry.axis):
+                continue
+            if isinstance(lb, tuple) and walk.dim(value, ax) == 1:
+                continue
+            walk.link(value, ax, entry.owner)
+            if lb == "N" and value is not node.outputs[0] and is_constant(value):
+                walk.root(value, ax)
+            if lb == "M" and value is not node.outputs[0] and is_constant(value):
+                walk.root(value, ax)
+
+
+def matmul(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """MatMul / FusedMatMul: batch axes pass through, M and N go to the output, K is the leaf."""
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ta = bool(_attr(node, "transA", 0))
+    tb = bool(_attr(node, "transB", 0))
+    la, lb, ly = _matmul_labels(walk.rank(a), walk.rank(b), walk.rank(y), ta, tb)
+    _link_labels(node, entry, walk, [(a, la), (b, lb), (y, ly)])
+
+
+def gemm(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Gemm: like MatMul on 2-D operands, with C broadcast onto [M, N]."""
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    c = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None
+    la = ["K", "M"] if _attr(node, "transA", 0) else ["M", "K"]
+    lb = ["N", "K"] if _attr(node, "transB", 0) else ["K", "N"]
+    operands = [(a, la), (b, lb), (y, ["M", "N"])]
+    if c is not None:
+        rc = walk.rank(c)
+        lc = ["M", "N"][2 - rc:]
+        lc = [lab if walk.dim(c, i) != 1 else ("bcast", i) for i, lab in enumerate(lc)]
+        operands.append((c, lc))
+    _link_labels(node, entry, walk, operands)
+
+
+# ---------------------------------------------------------------------------------------------------
+# convolutions and normalisation
+
+
+def _optional(node: ir.Node, i: int) -> ir.Value | None:
+    if len(node.inputs) > i and node.inputs[i] is not None and node.inputs[i].name:
+        return node.inputs[i]
+    return None
+
+
+def conv(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Conv: input channels are the leaf (W axis 1), filters the root (W axis 0, bias, output axis 1).
+
+    Grouped and depthwise convolutions pass whole groups through and patch the ``group`` attribute.
+    """
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    bias = _optional(node, 2)
+    groups = int(_attr(node, "group", 1))
+    walk.mark("conv")
+    in_side = (entry.value is x and not entry.is_output) or (entry.value is w and entry.axis == 1)
+    out_side = (entry.value is w and entry.axis == 0) or entry.value is bias or (entry.is_output and entry.axis == 1)
+    if entry.axis not in (0, 1) or (entry.value in (x, y) and entry.axis != 1):
+        walk.fail("a Conv spatial or batch axis cannot carry channels")
+    if groups == 1:
+        if in_side:
+            walk.link(x, 1, entry.owner)
+            walk.link(w, 1, entry.owner)
+            walk.leaf(w, 1)
+        else:
+            walk.link(w, 0, entry.owner)
+            walk.root(w, 0)
+            walk.link(y, 1, entry.owner)
+            if bias is not None:
+                walk.link(bias, 0, entry.owner)
+        return
+    cin = walk.dim(x, 1)
+    cout = walk.dim(y, 1)
+    if not isinstance(cin, int) or not isinstance(cout, int):
+        walk.fail("grouped Conv with unknown channel counts")
+    if in_side and entry.value is w:
+        walk.fail("grouped Conv: the per-group input axis of W cannot carry channels")
+    group_owner = _rows_owner(entry.owner, groups, walk, "grouped Conv")
+    walk.link(x, 1, _repeat(group_owner, cin // groups))
+    walk.link(w, 0, _repeat(group_owner, cout // groups))
+    walk.root(w, 0)
+    walk.link(y, 1, _repeat(group_owner, cout // groups))
+    if bias is not None:
+        walk.link(bias, 0, _repeat(group_owner, cout // groups))
+    walk.patch_attribute(node, "group", 0, group_owner)
+    del out_side
+
+
+def conv_transpose(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """ConvTranspose (group 1): input channels are W axis 0 (leaf), output channels W axis 1."""
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    bias = _optional(node, 2)
+    walk.mark("conv")
+    if int(_attr(node, "group", 1)) != 1:
+        walk.fail("grouped ConvTranspose is not supported")
+    if (entry.value in (x, y) and entry.axis != 1) or (entry.value is w and entry.axis not in (0, 1)):
+        walk.fail("a ConvTranspose spatial or batch axis cannot carry channels")
+    if (entry.value is x and not entry.is_output) or (entry.value is w and entry.axis == 0):
+        walk.link(x, 1, entry.owner)
+        walk.link(w, 0, entry.owner)
+        walk.leaf(w, 0)
+    else:
+        walk.link(w, 1, entry.owner)
+        walk.root(w, 1)
+        walk.link(y, 1, entry.owner)
+        if bias is not None:
+            walk.link(bias, 0, entry.owner)
+
+
+def batch_norm(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """BatchNormalization / InstanceNormalization: per-channel (axis 1) parameters shrink with it."""
+    x, y = node.inputs[0], node.outputs[0]
+    if len(_outputs(node)) > 1:
+        walk.fail("BatchNormalization in training mode")
+    axis = 1 if entry.value not in (x, y) else entry.axis
+    if entry.value not in (x, y) or axis == 1:
+        walk.link(x, 1, entry.owner)
+        walk.link(y, 1, entry.owner)
+        for p in node.inputs[1:]:
+            if p is not None and p.name:
+                walk.link(p, 0, entry.owner)
+        return
+    if node.op_type == "InstanceNormalization":
+        walk.fail("InstanceNormalization normalises over the spatial axes")
+    walk.link(x, axis, entry.owner)
+    walk.link(y, axis, entry.owner)
+
+
+def _norm_family(node: ir.Node, entry: Entry, walk: Walk, acts: list[int], outs: list[int],
+                 params: list[int], norm_from: int | None) -> None:
+    """Shared logic of LayerNorm-like ops: ``acts``/``outs`` are activation input/output indices."""
+    ref = node.outputs[0]
+    rank = walk.rank(ref)
+    start = _norm_axis(norm_from, rank) if norm_from is not None else rank - 1
+    if entry.value in [node.inputs[i] for i in params if i < len(node.inputs)] and entry.value is not None:
+        pr = walk.rank(entry.value)
+        axis = rank - pr + entry.axis
+    elif entry.is_output:
+        axis = entry.axis
+    else:
+        axis = entry.axis + rank - walk.rank(entry.value)
+    values = [node.inputs[i] for i in acts if i < len(node.inputs)] + [node.outputs[i] for i in outs
+                                                                          if i < len(node.outputs)]
+    for v in values:
+        if v is None or not v.name:
+            continue
+        va = axis - (rank - walk.rank(v))
+        if va >= 0 and walk.dim(v, va) != 1:
+            walk.link(v, va, entry.owner)
+    if axis >= start:
+        walk.non_exact(f"{node.op_type} '{node.name}' normalises over the channel axis")
+        for i in params:
+            p = _optional(node, i)
+            if p is None:
+                continue
+            pa = axis - (rank - walk.rank(p))
+            if pa >= 0 and walk.dim(p, pa) != 1:
+                walk.link(p, pa, entry.owner)
+
+
+def layer_norm(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """LayerNormalization / RMSNormalization / SimplifiedLayerNormalization (normalised from ``axis``)."""
+    params = [1, 2] if node.op_type == "LayerNormalization" else [1]
+    _norm_family(node, entry, walk, [0], [0], params, int(_attr(node, "axis", -1)))
+
+
+def skip_layer_norm(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """SkipLayerNormalization (input, skip, gamma, beta, bias -> out, mean, inv_std, sum)."""
+    _norm_family(node, entry, walk, [0, 1], [0, 3], [2, 3, 4], None)
+
+
+def skip_simplified_layer_norm(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """SkipSimplifiedLayerNormalization (input, skip, gamma, bias -> out, mean, inv_std, sum)."""
+    _norm_family(node, entry, walk, [0, 1], [0, 3], [2, 3], None)
+
+
+def embed_layer_norm(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """EmbedLayerNormalization: the hidden axis of the embedding tables, gamma, beta and outputs."""
+    is_table = entry.value in [_optional(node, i) for i in (2, 3, 4, 5, 6)] and not entry.is_output
+    if (is_table and entry.value in [_optional(node, i) for i in (2, 3, 4)] and entry.axis != 1) or (
+        entry.is_output and entry.axis != 2
+    ):
+        walk.fail("EmbedLayerNormalization: only the hidden axis can be pruned")
+    for i in (2, 3, 4):
+        t = _optional(node, i)
+        if t is not None:
+            walk.link(t, 1, entry.owner)
+    for i in (5, 6):
+        t = _optional(node, i)
+        if t is not None:
+            walk.link(t, 0, entry.owner)
+    for i in (0, 2):
+        if len(node.outputs) > i and node.outputs[i] is not None and node.outputs[i].name:
+            walk.link(node.outputs[i], 2, entry.owner)
+    walk.non_exact(f"EmbedLayerNormalization '{node.name}' normalises over the hidden axis")
+
+
+def reduce(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Reduce*: a reduced channel axis is a normalisation-like coupling (not exact); others pass."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = walk.rank(x)
+    axes = _attr(node, "axes", None)
+    if axes is None and _optional(node, 1) is not None:
+        arr = const_array(node.inputs[1])
+        if arr is None:
+            walk.fail(f"{node.op_type} with computed axes")
+        axes = arr.tolist()
+    keepdims = int(_attr(node, "keepdims", 1))
+    if axes is None or len(axes) == 0:
+        if int(_attr(node, "noop_with_empty_axes", 0)):
+            walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+            return
+        axes = list(range(rank))
+    axes = sorted(_norm_axis(int(a), rank) for a in axes)
+    if entry.is_output:
+        if keepdims:
+            in_axis = entry.axis
+        else:
+            kept = [i for i in range(rank) if i not in axes]
+            in_axis = kept[entry.axis]
+        walk.link(x, in_axis, entry.owner)
+        return
+    if entry.axis in axes:
+        if node.op_type in ("ReduceMax", "ReduceMin", "ArgMax", "ArgMin"):
+            walk.fail(f"{node.op_type} over the channel axis")
+        walk.non_exact(f"{node.op_type} '{node.name}' reduces over the channel axis")
+        return
+    out_axis = entry.axis if keepdims else entry.axis - sum(1 for a in axes if a < entry.axis)
+    walk.link(y, out_axis, entry.owner)
+
+
+def softmax(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Softmax / LogSoftmax / Hardmax: the channel axis must not be the normalised one."""
+    rank = walk.rank(node.outputs[0])
+    axis = _norm_axis(int(_attr(node, "axis", -1)), rank)
+    if entry.axis == axis:
+        walk.fail(f"{node.op_type} normalises over the channel axis")
+    unary(node, entry, walk)
+
+
+# ---------------------------------------------------------------------------------------------------
+# layout
+
+
+def transpose(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Transpose: the axis moves by the permutation."""
+    rank = walk.rank(node.inputs[0])
+    perm = list(_attr(node, "perm", list(range(rank))[::-1]))
+    if entry.is_output:
+        walk.link(node.inputs[0], perm[entry.axis], entry.owner)
+    else:
+        walk.link(node.outputs[0], perm.index(entry.axis), entry.owner)
+
+
+def _squeeze_axes(node: ir.Node, walk: Walk) -> list[int] | None:
+    axes = _attr(node, "axes", None)
+    if axes is None and _optional(node, 1) is not None:
+        arr = const_array(node.inputs[1])
+        if arr is None:
+            walk.fail(f"{node.op_type} with computed axes")
+        axes = arr.reshape(-1).tolist()
+    return None if axes is None else [int(a) for a in axes]
+
+
+def unsqueeze(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Unsqueeze: the axis index shifts past the inserted axes."""
+    ro = walk.rank(node.outputs[0])
+    axes = sorted(_norm_axis(a, ro) for a in (_squeeze_axes(node, walk) or []))
+    kept = [i for i in range(ro) if i not in axes]
+    if entry.is_output:
+        if entry.axis in axes:
+            walk.fail("Unsqueeze: an inserted axis cannot carry channels")
+        walk.link(node.inputs[0], kept.index(entry.axis), entry.owner)
+    else:
+        walk.link(node.outputs[0], kept[entry.axis], entry.owner)
+
+
+def squeeze(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Squeeze: the axis index shifts past the removed axes."""
+    ri = walk.rank(node.inputs[0])
+    axes = _squeeze_axes(node, walk)
+    if axes is None:
+        axes = [i for i in range(ri) if walk.dim(node.inputs[0], i) == 1]
+    axes = sorted(_norm_axis(a, ri) for a in axes)
+    kept = [i for i in range(ri) if i not in axes]
+    if entry.is_output:
+        walk.link(node.inputs[0], kept[entry.axis], entry.owner)
+    else:
+        if entry.axis in axes:
+            walk.fail("Squeeze removes the channel axis")
+        walk.link(node.outputs[0], kept.index(entry.axis), entry.owner)
+
+
+def concat(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Concat: along another axis every input shrinks alike; along the channel axis, offsets."""
+    y = node.outputs[0]
+    rank = walk.rank(y)
+    axis = _norm_axis(int(_attr(node, "axis", 0)), rank)
+    inputs = [v for v in node.inputs if v is not None and v.name]
+    if entry.axis != axis:
+        for v in inputs + [y]:
+            walk.link(v, entry.axis, entry.owner)
+        return
+    sizes = [walk.dim(v, axis) for v in inputs]
+    if not all(isinstance(s, int) for s in sizes):
+        walk.fail("Concat along the channel axis with inputs of unknown size")
+    offsets = np.cumsum([0] + sizes)
+    if entry.is_output:
+        for v, lo, hi in zip(inputs, offsets[:-1], offsets[1:], strict=True):
+            part = entry.owner[lo:hi]
+            if (part >= 0).any():
+                walk.link(v, axis, part)
+        return
+    full = np.full(int(offsets[-1]), -1, dtype=np.int64)
+    for v, lo, hi in zip(inputs, offsets[:-1], offsets[1:], strict=True):
+        if v is entry.value:
+            full[lo:hi] = entry.owner
+    walk.link(y, axis, full)
+
+
+def split(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Split: along the channel axis each output takes its range; split sizes are patched."""
+    x = node.inputs[0]
+    rank = walk.rank(x)
+    axis = _norm_axis(int(_attr(node, "axis", 0)), rank)
+    outs = list(node.outputs)
+    if entry.axis != axis:
+        for v in [x] + _outputs(node):
+            walk.link(v, entry.axis, entry.owner)
+        return
+    sizes = [walk.dim(v, axis) for v in outs]
+    if not all(isinstance(s, int) for s in sizes):
+        walk.fail("Split along the channel axis with outputs of unknown size")
+    offsets = np.cumsum([0] + sizes)
+    if entry.is_output:
+        full = np.full(int(offsets[-1]), -1, dtype=np.int64)
+        k = outs.index(entry.value)
+        full[offsets[k]:offsets[k + 1]] = entry.owner
+        walk.link(x, axis, full)
+        return
+    split_input = _optional(node, 1)
+    for k, (v, lo, hi) in enumerate(zip(outs, offsets[:-1], offsets[1:], strict=True)):
+        part = entry.owner[lo:hi]
+        if (part >= 0).any():
+            walk.link(v, axis, part)
+        if split_input is not None:
+            walk.patch_shape_element(split_input, k, part, node)
+        elif _attr(node, "split", None) is not None:
+            walk.patch_attribute(node, "split", k, part)
+        else:
+            walk.fail("Split with implicit sizes (normalisation makes them explicit when shapes are known)")
+
+
+def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Slice: along another axis the channels pass; along the channel axis only a full slice passes."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = walk.rank(x)
+    starts, ends = const_array(_optional(node, 1)), const_array(_optional(node, 2))
+    axes_v = _optional(node, 3)
+    steps = const_array(_optional(node, 4))
+    axes = const_array(axes_v) if axes_v is not None else None
+    if starts is None or ends is None or (axes_v is not None and axes is None):
+        # computed bounds: safe only when the sliced axes are known not to be the channel axis
+        if axes is None:
+            walk.fail("Slice with computed bounds and axes")
+    axes_list = [_norm_axis(int(a), rank) for a in (axes if axes is not None else range(len(starts)))]
+    if entry.axis in axes_list:
+        i = axes_list.index(entry.axis)
+        size = walk.dim(x, entry.axis)
+        ok = starts is not None and ends is not None and int(starts[i]) == 0 and isinstance(size, int) \
+            and int(ends[i]) >= size and (steps is None or int(steps[i]) == 1)
+        if not ok:
+            walk.fail("Slice cuts the channel axis")
+    walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+
+
+def gather(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Gather: data axes other than the gather axis move past the index axes (embeddings)."""
+    data, idx, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    rd = walk.rank(data)
+    axis = _norm_axis(int(_attr(node, "axis", 0)), rd)
+    ri = walk.rank(idx)
+    if entry.value is idx and not entry.is_output:
+        walk.fail("Gather indices cannot carry channels")
+    if entry.is_output:
+        o = entry.axis
+        if axis <= o < axis + ri:
+            walk.fail("a Gather index axis cannot carry channels")
+        walk.link(data, o if o < axis else o - ri + 1, entry.owner)
+        return
+    if entry.axis == axis:
+        walk.fail("Gather selects along the channel axis")
+    out_axis = entry.axis if entry.axis < axis else entry.axis + ri - 1
+    walk.link(y, out_axis, entry.owner)
+    if is_constant(data):
+        walk.root(data, entry.axis)
+
+
+def pool(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Pooling (Global*/Max/Average/Lp): the channel axis 1 (or the batch axis) passes."""
+    if entry.axis > 1:
+        walk.fail(f"{node.op_type} pools over the channel axis")
+    unary(node, entry, walk)
+
+
+def pad(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Pad: passes when nothing is padded along the channel axis."""
+    rank = walk.rank(node.inputs[0])
+    pads = const_array(_optional(node, 1)) if _optional(node, 1) is not None else _attr(node, "pads")
+    if pads is None:
+        walk.fail("Pad with computed pads")
+    pads = np.asarray(pads).reshape(-1)
+    axes = const_array(_optional(node, 3)) if _optional(node, 3) is not None else np.arange(rank)
+    axes = [_norm_axis(int(a), rank) for a in np.asarray(axes).reshape(-1)]
+    if entry.axis in axes:
+        i = axes.index(entry.axis)
+        if pads[i] != 0 or pads[i + len(axes)] != 0:
+            walk.fail("Pad pads the channel axis")
+    walk.link(node.inputs[0] if entry.is_output else node.outputs[0], entry.axis, entry.owner)
+
+
+def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Expand: the channel axis passes (not broadcast from 1); the target shape element is patched."""
+    x, shape_v, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ri, ro = walk.rank(x), walk.rank(y)
+    out_axis = entry.axis if entry.is_output else entry.axis + ro - ri
+    in_axis = out_axis - (ro - ri)
+    if in_axis < 0 or walk.dim(x, in_axis) == 1:
+        walk.fail("Expand broadcasts along the channel axis")
+    walk.link(x, in_axis, entry.owner)
+    walk.link(y, out_axis, entry.owner)
+    walk.patch_shape_element(shape_v, out_axis, entry.owner, node, broadcast_ok=True)
+
+
+def shape_sink(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Shape / Size read the (new) dimensions at run time: nothing to propagate."""
+
+
+def constant(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Constant: a leaf of the walk; its value is sliced like an initializer."""
+
+
+def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Reshape / Flatten: the axis moves to the outermost non-1 axis of its block of merged/split axes.
+
+    Units whose positions end up in one position of the new axis are merged (hidden -> heads gives
+    head_dim-sized units); the target shape element that counts the axis is patched.
+    """
+    x, y = node.inputs[0], node.outputs[0]
+    sin, sout = walk.shape(x), walk.shape(y)
+    if sin is None or sout is None:
+        walk.fail(f"{node.op_type} with unknown input or output shape")
+    blocks = _align_blocks(list(sin), list(sout))
+    src_shape, dst_shape = (sout, sin) if entry.is_output else (sin, sout)
+    for bin_, bout in blocks:
+        src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
+        if entry.axis in src_axes:
+            break
+    else:
+        walk.fail(f"{node.op_type}: cannot align the channel axis between {list(sin)} and {list(sout)}")
+    src_dims = [src_shape[a] for a in src_axes]
+    dst_dims = [dst_shape[a] for a in dst_axes]
+    if not all(isinstance(d, int) for d in src_dims + dst_dims):
+        walk.fail(f"{node.op_type}: symbolic dimension next to the channel axis")
+    carriers = [a for a, d in zip(dst_axes, dst_dims, strict=True) if d != 1]
+    if not carriers:
+        walk.fail(f"{node.op_type}: no axis carries the channels")
+    local = src_axes.index(entry.axis)
+    block = np.broadcast_to(
+        entry.owner.reshape([-1 if i == local else 1 for i in range(len(src_dims))]), src_dims
+    ).reshape(dst_dims)
+    carrier = carriers[0]
+    k = dst_axes.index(carrier)
+    rows = np.moveaxis(block, k, 0).reshape(dst_dims[k], -1)
+    dst_owner = _rows_owner(rows.reshape(-1), dst_dims[k], walk, node.op_type)
+    walk.link(y if not entry.is_output else x, carrier, dst_owner)
+    # the entry side may gain merged units: re-link it canonically
+    back = np.broadcast_to(dst_owner.reshape([-1 if i == k else 1 for i in range(len(dst_dims))]), dst_dims)
+    src_rows = np.moveaxis(back.reshape(src_dims), local, 0).reshape(src_dims[local], -1)
+    walk.link(entry.value, entry.axis, _rows_owner(src_rows.reshape(-1), src_dims[local], walk, node.op_type))
+    if node.op_type == "Reshape":
+        out_axis = entry.axis if entry.is_output else carrier
+        out_owner = entry.owner if entry.is_output else dst_owner
+        walk.patch_shape_element(node.inputs[1], out_axis, out_owner, node, reshape_input=x,
+                                 allowzero=bool(_attr(node, "allowzero", 0)))
+
+
+def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
+    """Pair up minimal runs of input and output axes with equal products (from both ends)."""
+    blocks: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(sin) and j < len(sout):
+        if sin[i] == sout[j] or not (isinstance(sin[i], int) or isinstance(sout[j], int)):
+            # equal dims, or two symbolic dims (batch, sequence): paired one to one
+            blocks.append(([i], [j]))
+            i += 1
+            j += 1
+            continue
+        if not (isinstance(sin[i], int) and isinstance(sout[j], int)):
+            break
+        bi, bj, pi, pj = [i], [j], sin[i], sout[j]
+        i += 1
+        j += 1
+        while pi != pj:
+            if pi < pj and i < len(sin) and isinstance(sin[i], int):
+                pi *= sin[i]
+                bi.append(i)
+                i += 1
+            elif pj < pi and j < len(sout) and isinstance(sout[j], int):
+                pj *= sout[j]
+                bj.append(j)
+                j += 1
+            else:
+                return blocks + _align_tail(sin[i:], sout[j:], i, j)
+        while i < len(sin) and sin[i] == 1 and (j >= len(sout) or sout[j] != 1):
+            bi.append(i)
+            i += 1
+        while j < len(sout) and sout[j] == 1 and (i >= len(sin) or sin[i] != 1):
+            bj.append(j)
+            j += 1
+        blocks.append((bi, bj))
+    return blocks + _align_tail(sin[i:], sout[j:], i, j)
+
+
+def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:
+    """Align what is left from the right end (e.g. [B, S, H] -> [B*S, H])."""
+    blocks = []
+    i, j = len(sin) - 1, len(sout) - 1
+    while i >= 0 and j >= 0 and sin[i] == sout[j]:
+        blocks.append(([i0 + i], [j0 + j]))
+        i -= 1
+        j -= 1
+    return blocks
+
+
+def flatten(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Flatten: a Reshape to two axes."""
+    reshape(node, entry, walk)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX Runtime contrib ops (com.microsoft) and their ONNX counterparts
+
+
+def _heads_from(owner: np.ndarray, heads: int, walk: Walk, what: str) -> np.ndarray:
+    return _rows_owner(owner, heads, walk, what)
+
+
+def attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """com.microsoft Attention: packed QKV weights [hidden, q+k+v], heads patched in ``num_heads``."""
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    bias = _optional(node, 2)
+    walk.mark("attention")
+    if (entry.value is x and not entry.is_output) or (entry.value is w and entry.axis == 0):
+        if entry.axis != walk.rank(x) - 1 and entry.value is x:
+            walk.link(y, entry.axis, entry.owner)
+            return
+        walk.link(x, walk.rank(x) - 1, entry.owner)
+        walk.link(w, 0, entry.owner)
+        walk.leaf(w, 0)
+        return
+    heads = int(_attr(node, "num_heads"))
+    total = walk.dim(w, 1)
+    sizes = list(_attr(node, "qkv_hidden_sizes", []) or [total // 3] * 3)
+    if entry.is_output and entry.axis != walk.rank(y) - 1:
+        if entry.value is y:
+            walk.link(x, entry.axis, entry.owner)
+            return
+        walk.fail("Attention: present/past cannot be pruned here")
+    if entry.value is y:
+        head_owner = _heads_from(entry.owner, heads, walk, "Attention output")
+    else:
+        parts = np.split(entry.owner, np.cumsum(sizes)[:-1])
+        head_owner = _heads_from(
+            np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1), heads, walk, "Attention"
+        )
+    packed = np.concatenate([_repeat(head_owner, s // heads) for s in sizes])
+    walk.link(w, 1, packed)
+    walk.root(w, 1)
+    if bias is not None:
+        walk.link(bias, 0, packed)
+    walk.link(y, walk.rank(y) - 1, _repeat(head_owner, sizes[2] // heads))
+    rel = _optional(node, 5)
+    if rel is not None and walk.dim(rel, 1) != 1:
+        walk.link(rel, 1, head_owner)
+    if _optional(node, 4) is not None or (len(node.outputs) > 1 and node.outputs[1] is not None
+                                          and node.outputs[1].name):
+        walk.fail("Attention with past/present state")
+    walk.patch_attribute(node, "num_heads", 0, head_owner)
+    if _attr(node, "qkv_hidden_sizes", None):
+        for i, s in enumerate(sizes):
+            walk.patch_attribute(node, "qkv_hidden_sizes", i, _repeat(head_owner, s // heads))
+
+
+def multi_head_attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """com.microsoft MultiHeadAttention with separate 3-D (BSD) or 4-D (BNSH) query/key/value."""
+    heads = int(_attr(node, "num_heads"))
+    walk.mark("attention")
+    q = node.inputs[0]
+    if walk.rank(q) != 3:
+        walk.fail("MultiHeadAttention with packed query")
+    k, v, bias = _optional(node, 1), _optional(node, 2), _optional(node, 3)
+    head_dims = {}
+
+    def per_head(value: ir.Value) -> tuple[int, int]:
+        r = walk.rank(value)
+        if r == 3:
+            return 2, int(walk.dim(value, 2)) // heads
+        return 1, 0
+
+    if entry.value is node.outputs[0] or (entry.value in (q, k, v) and not entry.is_output):
+        r = walk.rank(entry.value)
+        if (r == 3 and entry.axis != 2) or (r == 4 and entry.axis != 1):
+            walk.fail("MultiHeadAttention: only the head axis can be pruned")
+        head_owner = _heads_from(entry.owner, heads, walk, "MultiHeadAttention") if r == 3 else entry.owner
+    elif entry.value is bias:
+        head_owner = None
+    else:
+        if entry.axis != 1:
+            walk.fail("MultiHeadAttention: only the head axis of past/present/bias can be pruned")
+        head_owner = entry.owner
+    if head_owner is None:
+        qd = int(walk.dim(q, 2))
+        kd = int(walk.dim(k, 2)) if k is not None and walk.rank(k) == 3 else qd
+        parts = np.split(entry.owner, [qd, qd + kd])
+        head_owner = _heads_from(np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1),
+                                 heads, walk, "MultiHeadAttention bias")
+    for value in (q, k, v, node.outputs[0]):
+        if value is None:
+            continue
+        axis, d = per_head(value)
+        head_dims[value.name] = d
+        walk.link(value, axis, _repeat(head_owner, d) if d else head_owner)
+    if bias is not None:
+        qd = head_dims[q.name]
+        kd = head_dims.get(k.name, qd) if k is not None else qd
+        vd = head_dims.get(v.name, qd) if v is not None else qd
+        walk.link(bias, 0, np.concatenate([_repeat(head_owner, qd), _repeat(head_owner, kd),
+                                           _repeat(head_owner, vd)]))
+    for i in (5,):
+        rel = _optional(node, i)
+        if rel is not None and walk.dim(rel, 1) != 1:
+            walk.link(rel, 1, head_owner)
+    for i in (6, 7):
+        p = _optional(node, i)
+        if p is not None:
+            walk.link(p, 1, head_owner)
+    for o in node.outputs[1:3]:
+        if o is not None and o.name:
+            walk.link(o, 1, head_owner)
+    walk.patch_attribute(node, "num_heads", 0, head_owner)
+
+
+def group_query_attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """com.microsoft GroupQueryAttention: units are KV groups (a KV head and the query heads sharing it)."""
+    heads = int(_attr(node, "num_heads"))
+    kv_heads = int(_attr(node, "kv_num_heads"))
+    rep = heads // kv_heads
+    walk.mark("attention")
+    q, k, v = node.inputs[0], _optional(node, 1), _optional(node, 2)
+    if k is None:
+        walk.fail("GroupQueryAttention with packed QKV")
+    d = int(walk.dim(q, 2)) // heads
+    if entry.value is q or entry.value is node.outputs[0]:
+        if entry.axis != 2:
+            walk.fail("GroupQueryAttention: only the head axis can be pruned")
+        kv_owner = _rows_owner(entry.owner, kv_heads, walk, "GroupQueryAttention query")
+    elif entry.value in (k, v) and not entry.is_output:
+        if entry.axis != 2:
+            walk.fail("GroupQueryAttention: only the head axis can be pruned")
+        kv_owner = _rows_owner(entry.owner, kv_heads, walk, "GroupQueryAttention key/value")
+    else:
+        if entry.axis != 1:
+            walk.fail("GroupQueryAttention: only the head axis of past/present can be pruned")
+        kv_owner = entry.owner
+    q_owner = _repeat(kv_owner, rep)
+    walk.link(q, 2, _repeat(q_owner, d))
+    walk.link(node.outputs[0], 2, _repeat(q_owner, d))
+    for value in (k, v):
+        walk.link(value, 2, _repeat(kv_owner, d))
+    for i in (3, 4):
+        p = _optional(node, i)
+        if p is not None:
+            walk.link(p, 1, kv_owner)
+    for o in node.outputs[1:3]:
+        if o is not None and o.name:
+            walk.link(o, 1, kv_owner)
+    walk.patch_attribute(node, "num_heads", 0, q_owner)
+    walk.patch_attribute(node, "kv_num_heads", 0, kv_owner)
+
+
+def rotary_embedding(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """RotaryEmbedding (com.microsoft or ONNX): the head axis passes; ``num_heads`` is patched."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = walk.rank(x)
+    if rank == 4:
+        if entry.axis == 3:
+            walk.fail("RotaryEmbedding rotates the head_dim axis")
+        unary(node, entry, walk)
+        return
+    if entry.axis != 2:
+        unary(node, entry, walk)
+        return
+    heads = int(_attr(node, "num_heads", 0))
+    if heads == 0:
+        cos = walk.shape(node.inputs[2])
+        rot = int(_attr(node, "rotary_embedding_dim", 0))
+        if rot or cos is None or not isinstance(cos[-1], int):
+            walk.fail("RotaryEmbedding without num_heads")
+        heads = int(walk.dim(x, 2)) // (2 * cos[-1])
+    head_owner = _rows_owner(entry.owner, heads, walk, "RotaryEmbedding")
+    full = _repeat(head_owner, int(walk.dim(x, 2)) // heads)
+    walk.link(x, 2, full)
+    walk.link(y, 2, full)
+    if int(_attr(node, "num_heads", 0)):
+        walk.patch_attribute(node, "num_heads", 0, head_owner)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the default registry
+
+UNARY_OPS = (
+    "Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Softplus", "Softsign", "LeakyRelu", "HardSigmoid", "HardSwish",
+    "Elu", "Selu", "Celu", "Mish", "ThresholdedRelu", "Shrink", "Cast", "CastLike", "Identity", "Dropout",
+    "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Not",
+    "IsNaN", "IsInf", "Swish",
+)
+BROADCAST_OPS = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Mean", "Equal", "Less", "LessOrEqual",
+    "Greater", "GreaterOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "Clip",
+)
+REDUCE_OPS = (
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+    "ReduceLogSumExp", "ReduceSumSquare",
+)
+POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxPool", "AveragePool", "LpPool")
+
+
+def default_registry() -> RuleRegistry:
+    """A fresh registry with every built-in rule."""
+    reg = RuleRegistry()
+    reg.register(UNARY_OPS, unary)
+    reg.register(BROADCAST_OPS, broadcast)
+    reg.register(("MatMul",), matmul)
+    reg.register(("Gemm",), gemm)
+    reg.register(("Conv",), conv)
+    reg.register(("ConvTranspose",), conv_transpose)
+    reg.register(("BatchNormalization", "InstanceNormalization"), batch_norm)
+    reg.register(("LayerNormalization", "RMSNormalization"), layer_norm)
+    reg.register(REDUCE_OPS, reduce)
+    reg.register(("Softmax", "LogSoftmax", "Hardmax"), softmax)
+    reg.register(("Transpose",), transpose)
+    reg.register(("Unsqueeze",), unsqueeze)
+    reg.register(("Squeeze",), squeeze)
+    reg.register(("Concat",), concat)
+    reg.register(("Split",), split)
+    reg.register(("Slice",), slice_)
+    reg.register(("Gather",), gather)
+    reg.register(POOL_OPS, pool)
+    reg.register(("Pad",), pad)
+    reg.register(("Expand",), expand)
+    reg.register(("Shape", "Size"), shape_sink)
+    reg.register(("Constant",), constant)
+    reg.register(("Reshape",), reshape)
+    reg.register(("Flatten",), flatten)
+    reg.register(("RotaryEmbedding",), rotary_embedding)
+    # ONNX Runtime contrib ops emitted by its transformer optimizer
+    reg.register(("Gelu", "FastGelu", "BiasGelu", "QuickGelu", "BiasAdd"), broadcast, domain=MS)
+    reg.register(("FusedMatMul",), matmul, domain=MS)
+    reg.register(("LayerNormalization", "SimplifiedLayerNormalization"), layer_norm, domain=MS)
+    reg.register(("SimplifiedLayerNormalization",), layer_norm)
+    reg.register(("SkipLayerNormalization",), skip_layer_norm, domain=MS)
+    reg.register(("SkipSimplifiedLayerNormalization",), skip_simplified_layer_norm, domain=MS)
+    reg.register(("EmbedLayerNormalization",), embed_layer_norm, domain=MS)
+    reg.register(("Attention",), attention, domain=MS)
+    reg.register(("MultiHeadAttention",), multi_head_attention, domain=MS)
+    reg.register(("GroupQueryAttention",), group_query_attention, domain=MS)
+    reg.register(("RotaryEmbedding",), rotary_embedding, domain=MS)
+    return reg

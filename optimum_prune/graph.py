@@ -1,0 +1,188 @@
+"""Loading, inspecting and saving ONNX models through onnx-ir.
+
+External data stays lazy (memory-mapped) after :func:`load_model`; shape inference runs on a copy of
+the graph whose large initializers are stubbed out, so it never reads or copies weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from optimum_prune.errors import InvalidModelError
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+# Initializers with more elements than this are stubbed out before shape inference.
+_STUB_THRESHOLD = 64
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load ``path`` with onnx-ir, keeping external data lazy; raise :class:`InvalidModelError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelError(f"ONNX file not found: {path}. Pass a folder that holds model.onnx or set file_name=.")
+    try:
+        return ir.load(path)
+    except Exception as e:  # onnx-ir raises DecodeError, OSError, ... on corrupt files
+        raise InvalidModelError(
+            f"Cannot parse {path} as an ONNX model ({type(e).__name__}: {e}). "
+            "Re-export it with `optimum-cli export onnx` and try again."
+        ) from e
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant content of ``value`` (initializer, Constant node, Identity of a constant), or None."""
+    while value is not None:
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type == "Constant" and node.domain == "":
+            attr = node.attributes.get("value")
+            if attr is not None:
+                return attr.value.numpy()
+            for name in ("value_int", "value_float"):
+                if name in node.attributes:
+                    return np.array(node.attributes[name].value)
+            for name in ("value_ints", "value_floats"):
+                if name in node.attributes:
+                    return np.array(list(node.attributes[name].value))
+            return None
+        if node.op_type == "Identity" and node.domain == "":
+            value = node.inputs[0]
+            continue
+        return None
+    return None
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    """Whether ``value`` is an initializer or the output of a Constant node (seen through Identity)."""
+    while value is not None:
+        if value.const_value is not None:
+            return True
+        node = value.producer()
+        if node is None or node.domain != "":
+            return False
+        if node.op_type == "Constant":
+            return True
+        if node.op_type != "Identity":
+            return False
+        value = node.inputs[0]
+    return False
+
+
+def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Nodes of the main graph in order (subgraphs are not entered: their ops make groups unprunable)."""
+    yield from model.graph
+
+
+def _stub_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialise ``model`` with large initializers replaced by shape-only stubs (no data read)."""
+    saved: dict[str, ir.TensorProtocol] = {}
+    try:
+        for name, value in model.graph.initializers.items():
+            tensor = value.const_value
+            if tensor is not None and tensor.size > _STUB_THRESHOLD:
+                saved[name] = tensor
+                value.const_value = ir.ExternalTensor(
+                    location="__stub__", offset=0, length=tensor.nbytes, dtype=tensor.dtype,
+                    shape=tensor.shape, name=name, base_dir="",
+                )
+        return ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in saved.items():
+            model.graph.initializers[name].const_value = tensor
+
+
+def _dims_of(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for d in type_proto.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def infer_shapes(model: ir.Model) -> dict[str, Shape]:
+    """Shapes of every value that ONNX (or ONNX Runtime's symbolic) shape inference can resolve.
+
+    ONNX Runtime's symbolic shape inference (consistent symbols, contrib ops) comes first;
+    ``onnx.shape_inference`` with data propagation fills what it leaves out.
+    """
+    proto = _stub_proto(model)
+    shapes: dict[str, Shape] = {}
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        sym = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+        if sym is not None:
+            _collect(sym, shapes)
+    except Exception:  # symbolic inference fails on some graphs; ONNX inference fills in below
+        pass
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        extra: dict[str, Shape] = {}
+        _collect(inferred, extra)
+        for k, v in extra.items():
+            if k not in shapes:
+                shapes[k] = v
+    except Exception:  # inference is best effort; a missing shape makes the affected group unprunable
+        pass
+    for init in proto.graph.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    return shapes
+
+
+def _collect(proto: onnx.ModelProto, shapes: dict[str, Shape]) -> None:
+    g = proto.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        dims = _dims_of(vi.type)
+        if dims is not None:
+            shapes[vi.name] = dims
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    shapes[node.output[0]] = tuple(int(d) for d in a.t.dims)
+
+
+def model_bytes(model: ir.Model) -> int:
+    """Total bytes of the model's initializers."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_model_atomic(model: ir.Model, path: Path, *, external_data: bool | None = None) -> None:
+    """Write ``model`` to ``path`` through a temporary folder and a rename, so no half file is left.
+
+    External data (``<name>_data``) is used when ``external_data`` is True, or when None and the
+    weights exceed what a single protobuf can hold.
+    """
+    path = Path(path)
+    if external_data is None:
+        external_data = model_bytes(model) > _EXTERNAL_DATA_THRESHOLD
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    try:
+        tmp_file = tmp_dir / path.name
+        data_name = path.name + "_data" if external_data else None
+        ir.save(model, tmp_file, external_data=data_name)
+        if data_name:
+            os.replace(tmp_dir / data_name, path.parent / data_name)
+        os.replace(tmp_file, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

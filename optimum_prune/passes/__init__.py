@@ -1,0 +1,1 @@
+"""Graph passes: normalise the graph before analysis, apply a plan, validate the result."""

@@ -1,0 +1,91 @@
+"""Validation of a written model: the ONNX checker (full check) and an ONNX Runtime run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from optimum_prune.errors import ValidationError
+
+
+def make_session(path: Path, *, threads: int = 0):
+    """An ONNX Runtime CPU session on ``path`` (all graph optimisations on)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+}
+
+_DIM_VALUES = {"batch": 2, "sequence": 7, "past": 3, "height": 32, "width": 32, "channels": 3}
+
+
+def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs that fit ``session``'s declared inputs: ids in a small range, masks of ones."""
+    rng = np.random.default_rng(seed)
+    dims = dims or {}
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = []
+        for i, d in enumerate(inp.shape):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+                continue
+            name = str(d).lower() if d is not None else ""
+            if name in dims:
+                shape.append(dims[name])
+            elif "past" in name and "+" in name:
+                shape.append(_DIM_VALUES["past"] + _DIM_VALUES["sequence"])
+            elif "past" in name:
+                shape.append(_DIM_VALUES["past"])
+            elif "batch" in name or i == 0:
+                shape.append(_DIM_VALUES["batch"])
+            elif "height" in name or "width" in name:
+                shape.append(_DIM_VALUES["height"])
+            else:
+                shape.append(_DIM_VALUES["sequence"])
+        dtype = _ORT_TYPES.get(inp.type, np.float32)
+        lname = inp.name.lower()
+        if "mask" in lname:
+            arr = np.ones(shape, dtype=dtype)
+        elif "position_ids" in lname:
+            arr = np.broadcast_to(np.arange(shape[-1], dtype=dtype) + (
+                _DIM_VALUES["past"] if any("past" in i.name for i in session.get_inputs()) else 0), shape).copy()
+        elif "token_type" in lname:
+            arr = np.zeros(shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.integer):
+            arr = rng.integers(0, 10, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            arr = np.ones(shape, dtype=dtype)
+        else:
+            arr = rng.standard_normal(shape).astype(dtype)
+        feeds[inp.name] = arr
+    return feeds
+
+
+def validate_model_file(path: Path, *, run: bool = True) -> None:
+    """Run ``onnx.checker`` (full check) and one ONNX Runtime inference; raise :class:`ValidationError`."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ValidationError(f"pruned model {path} fails onnx.checker: {e}") from e
+    if not run:
+        return
+    try:
+        sess = make_session(path)
+        outs = sess.run(None, generated_inputs(sess))
+    except Exception as e:
+        raise ValidationError(f"pruned model {path} does not run in ONNX Runtime: {e}") from e
+    for meta, out in zip(sess.get_outputs(), outs, strict=True):
+        if np.issubdtype(np.asarray(out).dtype, np.floating) and not np.isfinite(out).all():
+            raise ValidationError(f"pruned model {path} gives non-finite values in output '{meta.name}'")

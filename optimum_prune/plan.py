@@ -1,0 +1,72 @@
+"""``PruningPlan``: which units of which group are kept. The one object every stage reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optimum_prune.errors import PlanMismatchError
+
+PLAN_FILE = "pruning_plan.json"
+PLAN_VERSION = 1
+
+
+@dataclass
+class GroupPlan:
+    """The decision for one group: its identity (to check it matches) and the kept unit indices."""
+
+    id: int
+    kind: str
+    seed: str
+    units: int
+    unit_size: int
+    kept: list[int]
+    tensors: list[str] = field(default_factory=list)
+
+    @property
+    def removed(self) -> list[int]:
+        """Unit indices removed."""
+        kept = set(self.kept)
+        return [u for u in range(self.units) if u not in kept]
+
+
+@dataclass
+class PruningPlan:
+    """Kept units per group, with the config that chose them; JSON round trip."""
+
+    groups: list[GroupPlan]
+    config: dict = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {
+            "version": PLAN_VERSION,
+            "source": self.source,
+            "config": self.config,
+            "groups": [g.__dict__ for g in self.groups],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PruningPlan:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("version") != PLAN_VERSION:
+            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; expected {PLAN_VERSION}")
+        return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
+                   source=data.get("source", ""))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan as JSON (atomically)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        """Read a plan written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

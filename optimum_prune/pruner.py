@@ -1,0 +1,315 @@
+"""``ORTPruner``: structured pruning of an ONNX model folder, mirroring Optimum's ``ORTQuantizer``.
+
+    pruner = ORTPruner.from_pretrained(onnx_dir)
+    report = pruner.analyze()
+    out = pruner.prune(PruningConfig(sparsity=0.3), save_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.allocation import select_kept, units_to_remove
+from optimum_prune.association.builder import build_groups
+from optimum_prune.association.rules import RuleRegistry
+from optimum_prune.association.tree import KINDS, PruningGroup
+from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
+from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError
+from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
+from optimum_prune.importance import get_importance
+from optimum_prune.metrics import count_flops, count_parameters
+from optimum_prune.passes.apply import apply_removals
+from optimum_prune.passes.normalize import (
+    explicit_split_sizes,
+    name_nodes,
+    unshare_shape_constants,
+    unshare_vectors,
+)
+from optimum_prune.passes.validate import validate_model_file
+from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
+
+REPORT_FILE = "report.json"
+_MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
+
+_HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
+              "decoder_attention_heads")
+_KV_KEYS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num")
+_FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim",
+             "d_ff")
+
+
+@dataclass
+class AnalysisReport:
+    """What :meth:`ORTPruner.analyze` found: every group, by kind, with the reasons some are refused."""
+
+    groups: list[PruningGroup]
+    params: int
+    flops: int
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per kind: groups found, groups prunable, prunable units."""
+        out: dict[str, dict[str, int]] = {}
+        for kind in KINDS:
+            gs = [g for g in self.groups if g.kind == kind]
+            if gs:
+                out[kind] = {"groups": len(gs), "prunable": sum(g.prunable for g in gs),
+                             "units": sum(g.units for g in gs if g.prunable)}
+        return out
+
+    def unprunable(self) -> list[dict]:
+        """Groups that cannot be pruned, with why (node, op)."""
+        return [{"group": g.id, "kind": g.kind, "seed": g.seed, "reason": g.reason}
+                for g in self.groups if not g.prunable]
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {"params": self.params, "flops": self.flops, "seconds": round(self.seconds, 3),
+                "summary": self.summary(), "unprunable": self.unprunable(),
+                "groups": [g.summary() for g in self.groups]}
+
+    def __str__(self) -> str:
+        lines = [f"{'kind':<8}{'groups':>8}{'prunable':>10}{'units':>8}"]
+        for kind, row in self.summary().items():
+            lines.append(f"{kind:<8}{row['groups']:>8}{row['prunable']:>10}{row['units']:>8}")
+        for u in self.unprunable()[:10]:
+            lines.append(f"  group {u['group']} ({u['kind']}, seed {u['seed']}): {u['reason']}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Prepared:
+    model: ir.Model
+    shapes: dict[str, Shape]
+    groups: list[PruningGroup] = field(default_factory=list)
+
+
+class ORTPruner:
+    """Structured pruner for an ONNX model folder exported by optimum-onnx (or any ONNX file).
+
+    Args:
+        model_path: the ONNX file.
+        registry: op rules to use (defaults to the built-in library); extend it for custom ops.
+    """
+
+    def __init__(self, model_path: Path, registry: RuleRegistry | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.folder = self.model_path.parent
+        self.registry = registry
+        self._cache: dict[tuple[str, ...], tuple[dict[str, Shape], list[PruningGroup]]] = {}
+
+    @classmethod
+    def from_pretrained(cls, model_or_path: str | os.PathLike, file_name: str = "model.onnx",
+                        registry: RuleRegistry | None = None) -> ORTPruner:
+        """Open a folder holding ``file_name`` (or an ``.onnx`` file directly)."""
+        path = Path(model_or_path)
+        if path.is_file():
+            return cls(path, registry)
+        if not path.exists():
+            raise InvalidModelError(f"model folder not found: {path}. Export one with "
+                                    f"`optimum-cli export onnx --model MODEL {path}`.")
+        model_path = path / file_name
+        if not model_path.is_file():
+            found = sorted(p.name for p in path.glob("*.onnx"))
+            raise InvalidModelError(f"{model_path} not found; ONNX files in {path}: {found or 'none'}. "
+                                    "Pass file_name= to choose one.")
+        return cls(model_path, registry)
+
+    # ------------------------------------------------------------------------------------------
+    def _prepare(self, io_patterns: tuple[str, ...]) -> _Prepared:
+        model = load_model(self.model_path)
+        name_nodes(model)
+        unshare_shape_constants(model)
+        unshare_vectors(model)
+        cached = self._cache.get(io_patterns)
+        if cached is not None:
+            shapes, groups = cached
+            explicit_split_sizes(model, shapes)
+            return _Prepared(model, shapes, groups)
+        shapes = infer_shapes(model)
+        if explicit_split_sizes(model, shapes):
+            shapes = infer_shapes(model)
+        groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
+        self._cache[io_patterns] = (shapes, groups)
+        return _Prepared(model, shapes, groups)
+
+    def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> AnalysisReport:
+        """Find every group (kind, prunable units) and why some cannot be pruned."""
+        start = time.perf_counter()
+        prep = self._prepare(tuple(io_patterns))
+        return AnalysisReport(prep.groups, count_parameters(prep.model), count_flops(prep.model, prep.shapes),
+                              time.perf_counter() - start)
+
+    def plan(self, config: PruningConfig) -> PruningPlan:
+        """Choose the kept units of every group in ``config.scope`` (uniform sparsity per group)."""
+        prep = self._prepare(config.io_patterns)
+        return self._plan(prep, config)
+
+    def _plan(self, prep: _Prepared, config: PruningConfig) -> PruningPlan:
+        importance = get_importance(config.importance)
+        plans = []
+        for g in prep.groups:
+            selected = (g.prunable and g.kind in config.scope
+                        and not any(pat in g.seed for pat in config.exclude))
+            if selected:
+                n_remove = units_to_remove(g.units, config.sparsity, config.min_units)
+                kept = select_kept(importance(g, prep.model), n_remove)
+            else:
+                kept = list(range(g.units))
+            plans.append(GroupPlan(id=g.id, kind=g.kind, seed=f"{g.seed}:{g.seed_axis}", units=g.units,
+                                   unit_size=g.unit_size, kept=kept,
+                                   tensors=sorted({s.name for s in g.slices if s.constant})))
+        return PruningPlan(groups=plans, config=config.to_dict(), source=str(self.model_path.name))
+
+    def prune(self, config: PruningConfig | None = None, save_dir: str | os.PathLike | None = None, *,
+              plan: PruningPlan | None = None, validate: bool = True) -> Path:
+        """Prune with ``config`` (or apply a saved ``plan``) and write an Optimum-loadable folder.
+
+        The folder holds ``model.onnx``, the source folder's config/tokenizer/processor files,
+        ``pruning_plan.json`` and ``report.json``. The model is validated (ONNX checker and an ONNX
+        Runtime run) before anything is written; the input folder is never modified.
+        """
+        if save_dir is None:
+            raise ConfigError("save_dir is required: the folder to write the pruned model to")
+        if config is None and plan is None:
+            raise ConfigError("pass a PruningConfig or a PruningPlan")
+        save_dir = Path(save_dir).resolve()
+        if save_dir == self.folder.resolve():
+            raise ConfigError(f"save_dir {save_dir} is the input folder; choose another folder (inputs are "
+                              "never modified)")
+        if save_dir.exists() and any(save_dir.iterdir()) and not (save_dir / PLAN_FILE).exists():
+            raise ConfigError(f"save_dir {save_dir} exists and is not empty (and holds no earlier pruning "
+                              "output); choose a new folder")
+        start = time.perf_counter()
+        io_patterns = tuple(plan.config.get("io_patterns", DEFAULT_IO_PATTERNS)) if plan and config is None \
+            else config.io_patterns
+        prep = self._prepare(io_patterns)
+        if plan is None:
+            plan = self._plan(prep, config)
+        removed = _match_plan(plan, prep.groups)
+        params_before = count_parameters(prep.model)
+        flops_before = count_flops(prep.model, prep.shapes)
+        apply_removals(prep.model, prep.groups, removed)
+        params_after = count_parameters(prep.model)
+        save_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}-", dir=save_dir.parent))
+        try:
+            model_file = tmp / self.model_path.name
+            save_model_atomic(prep.model, model_file)
+            if validate:
+                validate_model_file(model_file)
+            after = load_model(model_file)
+            flops_after = count_flops(after, infer_shapes(after))
+            del after
+            self._copy_side_files(tmp)
+            _update_config(tmp / "config.json", prep.groups, removed)
+            plan.save(tmp / PLAN_FILE)
+            report = {
+                "stage": "prune",
+                "config": plan.config,
+                "params_before": params_before,
+                "params_after": params_after,
+                "flops_before": flops_before,
+                "flops_after": flops_after,
+                "groups_found": len(prep.groups),
+                "groups_pruned": sum(1 for r in removed.values() if r),
+                "units_removed": {k: sum(len(removed.get(g.id, ())) for g in prep.groups if g.kind == k)
+                                  for k in KINDS},
+                "seconds": round(time.perf_counter() - start, 3),
+                "groups": [{**g.summary(), "kept": len(g_plan.kept)} for g, g_plan in zip(prep.groups, plan.groups,
+                                                                                           strict=True)],
+            }
+            _write_report(tmp, self.folder, report)
+            if save_dir.exists():
+                shutil.rmtree(save_dir)
+            os.replace(tmp, save_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return save_dir
+
+    def _copy_side_files(self, dest: Path) -> None:
+        for item in sorted(self.folder.iterdir()):
+            if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES) and item.name not in (PLAN_FILE,
+                                                                                                 REPORT_FILE):
+                shutil.copy2(item, dest / item.name)
+
+
+def _match_plan(plan: PruningPlan, groups: list[PruningGroup]) -> dict[int, set[int]]:
+    if len(plan.groups) != len(groups):
+        raise PlanMismatchError(f"the plan has {len(plan.groups)} groups, the model {len(groups)}: it was made "
+                                "for another model")
+    removed: dict[int, set[int]] = {}
+    for gp, g in zip(plan.groups, groups, strict=True):
+        if gp.seed != f"{g.seed}:{g.seed_axis}" or gp.units != g.units:
+            raise PlanMismatchError(f"plan group {gp.id} ({gp.seed}, {gp.units} units) does not match model group "
+                                    f"{g.id} ({g.seed}:{g.seed_axis}, {g.units} units)")
+        rm = set(gp.removed)
+        if rm and not g.prunable:
+            raise PlanMismatchError(f"plan removes units of group {g.id}, which cannot be pruned: {g.reason}")
+        if len(rm) >= g.units:
+            raise PlanMismatchError(f"plan removes every unit of group {g.id}")
+        removed[g.id] = rm
+    return removed
+
+
+def _uniform_ratio(groups: list[PruningGroup], removed: dict[int, set[int]], kind: str) -> float | None:
+    gs = [g for g in groups if g.kind == kind and g.units > 1]
+    if not gs or any(not g.prunable for g in gs):
+        return None
+    ratios = {(g.units - len(removed.get(g.id, ()))) / g.units for g in gs}
+    return ratios.pop() if len(ratios) == 1 else None
+
+
+def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> None:
+    """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly."""
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    changed = False
+    heads = _uniform_ratio(groups, removed, "heads")
+    if heads is not None and heads < 1:
+        n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
+        hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
+        if n_heads and isinstance(hidden, int) and "head_dim" not in cfg:
+            cfg["head_dim"] = hidden // n_heads
+        for k in _HEAD_KEYS + _KV_KEYS:
+            if isinstance(cfg.get(k), int):
+                cfg[k] = int(round(cfg[k] * heads))
+        changed = True
+    ffn = _uniform_ratio(groups, removed, "ffn")
+    if ffn is not None and ffn < 1:
+        for k in _FFN_KEYS:
+            if isinstance(cfg.get(k), int):
+                cfg[k] = int(round(cfg[k] * ffn))
+        changed = True
+    if changed:
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _write_report(dest: Path, source: Path, stage: dict) -> None:
+    prior = source / REPORT_FILE
+    stages = []
+    if prior.is_file():
+        try:
+            stages = list(json.loads(prior.read_text()).get("stages", []))
+        except (json.JSONDecodeError, AttributeError):
+            stages = []
+    stages.append(stage)
+    (dest / REPORT_FILE).write_text(json.dumps({"stages": stages}, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(type(o))

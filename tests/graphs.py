@@ -1,0 +1,1517 @@
+"""Tiny hand-written ONNX models, one factory per pruning rule.
+
+Every factory returns an ``onnx.ModelProto`` (default domain opset 18 unless noted, plus
+``com.microsoft`` opset 1 where contrib ops are used) that
+
+* holds at least one prunable channel group: a root (MatMul/Gemm B, Conv/ConvTranspose W, an
+  embedding table, a packed QKV weight, ...) whose output channels flow through the op under
+  test into a consumer MatMul/Gemm/Conv,
+* has deterministic float32 initializers drawn from ``np.random.default_rng(seed)``,
+* runs under onnxruntime (CPU EP) on the feeds of :func:`make_inputs`.
+
+Dimension conventions: symbolic ``B`` (batch) is fed as 2 and ``S`` (sequence) as 5; channel
+sizes are chosen to be distinct inside a graph (typically in 8, hidden 12, out 6; attention in
+10, 3 heads x 4) so that a wrong axis shows up as a shape error or a numeric mismatch.
+
+``OP_GRAPHS`` maps a test id to its factory, ``EXPECTED_KIND`` gives the kind of the group that
+exercises the op under test ('ffn', 'heads', 'conv' or 'hidden'; a graph may contain other
+groups too, e.g. the LayerNorm graph also has an FFN group), and ``EXPECTED_UNPRUNABLE`` lists
+the graphs whose group must be refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx.parser
+from onnx import numpy_helper
+
+DIM_VALUES: dict[str, int] = {"B": 2, "S": 5}
+MS = "com.microsoft"
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _build(
+    graph_text: str,
+    inits: dict[str, np.ndarray],
+    *,
+    opset: int = 18,
+    domains: dict[str, int] | None = None,
+    functions_text: str = "",
+) -> onnx.ModelProto:
+    """Parse ``graph_text`` (ONNX textual syntax) and attach ``inits`` as initializers."""
+    imports = {"": opset, **(domains or {})}
+    header = "<ir_version: 10, opset_import: [{}]>\n".format(
+        ", ".join(f'"{d}" : {v}' for d, v in imports.items())
+    )
+    model = onnx.parser.parse_model(header + graph_text + functions_text)
+    for name, arr in inits.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(arr), name))
+    return model
+
+
+def _mat(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """MatMul weight [k, n] scaled to keep activations O(1)."""
+    return (rng.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32)
+
+
+def _conv(rng: np.random.Generator, o: int, i: int, kh: int, kw: int) -> np.ndarray:
+    return (rng.standard_normal((o, i, kh, kw)) / math.sqrt(i * kh * kw)).astype(np.float32)
+
+
+def _vec(rng: np.random.Generator, *shape: int, scale: float = 0.1) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _pos(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Strictly positive values (norm scales, variances, divisors)."""
+    return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _f32(value: float) -> np.ndarray:
+    return np.array(value, dtype=np.float32)
+
+
+_SCALAR0 = np.array(0, dtype=np.int64)
+_SCALAR1 = np.array(1, dtype=np.int64)
+
+
+def _ffn(body: str, extra: dict[str, np.ndarray], rng: np.random.Generator, **kw) -> onnx.ModelProto:
+    """x[B,S,8] -> MatMul(W1[8,12]) -> Add(b1[12]) = h -> <body: h -> a> -> MatMul(W2[12,6]) -> y."""
+    text = (
+        """
+ffn (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+"""
+        + body
+        + """
+  y = MatMul(a, W2)
+}
+"""
+    )
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6), **extra}
+    return _build(text, inits, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# MatMul / Gemm
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> MatMul(W2[12,6]) -> y[B,S,6]
+def matmul(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+matmul (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h = MatMul(x, W1)
+  y = MatMul(h, W2)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6)})
+
+
+# x[B,8] -> Gemm(W1[8,12], C1[12]) -> Relu -> Gemm(W2[12,6], C2[6]) -> y[B,6]      (transB=0)
+def gemm_transb0(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gemm (float[B, 8] x) => (float[B, 6] y) {
+  h = Gemm(x, W1, C1)
+  r = Relu(h)
+  y = Gemm(r, W2, C2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "C1": _vec(rng, 12), "W2": _mat(rng, 12, 6), "C2": _vec(rng, 6)}
+    return _build(text, inits)
+
+
+# x[B,8] -> Gemm(W1t[12,8], C1[12], transB=1, alpha=0.5, beta=2) -> Relu
+#        -> Gemm(W2t[6,12], C2[6], transB=1) -> y[B,6]
+def gemm_transb1(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gemm (float[B, 8] x) => (float[B, 6] y) {
+  h = Gemm<transB = 1, alpha = 0.5, beta = 2.0>(x, W1t, C1)
+  r = Relu(h)
+  y = Gemm<transB = 1>(r, W2t, C2)
+}
+"""
+    inits = {
+        "W1t": _mat(rng, 8, 12).T.copy(),
+        "C1": _vec(rng, 12),
+        "W2t": _mat(rng, 12, 6).T.copy(),
+        "C2": _vec(rng, 6),
+    }
+    return _build(text, inits)
+
+
+# --------------------------------------------------------------------------------------------
+# Conv family
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], B1[8], pads=1) -> Relu -> Conv(W2[6,8,1,1], B2[6]) -> y[B,6,7,9]
+def conv(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+conv (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c = Conv<pads = [1, 1, 1, 1]>(x, W1, B1)
+  r = Relu(c)
+  y = Conv(r, W2, B2)
+}
+"""
+    inits = {
+        "W1": _conv(rng, 8, 3, 3, 3),
+        "B1": _vec(rng, 8),
+        "W2": _conv(rng, 6, 8, 1, 1),
+        "B2": _vec(rng, 6),
+    }
+    return _build(text, inits)
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu
+#   -> Conv(W2[12,4,3,3], B2[12], group=2, pads=1)     (8 in = 2 groups x 4, 12 out = 2 groups x 6)
+#   -> Relu -> Conv(W3[6,12,1,1]) -> y[B,6,7,9]
+def conv_grouped(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+conv (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c1 = Conv<pads = [1, 1, 1, 1]>(x, W1)
+  r1 = Relu(c1)
+  c2 = Conv<group = 2, pads = [1, 1, 1, 1]>(r1, W2, B2)
+  r2 = Relu(c2)
+  y = Conv(r2, W3)
+}
+"""
+    inits = {
+        "W1": _conv(rng, 8, 3, 3, 3),
+        "W2": _conv(rng, 12, 4, 3, 3),
+        "B2": _vec(rng, 12),
+        "W3": _conv(rng, 6, 12, 1, 1),
+    }
+    return _build(text, inits)
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], B1[8], pads=1) -> Conv(Wd[8,1,3,3], Bd[8], group=8, pads=1)
+#   -> Relu -> Conv(W3[6,8,1,1]) -> y[B,6,7,9]                 (depthwise: channel passes through)
+def conv_depthwise(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+conv (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c1 = Conv<pads = [1, 1, 1, 1]>(x, W1, B1)
+  d = Conv<group = 8, pads = [1, 1, 1, 1]>(c1, Wd, Bd)
+  r = Relu(d)
+  y = Conv(r, W3)
+}
+"""
+    inits = {
+        "W1": _conv(rng, 8, 3, 3, 3),
+        "B1": _vec(rng, 8),
+        "Wd": _conv(rng, 8, 1, 3, 3),
+        "Bd": _vec(rng, 8),
+        "W3": _conv(rng, 6, 8, 1, 1),
+    }
+    return _build(text, inits)
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu
+#   -> Conv(Wd[16,1,3,3], group=8, pads=1)   (depth multiplier 2: input channel c -> outputs 2c, 2c+1)
+#   -> Relu -> Conv(W3[6,16,1,1]) -> y[B,6,7,9]
+def conv_depthwise_multiplier(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+conv (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c1 = Conv<pads = [1, 1, 1, 1]>(x, W1)
+  r1 = Relu(c1)
+  d = Conv<group = 8, pads = [1, 1, 1, 1]>(r1, Wd)
+  r2 = Relu(d)
+  y = Conv(r2, W3)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "Wd": _conv(rng, 16, 1, 3, 3), "W3": _conv(rng, 6, 16, 1, 1)}
+    return _build(text, inits)
+
+
+# x[B,3,4,5] -> ConvTranspose(W1[3,8,3,3], B1[8], strides=2) -> [B,8,9,11] -> Relu  (root: W1 axis 1)
+#   -> ConvTranspose(W2[8,6,2,2], B2[6]) -> y[B,6,10,12]                  (consumer: W2 axis 0)
+def conv_transpose(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+convt (float[B, 3, 4, 5] x) => (float[B, 6, 10, 12] y) {
+  c = ConvTranspose<strides = [2, 2]>(x, W1, B1)
+  r = Relu(c)
+  y = ConvTranspose(r, W2, B2)
+}
+"""
+    inits = {
+        "W1": _conv(rng, 3, 8, 3, 3),
+        "B1": _vec(rng, 8),
+        "W2": _conv(rng, 8, 6, 2, 2),
+        "B2": _vec(rng, 6),
+    }
+    return _build(text, inits)
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> BatchNormalization(s,b,mean,var [8]) -> Relu
+#   -> Conv(W2[6,8,1,1]) -> y[B,6,7,9]
+def batchnorm(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+bn (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c = Conv<pads = [1, 1, 1, 1]>(x, W1)
+  n = BatchNormalization<epsilon = 1e-5>(c, bn_scale, bn_bias, bn_mean, bn_var)
+  r = Relu(n)
+  y = Conv(r, W2)
+}
+"""
+    inits = {
+        "W1": _conv(rng, 8, 3, 3, 3),
+        "bn_scale": _pos(rng, 8),
+        "bn_bias": _vec(rng, 8),
+        "bn_mean": _vec(rng, 8),
+        "bn_var": _pos(rng, 8),
+        "W2": _conv(rng, 6, 8, 1, 1),
+    }
+    return _build(text, inits)
+
+
+# x[B,3,5,6] -> Conv(W1[8,3,3,3]) -> Relu -> [B,8,3,4] -> Flatten(axis=1) -> [B,96]
+#   -> Gemm(W2[96,6], C2[6]) -> y[B,6]            (channel c owns Gemm rows 12c .. 12c+11)
+def flatten_conv_gemm(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+flat (float[B, 3, 5, 6] x) => (float[B, 6] y) {
+  c = Conv(x, W1)
+  r = Relu(c)
+  f = Flatten<axis = 1>(r)
+  y = Gemm(f, W2, C2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _mat(rng, 96, 6), "C2": _vec(rng, 6)}
+    return _build(text, inits)
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], B1[8]) -> Relu -> GlobalAveragePool -> [B,8,1,1] -> Flatten
+#   -> Gemm(W2t[6,8], C2[6], transB=1) -> y[B,6]
+def global_avg_pool(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gap (float[B, 3, 7, 9] x) => (float[B, 6] y) {
+  c = Conv(x, W1, B1)
+  r = Relu(c)
+  p = GlobalAveragePool(r)
+  f = Flatten<axis = 1>(p)
+  y = Gemm<transB = 1>(f, W2t, C2)
+}
+"""
+    inits = {
+        "W1": _conv(rng, 8, 3, 3, 3),
+        "B1": _vec(rng, 8),
+        "W2t": _mat(rng, 8, 6).T.copy(),
+        "C2": _vec(rng, 6),
+    }
+    return _build(text, inits)
+
+
+# x[B,3,7,9] -> Conv(W1[8,3,3,3]) -> Relu -> [B,8,5,7] -> Transpose(0,2,3,1) -> [B,5,7,8]
+#   -> MatMul(W2[8,6]) -> y[B,5,7,6]                (channel axis moves from 1 to -1)
+def transpose_nchw_nhwc(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+nhwc (float[B, 3, 7, 9] x) => (float[B, 5, 7, 6] y) {
+  c = Conv(x, W1)
+  r = Relu(c)
+  t = Transpose<perm = [0, 2, 3, 1]>(r)
+  y = MatMul(t, W2)
+}
+"""
+    return _build(text, {"W1": _conv(rng, 8, 3, 3, 3), "W2": _mat(rng, 8, 6)})
+
+
+# --------------------------------------------------------------------------------------------
+# element-wise binary ops with constants
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> Add(b1[12]) -> Add(c[12]) -> Relu -> MatMul(W2[12,6]) -> y
+def add_vector(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    body = """
+  t = Add(h, c)
+  a = Relu(t)
+"""
+    return _ffn(body, {"c": _vec(rng, 12)}, rng)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Sub(c[12], .) (constant on the left) -> Relu
+#   -> MatMul(W2[12,6]) -> y
+def sub_vector_lhs(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    body = """
+  t = Sub(c, h)
+  a = Relu(t)
+"""
+    return _ffn(body, {"c": _vec(rng, 12)}, rng)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Mul(., c[1,1,12]) (rank-3 broadcast) -> Tanh
+#   -> MatMul(W2[12,6]) -> y
+def mul_vector(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    body = """
+  t = Mul(h, c)
+  a = Tanh(t)
+"""
+    return _ffn(body, {"c": _pos(rng, 1, 1, 12)}, rng)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Div(., c[12]) (c > 0) -> Relu -> MatMul(W2[12,6]) -> y
+def div_vector(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    body = """
+  t = Div(h, c)
+  a = Relu(t)
+"""
+    return _ffn(body, {"c": _pos(rng, 12)}, rng)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Add(s0[]) -> Mul(s1[1], .) -> Sub(., s2[]) -> Div(., s3[])
+#   -> Relu -> MatMul(W2[12,6]) -> y                (scalars broadcast over every channel)
+def elementwise_scalar(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    body = """
+  t0 = Add(h, s0)
+  t1 = Mul(s1, t0)
+  t2 = Sub(t1, s2)
+  t3 = Div(t2, s3)
+  a = Relu(t3)
+"""
+    extra = {
+        "s0": _f32(0.25),
+        "s1": np.array([1.5], dtype=np.float32),
+        "s2": _f32(0.125),
+        "s3": _f32(2.0),
+    }
+    return _ffn(body, extra, rng)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Mul(., m[B,S,1]) (graph input, non-channel broadcast)
+#   -> Relu -> MatMul(W2[12,6]) -> y
+def mul_nonchannel_input(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+mulm (float[B, S, 8] x, float[B, S, 1] m) => (float[B, S, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  t = Mul(h, m)
+  a = Relu(t)
+  y = MatMul(a, W2)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6)})
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) --+
+#                                +-> Add -> Relu -> MatMul(W2[12,6]) -> y     (two coupled roots)
+# x[B,S,8] -> MatMul(W1b[8,12]) -+
+def add_two_branches(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+add2 (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h1 = MatMul(x, W1)
+  h2 = MatMul(x, W1b)
+  t = Add(h1, h2)
+  a = Relu(t)
+  y = MatMul(a, W2)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "W1b": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6)})
+
+
+# --------------------------------------------------------------------------------------------
+# activations (all on the _ffn template: x -> MatMul(W1[8,12]) -> Add(b1[12]) -> ACT -> MatMul(W2[12,6]))
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> Add(b1[12]) -> Relu -> MatMul(W2[12,6]) -> y
+def relu(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Relu(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Gelu (opset 20, approximate="none") -> MatMul(W2) -> y
+def gelu_opset20(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Gelu(h)\n", {}, np.random.default_rng(seed), opset=20)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) = h -> h * 0.5 * (1 + Erf(h / sqrt2)) -> MatMul(W2) -> y
+def gelu_erf(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  d = Div(h, sqrt2)
+  e = Erf(d)
+  e1 = Add(e, one)
+  m = Mul(h, e1)
+  a = Mul(m, half)
+"""
+    extra = {"sqrt2": _f32(math.sqrt(2.0)), "one": _f32(1.0), "half": _f32(0.5)}
+    return _ffn(body, extra, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Tanh -> MatMul(W2) -> y
+def tanh(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Tanh(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Sigmoid -> MatMul(W2) -> y     (Sigmoid(0) != 0)
+def sigmoid(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Sigmoid(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) = h -> Mul(h, Sigmoid(h)) -> MatMul(W2) -> y
+def silu(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  g = Sigmoid(h)
+  a = Mul(h, g)
+"""
+    return _ffn(body, {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(Wg[8,12]) -> Silu (x*Sigmoid(x)) --+
+#                                                        +-> Mul -> MatMul(Wd[12,6]) -> y
+# x[B,S,8] -> MatMul(Wu[8,12]) -------------------------+
+def swiglu(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+swiglu (float[B, S, 8] x) => (float[B, S, 6] y) {
+  g0 = MatMul(x, Wg)
+  gs = Sigmoid(g0)
+  g = Mul(g0, gs)
+  u = MatMul(x, Wu)
+  a = Mul(g, u)
+  y = MatMul(a, Wd)
+}
+"""
+    return _build(text, {"Wg": _mat(rng, 8, 12), "Wu": _mat(rng, 8, 12), "Wd": _mat(rng, 12, 6)})
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Softplus -> MatMul(W2) -> y
+def softplus(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Softplus(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Clip(min=-1.0, max=1.5 scalar inputs) -> MatMul(W2) -> y
+def clip(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Clip(h, lo, hi)\n", {"lo": _f32(-1.0), "hi": _f32(1.5)}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> LeakyRelu(alpha=0.1) -> MatMul(W2) -> y
+def leaky_relu(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = LeakyRelu<alpha = 0.1>(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> HardSigmoid(alpha=0.2, beta=0.5) -> MatMul(W2) -> y
+def hard_sigmoid(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = HardSigmoid<alpha = 0.2, beta = 0.5>(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> HardSwish -> MatMul(W2) -> y
+def hard_swish(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = HardSwish(h)\n", {}, np.random.default_rng(seed))
+
+
+# --------------------------------------------------------------------------------------------
+# pass-through / structural ops
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Where(cond[12] bool const, ., alt[12]) -> MatMul(W2) -> y
+def where_channel_cond(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    cond = np.array([True, False, True, True, False, True, False, False, True, True, False, True])
+    return _ffn("  a = Where(cond, h, alt)\n", {"cond": cond, "alt": _vec(rng, 12)}, rng)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Where(mask[B,S,1] bool input, ., -1.0) -> MatMul(W2) -> y
+def where_mask_input(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+where (float[B, S, 8] x, bool[B, S, 1] mask) => (float[B, S, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  a = Where(mask, h, fill)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6), "fill": _f32(-1.0)}
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Cast(to=FLOAT) -> Relu -> MatMul(W2) -> y
+def cast(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  c = Cast<to = 1>(h)
+  a = Relu(c)
+"""
+    return _ffn(body, {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Identity -> Relu -> MatMul(W2) -> y
+def identity(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  i = Identity(h)
+  a = Relu(i)
+"""
+    return _ffn(body, {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Relu -> Dropout(ratio=0.3, inference) -> MatMul(W2) -> y
+def dropout(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  r = Relu(h)
+  a = Dropout(r, ratio)
+"""
+    return _ffn(body, {"ratio": _f32(0.3)}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> Relu -+-> Concat(axis=-1) [B,S,22] -> MatMul(W3[22,6]) -> y
+# x[B,S,8] -> MatMul(W2[8,10]) -> Sigmoid +       (W2's channels sit at offset 12 in W3)
+def concat_channels(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+concat (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h1 = MatMul(x, W1)
+  a1 = Relu(h1)
+  h2 = MatMul(x, W2)
+  a2 = Sigmoid(h2)
+  c = Concat<axis = -1>(a1, a2)
+  y = MatMul(c, W3)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 8, 10), "W3": _mat(rng, 22, 6)})
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -+-> Concat(axis=1) [B,2S,12] -> ReduceMean(axes=[1], keepdims=1)
+# x[B,S,8] -> MatMul(W2[8,12]) -+     -> Relu -> MatMul(W3[12,6]) -> y[B,1,6]   (roots coupled)
+def concat_seq_axis(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+concat (float[B, S, 8] x) => (float[B, 1, 6] y) {
+  h1 = MatMul(x, W1)
+  h2 = MatMul(x, W2)
+  c = Concat<axis = 1>(h1, h2)
+  m = ReduceMean<keepdims = 1>(c, ax1)
+  a = Relu(m)
+  y = MatMul(a, W3)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 8, 12), "W3": _mat(rng, 12, 6), "ax1": _i64(1)}
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(Wf[8,36]) -> Add(bf[36]) -> Split(axis=-1, [12,10,14])
+#   p0 -> Relu    -> MatMul(Wa[12,6]) --+
+#   p1 -> Sigmoid -> MatMul(Wb[10,6]) --+-> Sum -> y[B,S,6]
+#   p2 ----------- -> MatMul(Wc[14,6]) --+
+def split_uneven(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+split (float[B, S, 8] x) => (float[B, S, 6] y) {
+  f0 = MatMul(x, Wf)
+  f = Add(f0, bf)
+  p0, p1, p2 = Split<axis = -1>(f, sizes)
+  a0 = Relu(p0)
+  a1 = Sigmoid(p1)
+  y0 = MatMul(a0, Wa)
+  y1 = MatMul(a1, Wb)
+  y2 = MatMul(p2, Wc)
+  y = Sum(y0, y1, y2)
+}
+"""
+    inits = {
+        "Wf": _mat(rng, 8, 36),
+        "bf": _vec(rng, 36),
+        "sizes": _i64(12, 10, 14),
+        "Wa": _mat(rng, 12, 6),
+        "Wb": _mat(rng, 10, 6),
+        "Wc": _mat(rng, 14, 6),
+    }
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> Add(b1) -> Slice(axis=1, [1:4]) -> [B,3,12] -> Relu
+#   -> MatMul(W2[12,6]) -> y[B,3,6]
+def slice_seq(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+slice (float[B, S, 8] x) => (float[B, 3, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  s = Slice(h, starts, ends, axes)
+  a = Relu(s)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {
+        "W1": _mat(rng, 8, 12),
+        "b1": _vec(rng, 12),
+        "W2": _mat(rng, 12, 6),
+        "starts": _i64(1),
+        "ends": _i64(4),
+        "axes": _i64(1),
+    }
+    return _build(text, inits)
+
+
+# ids int64[B,S] -> Gather(E[20,12], ids) -> [B,S,12] -> MatMul(W[12,6]) -> y     (root: E axis -1)
+def gather_embedding(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+emb (int64[B, S] ids) => (float[B, S, 6] y) {
+  e = Gather<axis = 0>(E, ids)
+  y = MatMul(e, W)
+}
+"""
+    return _build(text, {"E": _vec(rng, 20, 12, scale=1.0), "W": _mat(rng, 12, 6)})
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> Add(b1) -> Gather(axis=1, index 0 scalar) -> [B,12] -> Relu
+#   -> MatMul(W2[12,6]) -> y[B,6]                  (Gather on a non-channel axis, drops it)
+def gather_token(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+tok (float[B, S, 8] x) => (float[B, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  t = Gather<axis = 1>(h, i0)
+  a = Relu(t)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6), "i0": _SCALAR0}
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> ReduceMean(axes=[1], keepdims=1) -> [B,1,12] -> Relu
+#   -> MatMul(W2[12,6]) -> y[B,1,6]
+def reduce_mean_seq(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  m = ReduceMean<keepdims = 1>(h, ax1)
+  a = Relu(m)
+"""
+    rng = np.random.default_rng(seed)
+    model = _ffn(body, {"ax1": _i64(1)}, rng)
+    _set_output_shape(model, 0, ["B", 1, 6])
+    return model
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Softmax(axis=1, over S) -> MatMul(W2) -> y
+def softmax_seq(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Softmax<axis = 1>(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,8] -> MatMul(W1[8,12]) -> Unsqueeze(axes=[1]) -> [B,1,12] -> Relu -> Squeeze(axes=[1])
+#   -> [B,12] -> MatMul(W2[12,6]) -> y[B,6]
+def squeeze_unsqueeze(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+sq (float[B, 8] x) => (float[B, 6] y) {
+  h = MatMul(x, W1)
+  u = Unsqueeze(h, ax1)
+  r = Relu(u)
+  s = Squeeze(r, ax1)
+  y = MatMul(s, W2)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "ax1": _i64(1)})
+
+
+# x[B,8] -> MatMul(W1[8,12]) -> Unsqueeze(axes=[1]) -> [B,1,12] -> Expand(shape=[1,4,12])
+#   -> [B,4,12] -> Relu -> MatMul(W2[12,6]) -> y[B,4,6]      (the shape constant holds the 12)
+def expand(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+expand (float[B, 8] x) => (float[B, 4, 6] y) {
+  h = MatMul(x, W1)
+  u = Unsqueeze(h, ax1)
+  e = Expand(u, eshape)
+  r = Relu(e)
+  y = MatMul(r, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "ax1": _i64(1), "eshape": _i64(1, 4, 12)}
+    return _build(text, inits)
+
+
+# --------------------------------------------------------------------------------------------
+# norms (hidden groups: the residual stream is written by Win and W2, read by W1 and Wout)
+# --------------------------------------------------------------------------------------------
+
+_RESIDUAL = """
+  h = MatMul(x, Win)
+  f0 = MatMul(h, W1)
+  f1 = Relu(f0)
+  f = MatMul(f1, W2)
+  r = Add(h, f)
+"""
+
+
+def _residual_inits(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "Win": _mat(rng, 8, 12),
+        "W1": _mat(rng, 12, 16),
+        "W2": _mat(rng, 16, 12),
+        "Wout": _mat(rng, 12, 6),
+    }
+
+
+# x[B,S,8] -> MatMul(Win[8,12]) = h -> MatMul(W1[12,16]) -> Relu -> MatMul(W2[16,12]) = f
+#   Add(h, f) -> LayerNormalization(g[12], b[12], axis=-1) -> MatMul(Wout[12,6]) -> y
+def layernorm(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        "ln (float[B, S, 8] x) => (float[B, S, 6] y) {"
+        + _RESIDUAL
+        + """
+  n = LayerNormalization<axis = -1, epsilon = 1e-5>(r, g, b)
+  y = MatMul(n, Wout)
+}
+"""
+    )
+    return _build(text, {**_residual_inits(rng), "g": _pos(rng, 12), "b": _vec(rng, 12)})
+
+
+# residual r as in `layernorm`, then
+#   r -> Pow(2) -> ReduceMean(axes=[-1], keepdims=1) -> Add(eps) -> Sqrt -> Reciprocal -> Mul(r, .)
+#     -> Mul(., g[12]) -> MatMul(Wout[12,6]) -> y
+def rmsnorm_reciprocal(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        "rms (float[B, S, 8] x) => (float[B, S, 6] y) {"
+        + _RESIDUAL
+        + """
+  p = Pow(r, two)
+  ms = ReduceMean<keepdims = 1>(p, axm1)
+  v = Add(ms, eps)
+  sd = Sqrt(v)
+  inv = Reciprocal(sd)
+  nr = Mul(r, inv)
+  n = Mul(nr, g)
+  y = MatMul(n, Wout)
+}
+"""
+    )
+    extra = {"two": _f32(2.0), "axm1": _i64(-1), "eps": _f32(1e-6), "g": _pos(rng, 12)}
+    return _build(text, {**_residual_inits(rng), **extra})
+
+
+# residual r as in `layernorm`, then
+#   r -> Pow(2) -> ReduceMean(axes=[-1], keepdims=1) -> Add(eps) -> Sqrt -> Div(r, .)
+#     -> Mul(g[12], .) -> MatMul(Wout[12,6]) -> y
+def rmsnorm_div(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        "rms (float[B, S, 8] x) => (float[B, S, 6] y) {"
+        + _RESIDUAL
+        + """
+  p = Pow(r, two)
+  ms = ReduceMean<keepdims = 1>(p, axm1)
+  v = Add(ms, eps)
+  sd = Sqrt(v)
+  nr = Div(r, sd)
+  n = Mul(g, nr)
+  y = MatMul(n, Wout)
+}
+"""
+    )
+    extra = {"two": _f32(2.0), "axm1": _i64(-1), "eps": _f32(1e-6), "g": _pos(rng, 12)}
+    return _build(text, {**_residual_inits(rng), **extra})
+
+
+# --------------------------------------------------------------------------------------------
+# multi-head reshapes and attention (3 heads x head_dim 4 = 12 unless noted)
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,8] -> MatMul(Wv[8,12]) -> Add(bv) -> Reshape(const [0,0,3,4]) -> Softmax(axis=-1, per head)
+#   -> Reshape(const [0,0,12]) -> MatMul(Wo[12,6]) -> y           (whole heads only)
+def reshape_heads_const(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+rh (float[B, S, 8] x) => (float[B, S, 6] y) {
+  v0 = MatMul(x, Wv)
+  v = Add(v0, bv)
+  vh = Reshape(v, hd_shape)
+  sm = Softmax<axis = -1>(vh)
+  m = Reshape(sm, mg_shape)
+  y = MatMul(m, Wo)
+}
+"""
+    inits = {
+        "Wv": _mat(rng, 8, 12),
+        "bv": _vec(rng, 12),
+        "hd_shape": _i64(0, 0, 3, 4),
+        "mg_shape": _i64(0, 0, 12),
+        "Wo": _mat(rng, 12, 6),
+    }
+    return _build(text, inits)
+
+
+# as `reshape_heads_const`, but both Reshape targets are built at run time
+#   Shape(x) -> Gather(0), Gather(1) -> Unsqueeze -> Concat(b, s, Constant[3], Constant[4])
+#   and Concat(b, s, Constant[12])    (Constant nodes, not initializers)
+def reshape_heads_dynamic(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+rh (float[B, S, 8] x) => (float[B, S, 6] y) {
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  s = Gather<axis = 0>(sh, i1)
+  b1 = Unsqueeze(b, ax0)
+  s1 = Unsqueeze(s, ax0)
+  nh = Constant<value = int64[1] {3}>()
+  hd = Constant<value = int64[1] {4}>()
+  hid = Constant<value = int64[1] {12}>()
+  hd_shape = Concat<axis = 0>(b1, s1, nh, hd)
+  mg_shape = Concat<axis = 0>(b1, s1, hid)
+  v0 = MatMul(x, Wv)
+  v = Add(v0, bv)
+  vh = Reshape(v, hd_shape)
+  sm = Softmax<axis = -1>(vh)
+  m = Reshape(sm, mg_shape)
+  y = MatMul(m, Wo)
+}
+"""
+    inits = {
+        "i0": _SCALAR0,
+        "i1": _SCALAR1,
+        "ax0": _i64(0),
+        "Wv": _mat(rng, 8, 12),
+        "bv": _vec(rng, 12),
+        "Wo": _mat(rng, 12, 6),
+    }
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(Wv[8,12]) -> Reshape([0,0,3,4]) -> Transpose(0,2,1,3) -> [B,3,S,4]
+#   -> Softmax(axis=-1) -> Transpose(0,2,1,3) -> Reshape([0,0,12]) -> MatMul(Wo[12,6]) -> y
+def transpose_heads(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+th (float[B, S, 8] x) => (float[B, S, 6] y) {
+  v = MatMul(x, Wv)
+  vh = Reshape(v, hd_shape)
+  vt = Transpose<perm = [0, 2, 1, 3]>(vh)
+  sm = Softmax<axis = -1>(vt)
+  st = Transpose<perm = [0, 2, 1, 3]>(sm)
+  m = Reshape(st, mg_shape)
+  y = MatMul(m, Wo)
+}
+"""
+    inits = {
+        "Wv": _mat(rng, 8, 12),
+        "hd_shape": _i64(0, 0, 3, 4),
+        "mg_shape": _i64(0, 0, 12),
+        "Wo": _mat(rng, 12, 6),
+    }
+    return _build(text, inits)
+
+
+def _sdpa(q: str, k: str, v: str, out: str) -> str:
+    """Scaled dot-product attention on 3-D q/k/v [B,S,12] -> out [B,S,12] (3 heads x 4)."""
+    return f"""
+  {q}_h = Reshape({q}, hd_shape)
+  {q}_t = Transpose<perm = [0, 2, 1, 3]>({q}_h)
+  {k}_h = Reshape({k}, hd_shape)
+  {k}_t = Transpose<perm = [0, 2, 3, 1]>({k}_h)
+  {v}_h = Reshape({v}, hd_shape)
+  {v}_t = Transpose<perm = [0, 2, 1, 3]>({v}_h)
+  scores0 = MatMul({q}_t, {k}_t)
+  scores = Div(scores0, scale)
+  probs = Softmax<axis = -1>(scores)
+  ctx0 = MatMul(probs, {v}_t)
+  ctx1 = Transpose<perm = [0, 2, 1, 3]>(ctx0)
+  {out} = Reshape(ctx1, mg_shape)
+"""
+
+
+def _sdpa_inits() -> dict[str, np.ndarray]:
+    return {"hd_shape": _i64(0, 0, 3, 4), "mg_shape": _i64(0, 0, 12), "scale": _f32(2.0)}
+
+
+# x[B,S,10] -> MatMul(Wq[10,12]) + bq -> Reshape[0,0,3,4] -> Transpose(0,2,1,3) ----------+
+# x[B,S,10] -> MatMul(Wk[10,12]) + bk -> Reshape[0,0,3,4] -> Transpose(0,2,3,1) -> MatMul(q,k^T)
+#   -> Div(sqrt(4)) -> Softmax -> MatMul(., v)    (v: Wv[10,12] + bv -> Reshape -> Transpose)
+#   -> Transpose(0,2,1,3) -> Reshape[0,0,12] -> MatMul(Wo[12,6]) -> Add(bo[6]) -> y[B,S,6]
+def attention_block(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        """
+mha (float[B, S, 10] x) => (float[B, S, 6] y) {
+  q0 = MatMul(x, Wq)
+  q = Add(q0, bq)
+  k0 = MatMul(x, Wk)
+  k = Add(k0, bk)
+  v0 = MatMul(x, Wv)
+  v = Add(v0, bv)
+"""
+        + _sdpa("q", "k", "v", "ctx")
+        + """
+  o = MatMul(ctx, Wo)
+  y = Add(o, bo)
+}
+"""
+    )
+    inits = {
+        "Wq": _mat(rng, 10, 12),
+        "bq": _vec(rng, 12),
+        "Wk": _mat(rng, 10, 12),
+        "bk": _vec(rng, 12),
+        "Wv": _mat(rng, 10, 12),
+        "bv": _vec(rng, 12),
+        "Wo": _mat(rng, 12, 6),
+        "bo": _vec(rng, 6),
+        **_sdpa_inits(),
+    }
+    return _build(text, inits)
+
+
+# x[B,S,10] -> MatMul(Wqkv[10,36]) -> Add(bqkv[36]) -> Split(axis=-1, [12,12,12]) -> q, k, v
+#   -> (attention as in `attention_block`) -> MatMul(Wo[12,6]) -> y
+def split_qkv_attention(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        """
+qkv (float[B, S, 10] x) => (float[B, S, 6] y) {
+  f0 = MatMul(x, Wqkv)
+  f = Add(f0, bqkv)
+  q, k, v = Split<axis = -1>(f, sizes)
+"""
+        + _sdpa("q", "k", "v", "ctx")
+        + """
+  y = MatMul(ctx, Wo)
+}
+"""
+    )
+    inits = {
+        "Wqkv": _mat(rng, 10, 36),
+        "bqkv": _vec(rng, 36),
+        "sizes": _i64(12, 12, 12),
+        "Wo": _mat(rng, 12, 6),
+        **_sdpa_inits(),
+    }
+    return _build(text, inits)
+
+
+# GQA: 4 query heads, 2 KV heads, head_dim 3.
+# x[B,S,10] -> MatMul(Wq[10,12]) -> Reshape[0,0,4,3] -> Transpose(0,2,1,3) -> q[B,4,S,3]
+# x[B,S,10] -> MatMul(Wk[10,6]) -> Reshape[0,0,2,3] -> Transpose(0,2,1,3) -> [B,2,S,3]
+#   repeat_kv: Unsqueeze(axes=[2]) -> [B,2,1,S,3] -> Expand([1,1,2,1,1]) -> [B,2,2,S,3]
+#              -> Reshape([0,4,-1,3]) -> [B,4,S,3]          (query head h uses KV head h // 2)
+#   (same for v with Wv[10,6])
+# q @ k^T -> Mul(1/sqrt3) -> Softmax -> @ v -> Transpose(0,2,1,3) -> Reshape[0,0,12]
+#   -> MatMul(Wo[12,7]) -> y[B,S,7]
+def gqa_block(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gqa (float[B, S, 10] x) => (float[B, S, 7] y) {
+  q0 = MatMul(x, Wq)
+  q1 = Reshape(q0, q_shape)
+  q = Transpose<perm = [0, 2, 1, 3]>(q1)
+  k0 = MatMul(x, Wk)
+  k1 = Reshape(k0, kv_shape)
+  k2 = Transpose<perm = [0, 2, 1, 3]>(k1)
+  k3 = Unsqueeze(k2, ax2)
+  k4 = Expand(k3, rep_shape)
+  k = Reshape(k4, rep_merge)
+  kt = Transpose<perm = [0, 1, 3, 2]>(k)
+  v0 = MatMul(x, Wv)
+  v1 = Reshape(v0, kv_shape)
+  v2 = Transpose<perm = [0, 2, 1, 3]>(v1)
+  v3 = Unsqueeze(v2, ax2)
+  v4 = Expand(v3, rep_shape)
+  v = Reshape(v4, rep_merge)
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  p = Softmax<axis = -1>(sc)
+  c0 = MatMul(p, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {
+        "Wq": _mat(rng, 10, 12),
+        "Wk": _mat(rng, 10, 6),
+        "Wv": _mat(rng, 10, 6),
+        "Wo": _mat(rng, 12, 7),
+        "q_shape": _i64(0, 0, 4, 3),
+        "kv_shape": _i64(0, 0, 2, 3),
+        "ax2": _i64(2),
+        "rep_shape": _i64(1, 1, 2, 1, 1),
+        "rep_merge": _i64(0, 4, -1, 3),
+        "mg_shape": _i64(0, 0, 12),
+        "scale": _f32(1.0 / math.sqrt(3.0)),
+    }
+    return _build(text, inits)
+
+
+# --------------------------------------------------------------------------------------------
+# com.microsoft contrib ops (all verified to run on the onnxruntime 1.31 CPU EP)
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,10] -> com.microsoft.Attention(Wqkv[10,36], bqkv[36], num_heads=3) -> [B,S,12]
+#   -> MatMul(Wo[12,6]) -> y          (Wqkv columns: Q[0:12] | K[12:24] | V[24:36], head h = 4h:4h+4)
+def ms_attention(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+attn (float[B, S, 10] x) => (float[B, S, 6] y) {
+  a = com.microsoft.Attention<num_heads = 3>(x, Wqkv, bqkv)
+  y = MatMul(a, Wo)
+}
+"""
+    inits = {"Wqkv": _mat(rng, 10, 36), "bqkv": _vec(rng, 36), "Wo": _mat(rng, 12, 6)}
+    return _build(text, inits, domains={MS: 1})
+
+
+# x[B,S,10] -> MatMul(Wq[10,12]), MatMul(Wk[10,12]), MatMul(Wv[10,12])
+#   -> com.microsoft.MultiHeadAttention(q, k, v, bias[36] = bq|bk|bv, num_heads=3) -> [B,S,12]
+#   -> MatMul(Wo[12,6]) -> y
+def ms_multihead_attention(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+mha (float[B, S, 10] x) => (float[B, S, 6] y) {
+  q = MatMul(x, Wq)
+  k = MatMul(x, Wk)
+  v = MatMul(x, Wv)
+  a = com.microsoft.MultiHeadAttention<num_heads = 3>(q, k, v, bias)
+  y = MatMul(a, Wo)
+}
+"""
+    inits = {
+        "Wq": _mat(rng, 10, 12),
+        "Wk": _mat(rng, 10, 12),
+        "Wv": _mat(rng, 10, 12),
+        "bias": _vec(rng, 36),
+        "Wo": _mat(rng, 12, 6),
+    }
+    return _build(text, inits, domains={MS: 1})
+
+
+# GQA contrib op; the CPU kernel requires head_size % 8 == 0, so head_dim is 8 here.
+# x[B,S,10] -> MatMul(Wq[10,32]) (4 heads x 8), MatMul(Wk[10,16]), MatMul(Wv[10,16]) (2 KV heads x 8)
+#   seqlens_k[B] int32 = S-1, total_sequence_length int32 scalar = S   (built from Shape(x))
+#   -> com.microsoft.GroupQueryAttention(q, k, v, "", "", seqlens_k, total_seq,
+#                                        num_heads=4, kv_num_heads=2)   (causal by default)
+#   -> [B,S,32] -> MatMul(Wo[32,6]) -> y
+def ms_group_query_attention(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gqa (float[B, S, 10] x) => (float[B, S, 6] y) {
+  q = MatMul(x, Wq)
+  k = MatMul(x, Wk)
+  v = MatMul(x, Wv)
+  sh = Shape(x)
+  b64 = Gather<axis = 0>(sh, i0)
+  s64 = Gather<axis = 0>(sh, i1)
+  b1 = Unsqueeze(b64, ax0)
+  total = Cast<to = 6>(s64)
+  last = Sub(total, one32)
+  seqlens = Expand(last, b1)
+  a = com.microsoft.GroupQueryAttention<num_heads = 4, kv_num_heads = 2>(q, k, v, "", "", seqlens, total)
+  y = MatMul(a, Wo)
+}
+"""
+    inits = {
+        "Wq": _mat(rng, 10, 32),
+        "Wk": _mat(rng, 10, 16),
+        "Wv": _mat(rng, 10, 16),
+        "Wo": _mat(rng, 32, 6),
+        "i0": _SCALAR0,
+        "i1": _SCALAR1,
+        "ax0": _i64(0),
+        "one32": np.array(1, dtype=np.int32),
+    }
+    return _build(text, inits, domains={MS: 1})
+
+
+# x[B,S,10] -> MatMul(Wq[10,12]) + bq -> com.microsoft.RotaryEmbedding(., position_ids, cos, sin) = q
+# x[B,S,10] -> MatMul(Wk[10,12]) + bk -> com.microsoft.RotaryEmbedding(., position_ids, cos, sin) = k
+# x[B,S,10] -> MatMul(Wv[10,12]) + bv = v
+#   3-D input [B,S,12], no num_heads attribute: head_size = 2 * cos.shape[1] = 4, so 3 heads;
+#   cos/sin caches [16, 2]; position_ids int64[B,S] graph input in [0, 16); rotate-half layout.
+#   -> attention as in `attention_block` -> MatMul(Wo[12,6]) -> y
+def ms_rotary_embedding(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        """
+rope (float[B, S, 10] x, int64[B, S] position_ids) => (float[B, S, 6] y) {
+  q0 = MatMul(x, Wq)
+  q1 = Add(q0, bq)
+  q = com.microsoft.RotaryEmbedding(q1, position_ids, cos_cache, sin_cache)
+  k0 = MatMul(x, Wk)
+  k1 = Add(k0, bk)
+  k = com.microsoft.RotaryEmbedding(k1, position_ids, cos_cache, sin_cache)
+  v0 = MatMul(x, Wv)
+  v = Add(v0, bv)
+"""
+        + _sdpa("q", "k", "v", "ctx")
+        + """
+  y = MatMul(ctx, Wo)
+}
+"""
+    )
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, 4, 2) / 4))
+    angles = np.outer(np.arange(16), inv_freq)
+    inits = {
+        "Wq": _mat(rng, 10, 12),
+        "bq": _vec(rng, 12),
+        "Wk": _mat(rng, 10, 12),
+        "bk": _vec(rng, 12),
+        "Wv": _mat(rng, 10, 12),
+        "bv": _vec(rng, 12),
+        "Wo": _mat(rng, 12, 6),
+        "cos_cache": np.cos(angles).astype(np.float32),
+        "sin_cache": np.sin(angles).astype(np.float32),
+        **_sdpa_inits(),
+    }
+    return _build(text, inits, domains={MS: 1})
+
+
+# residual stream as in `layernorm`, fused:
+# x[B,S,8] -> MatMul(Win[8,12]) = h -> MatMul(W1[12,16]) -> Relu -> MatMul(W2[16,12]) = f
+#   com.microsoft.SkipLayerNormalization(input=f, skip=h, gamma[12], beta[12], bias[12], eps=1e-5)
+#   -> MatMul(Wout[12,6]) -> y
+def ms_skip_layernorm(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+sln (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h = MatMul(x, Win)
+  f0 = MatMul(h, W1)
+  f1 = Relu(f0)
+  f = MatMul(f1, W2)
+  n = com.microsoft.SkipLayerNormalization<epsilon = 1e-5>(f, h, g, b, bias)
+  y = MatMul(n, Wout)
+}
+"""
+    extra = {"g": _pos(rng, 12), "b": _vec(rng, 12), "bias": _vec(rng, 12)}
+    return _build(text, {**_residual_inits(rng), **extra}, domains={MS: 1})
+
+
+# as `ms_skip_layernorm` with
+#   com.microsoft.SkipSimplifiedLayerNormalization(input=f, skip=h, gamma[12], bias[12], eps=1e-6)
+def ms_skip_simplified_layernorm(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+ssln (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h = MatMul(x, Win)
+  f0 = MatMul(h, W1)
+  f1 = Relu(f0)
+  f = MatMul(f1, W2)
+  n = com.microsoft.SkipSimplifiedLayerNormalization<epsilon = 1e-6>(f, h, g, bias)
+  y = MatMul(n, Wout)
+}
+"""
+    extra = {"g": _pos(rng, 12), "bias": _vec(rng, 12)}
+    return _build(text, {**_residual_inits(rng), **extra}, domains={MS: 1})
+
+
+# input_ids int32[B,S] in [0,20), segment_ids int32[B,S] in [0,3)
+#   -> com.microsoft.EmbedLayerNormalization(ids, seg, word[20,12], pos[16,12], seg_emb[3,12],
+#                                            gamma[12], beta[12], eps=1e-5) -> [B,S,12]
+#   (second output mask_index is produced but unused; the kernel needs it declared)
+#   -> MatMul(W[12,6]) -> y                    (roots: the three tables' axis -1, gamma, beta)
+def ms_embed_layernorm(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+eln (int32[B, S] input_ids, int32[B, S] segment_ids) => (float[B, S, 6] y) {
+  e, mask_index = com.microsoft.EmbedLayerNormalization<epsilon = 1e-5>(
+      input_ids, segment_ids, word, pos, seg, g, b)
+  y = MatMul(e, W)
+}
+"""
+    inits = {
+        "word": _vec(rng, 20, 12, scale=1.0),
+        "pos": _vec(rng, 16, 12, scale=0.5),
+        "seg": _vec(rng, 3, 12, scale=0.5),
+        "g": _pos(rng, 12),
+        "b": _vec(rng, 12),
+        "W": _mat(rng, 12, 6),
+    }
+    return _build(text, inits, domains={MS: 1})
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> com.microsoft.BiasGelu(., b1[12]) -> MatMul(W2[12,6]) -> y
+def ms_bias_gelu(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+bg (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h = MatMul(x, W1)
+  a = com.microsoft.BiasGelu(h, b1)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6)}
+    return _build(text, inits, domains={MS: 1})
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> com.microsoft.FastGelu(., bias=b1[12]) -> MatMul(W2[12,6]) -> y
+def ms_fast_gelu(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+fg (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h = MatMul(x, W1)
+  a = com.microsoft.FastGelu(h, b1)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6)}
+    return _build(text, inits, domains={MS: 1})
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> com.microsoft.Gelu -> MatMul(W2) -> y
+def ms_gelu(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = com.microsoft.Gelu(h)\n", {}, np.random.default_rng(seed), domains={MS: 1})
+
+
+# --------------------------------------------------------------------------------------------
+# graphs whose group must be refused
+# --------------------------------------------------------------------------------------------
+
+# custom.domain::Mystery is a model-local function (so onnxruntime can run the model), but it is
+# not a known op: a pruner that does not inline functions must treat it as opaque. Its body is
+# channel-mixing (X * Softmax(X, axis=-1)), so even an inlining pruner must refuse the group.
+_MYSTERY = """
+<domain: "custom.domain", opset_import: ["" : 18]>
+Mystery (X) => (Y) {
+  s = Softmax<axis = -1>(X)
+  Y = Mul(X, s)
+}
+"""
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> custom.domain::Mystery -> MatMul(W2) -> y
+def unknown_custom_op(seed: int = 0) -> onnx.ModelProto:
+    return _ffn(
+        "  a = custom.domain.Mystery(h)\n",
+        {},
+        np.random.default_rng(seed),
+        domains={"custom.domain": 1},
+        functions_text=_MYSTERY,
+    )
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) -> Softmax(axis=-1, over the channels) -> MatMul(W2) -> y
+def softmax_channel_axis(seed: int = 0) -> onnx.ModelProto:
+    return _ffn("  a = Softmax<axis = -1>(h)\n", {}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1) -> Add(b1) = h -> Sub(h, ReduceMean(h, axes=[-1], keepdims=1)) -> Relu
+#   -> MatMul(W2) -> y                        (centering over the channel axis mixes channels)
+def reduce_mean_channel_axis(seed: int = 0) -> onnx.ModelProto:
+    body = """
+  mu = ReduceMean<keepdims = 1>(h, axm1)
+  c = Sub(h, mu)
+  a = Relu(c)
+"""
+    return _ffn(body, {"axm1": _i64(-1)}, np.random.default_rng(seed))
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> Relu = a ---> graph output a[B,S,12]
+#                                         \--> MatMul(W2[12,6]) -> y     (output shape is fixed)
+def graph_output_channels(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gout (float[B, S, 8] x) => (float[B, S, 6] y, float[B, S, 12] a) {
+  h = MatMul(x, W1)
+  a = Relu(h)
+  y = MatMul(a, W2)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6)})
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------
+
+_REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
+    ("matmul", matmul, "ffn"),
+    ("gemm_transb0", gemm_transb0, "ffn"),
+    ("gemm_transb1", gemm_transb1, "ffn"),
+    ("conv", conv, "conv"),
+    ("conv_grouped", conv_grouped, "conv"),
+    ("conv_depthwise", conv_depthwise, "conv"),
+    ("conv_depthwise_multiplier", conv_depthwise_multiplier, "conv"),
+    ("conv_transpose", conv_transpose, "conv"),
+    ("batchnorm", batchnorm, "conv"),
+    ("flatten_conv_gemm", flatten_conv_gemm, "conv"),
+    ("global_avg_pool", global_avg_pool, "conv"),
+    ("transpose_nchw_nhwc", transpose_nchw_nhwc, "conv"),
+    ("add_vector", add_vector, "ffn"),
+    ("sub_vector_lhs", sub_vector_lhs, "ffn"),
+    ("mul_vector", mul_vector, "ffn"),
+    ("div_vector", div_vector, "ffn"),
+    ("elementwise_scalar", elementwise_scalar, "ffn"),
+    ("mul_nonchannel_input", mul_nonchannel_input, "ffn"),
+    ("add_two_branches", add_two_branches, "ffn"),
+    ("relu", relu, "ffn"),
+    ("gelu_opset20", gelu_opset20, "ffn"),
+    ("gelu_erf", gelu_erf, "ffn"),
+    ("tanh", tanh, "ffn"),
+    ("sigmoid", sigmoid, "ffn"),
+    ("silu", silu, "ffn"),
+    ("swiglu", swiglu, "ffn"),
+    ("softplus", softplus, "ffn"),
+    ("clip", clip, "ffn"),
+    ("leaky_relu", leaky_relu, "ffn"),
+    ("hard_sigmoid", hard_sigmoid, "ffn"),
+    ("hard_swish", hard_swish, "ffn"),
+    ("where_channel_cond", where_channel_cond, "ffn"),
+    ("where_mask_input", where_mask_input, "ffn"),
+    ("cast", cast, "ffn"),
+    ("identity", identity, "ffn"),
+    ("dropout", dropout, "ffn"),
+    ("concat_channels", concat_channels, "ffn"),
+    ("concat_seq_axis", concat_seq_axis, "ffn"),
+    ("split_uneven", split_uneven, "ffn"),
+    ("slice_seq", slice_seq, "ffn"),
+    ("gather_embedding", gather_embedding, "hidden"),
+    ("gather_token", gather_token, "ffn"),
+    ("reduce_mean_seq", reduce_mean_seq, "ffn"),
+    ("softmax_seq", softmax_seq, "ffn"),
+    ("squeeze_unsqueeze", squeeze_unsqueeze, "ffn"),
+    ("expand", expand, "ffn"),
+    ("layernorm", layernorm, "hidden"),
+    ("rmsnorm_reciprocal", rmsnorm_reciprocal, "hidden"),
+    ("rmsnorm_div", rmsnorm_div, "hidden"),
+    ("reshape_heads_const", reshape_heads_const, "heads"),
+    ("reshape_heads_dynamic", reshape_heads_dynamic, "heads"),
+    ("transpose_heads", transpose_heads, "heads"),
+    ("attention_block", attention_block, "heads"),
+    ("split_qkv_attention", split_qkv_attention, "heads"),
+    ("gqa_block", gqa_block, "heads"),
+    ("ms_attention", ms_attention, "heads"),
+    ("ms_multihead_attention", ms_multihead_attention, "heads"),
+    ("ms_group_query_attention", ms_group_query_attention, "heads"),
+    ("ms_rotary_embedding", ms_rotary_embedding, "heads"),
+    ("ms_skip_layernorm", ms_skip_layernorm, "hidden"),
+    ("ms_skip_simplified_layernorm", ms_skip_simplified_layernorm, "hidden"),
+    ("ms_embed_layernorm", ms_embed_layernorm, "hidden"),
+    ("ms_bias_gelu", ms_bias_gelu, "ffn"),
+    ("ms_fast_gelu", ms_fast_gelu, "ffn"),
+    ("ms_gelu", ms_gelu, "ffn"),
+    ("unknown_custom_op", unknown_custom_op, "ffn"),
+    ("softmax_channel_axis", softmax_channel_axis, "ffn"),
+    ("reduce_mean_channel_axis", reduce_mean_channel_axis, "ffn"),
+    ("graph_output_channels", graph_output_channels, "ffn"),
+]
+
+OP_GRAPHS: dict[str, Callable[[], onnx.ModelProto]] = {key: fn for key, fn, _ in _REGISTRY}
+EXPECTED_KIND: dict[str, str] = {key: kind for key, _, kind in _REGISTRY}
+EXPECTED_UNPRUNABLE: set[str] = {
+    "unknown_custom_op",
+    "softmax_channel_axis",
+    "reduce_mean_channel_axis",
+    "graph_output_channels",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# inputs / shapes
+# --------------------------------------------------------------------------------------------
+
+
+def _set_output_shape(model: onnx.ModelProto, index: int, dims: list[int | str]) -> None:
+    shape = model.graph.output[index].type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+
+
+def _resolve_dims(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.dim_param in DIM_VALUES:
+            dims.append(DIM_VALUES[d.dim_param])
+        else:
+            raise ValueError(f"{value_info.name}: unknown symbolic dim {d.dim_param!r}")
+    return tuple(dims)
+
+
+def output_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Declared graph output shapes with B=2, S=5 substituted."""
+    return {o.name: _resolve_dims(o) for o in model.graph.output}
+
+
+def _initializer_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...]:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return tuple(init.dims)
+    raise ValueError(f"{name!r} is not an initializer")
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return default
+
+
+def _index_bound(model: onnx.ModelProto, name: str) -> int:
+    """Exclusive upper bound for an integer graph input, from the ops that consume it."""
+    bounds = []
+    for node in model.graph.node:
+        for pos, inp in enumerate(node.input):
+            if inp != name:
+                continue
+            if node.domain in ("", "ai.onnx") and node.op_type == "Gather" and pos == 1:
+                data_shape = _initializer_shape(model, node.input[0])
+                bounds.append(data_shape[_attr(node, "axis", 0)])
+            elif node.domain == MS and node.op_type == "EmbedLayerNormalization" and pos in (0, 1, 8):
+                table = {0: 2, 1: 4, 8: 3}[pos]
+                bounds.append(_initializer_shape(model, node.input[table])[0])
+            elif node.domain == MS and node.op_type == "RotaryEmbedding" and pos == 1:
+                bounds.append(_initializer_shape(model, node.input[2])[0])
+            else:
+                raise ValueError(f"no index bound rule for {name!r} used by {node.op_type} input {pos}")
+    if not bounds:
+        raise ValueError(f"integer input {name!r} has no consumer")
+    return min(bounds)
+
+
+def make_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds for ``model``: float ~ N(0,1), bool ~ Bernoulli(0.5), int indices in range."""
+    rng = np.random.default_rng(seed)
+    initializers = {i.name for i in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        shape = _resolve_dims(vi)
+        elem = vi.type.tensor_type.elem_type
+        if elem == onnx.TensorProto.FLOAT:
+            feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+        elif elem == onnx.TensorProto.BOOL:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        elif elem in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            dtype = np.int64 if elem == onnx.TensorProto.INT64 else np.int32
+            feeds[vi.name] = rng.integers(0, _index_bound(model, vi.name), shape).astype(dtype)
+        else:
+            raise ValueError(f"unsupported input type {elem} for {vi.name!r}")
+    return feeds
