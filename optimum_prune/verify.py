@@ -50,12 +50,14 @@ class VerificationResult:
 
 
 def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_name: str = "model.onnx",
-           seed: int = 0, dims: dict[str, int] | None = None) -> VerificationResult:
+           seed: int = 0, dims: dict[str, int] | None = None,
+           inputs: dict[str, np.ndarray] | None = None) -> VerificationResult:
     """Run the exactness oracle on a dense folder and the pruned folder made from it.
 
     The plan in ``pruned_dir`` says which units were removed; their consumer slices are zeroed in a
     copy of the dense model, and both models run under ONNX Runtime on the same generated inputs
     (graph inputs and outputs that were resized, such as the KV cache, are compared on kept positions).
+    ``inputs`` replaces the generated inputs (feeds of the dense model).
     """
     pruned_dir = Path(pruned_dir)
     plan_path = pruned_dir / PLAN_FILE
@@ -73,7 +75,7 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
         save_model_atomic(prep.model, zeroed_path)
         dense = make_session(zeroed_path)
         pruned = make_session(pruned_dir / file_name)
-        feeds = generated_inputs(dense, seed=seed, dims=dims)
+        feeds = inputs if inputs is not None else generated_inputs(dense, seed=seed, dims=dims)
         keep = _io_keep(active, removed)
         pruned_feeds = {k: _take(v, keep.get(k)) for k, v in feeds.items()}
         ref = dict(zip([o.name for o in dense.get_outputs()], dense.run(None, feeds), strict=True))

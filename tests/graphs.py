@@ -1385,7 +1385,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("concat_seq_axis", concat_seq_axis, "ffn"),
     ("split_uneven", split_uneven, "ffn"),
     ("slice_seq", slice_seq, "ffn"),
-    ("gather_embedding", gather_embedding, "hidden"),
+    ("gather_embedding", gather_embedding, "ffn"),
     ("gather_token", gather_token, "ffn"),
     ("reduce_mean_seq", reduce_mean_seq, "ffn"),
     ("softmax_seq", softmax_seq, "ffn"),

@@ -656,6 +656,8 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     k = dst_axes.index(carrier)
     rows = np.moveaxis(block, k, 0).reshape(dst_dims[k], -1)
     dst_owner = _rows_owner(rows.reshape(-1), dst_dims[k], walk, node.op_type)
+    if dst_dims[k] < src_dims[local] and node.op_type == "Reshape":
+        walk.mark("attention")  # channels split into (heads, head_dim): the units are heads
     walk.link(y if not entry.is_output else x, carrier, dst_owner)
     # the entry side may gain merged units: re-link it canonically
     back = np.broadcast_to(dst_owner.reshape([-1 if i == k else 1 for i in range(len(dst_dims))]), dst_dims)

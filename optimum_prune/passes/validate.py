@@ -61,10 +61,10 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
         elif "position_ids" in lname:
             arr = np.broadcast_to(np.arange(shape[-1], dtype=dtype) + (
                 _DIM_VALUES["past"] if any("past" in i.name for i in session.get_inputs()) else 0), shape).copy()
-        elif "token_type" in lname:
+        elif "token_type" in lname or "segment" in lname:
             arr = np.zeros(shape, dtype=dtype)
         elif np.issubdtype(dtype, np.integer):
-            arr = rng.integers(0, 10, size=shape).astype(dtype)
+            arr = rng.integers(0, 3, size=shape).astype(dtype)  # valid for any table
         elif dtype == np.bool_:
             arr = np.ones(shape, dtype=dtype)
         else:

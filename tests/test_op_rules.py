@@ -1,0 +1,70 @@
+"""Every op rule, on its own hand-written graph, under the exactness oracle and the ONNX checker."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from graphs import EXPECTED_KIND, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
+
+from optimum_prune import ORTPruner, PruningConfig, verify
+from optimum_prune.verify import RELATIVE_TOLERANCE
+
+PRUNABLE = sorted(k for k in OP_GRAPHS if k not in EXPECTED_UNPRUNABLE)
+
+
+def _write(tmp_path, key):
+    model = OP_GRAPHS[key]()
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save(model, src / "model.onnx")
+    return model, src
+
+
+@pytest.mark.parametrize("key", PRUNABLE)
+def test_rule_prunes_exactly(tmp_path, key):
+    model, src = _write(tmp_path, key)
+    before = (src / "model.onnx").read_bytes()
+    kind = EXPECTED_KIND[key]
+    pruner = ORTPruner.from_pretrained(src)
+    groups = [g for g in pruner.analyze().groups if g.kind == kind and g.prunable]
+    assert groups, f"no prunable {kind} group in {key}: {pruner.analyze()}"
+    out = pruner.prune(PruningConfig(sparsity=0.5, scope=(kind,)), tmp_path / "pruned")
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["params_after"] < report["params_before"]
+    assert report["units_removed"][kind] > 0
+    result = verify(src, out, inputs=make_inputs(model))
+    if kind == "hidden":
+        assert not result.exact_groups  # normalised over the channel axis: runs, shrinks, never "exact"
+        assert np.isfinite(result.max_abs_error)
+    else:
+        assert result.exact_groups
+        assert result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+    assert (src / "model.onnx").read_bytes() == before  # the input is never modified
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED_UNPRUNABLE))
+def test_rule_refuses_unsafe_group(tmp_path, key):
+    _, src = _write(tmp_path, key)
+    report = ORTPruner.from_pretrained(src).analyze()
+    refused = [g for g in report.groups if not g.prunable and g.kind == EXPECTED_KIND[key]]
+    assert refused, str(report)
+    assert all(g.reason for g in refused)
+
+
+def test_oracle_detects_a_missed_consumer(tmp_path):
+    """The oracle is not vacuous: un-zeroing a consumer slice of a removed channel breaks equality."""
+    model, src = _write(tmp_path, "relu")
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("ffn",)), tmp_path / "p")
+    pruned = onnx.load(out / "model.onnx")
+    # corrupt the pruned consumer: scale its first kept row, as a wrong index map would
+    consumer = [i for i in pruned.graph.initializer if len(i.dims) == 2][-1]
+    arr = onnx.numpy_helper.to_array(consumer).copy()
+    arr[0] += 1.0
+    consumer.CopyFrom(onnx.numpy_helper.from_array(arr, consumer.name))
+    onnx.save(pruned, out / "model.onnx")
+    result = verify(src, out, inputs=make_inputs(model))
+    assert result.max_rel_error > RELATIVE_TOLERANCE
