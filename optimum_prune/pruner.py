@@ -206,7 +206,7 @@ class ORTPruner:
             model_file = tmp / self.model_path.name
             save_model_atomic(prep.model, model_file)
             if validate:
-                validate_model_file(model_file)
+                validate_model_file(model_file, source=self.model_path)
             after = load_model(model_file)
             flops_after = count_flops(after, infer_shapes(after))
             del after

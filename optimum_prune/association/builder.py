@@ -48,10 +48,11 @@ class Walk:
     roots: list[tuple[str, int]] = field(default_factory=list)
     marks: set[str] = field(default_factory=set)
     non_exact_reasons: list[str] = field(default_factory=list)
-    patches: dict[tuple[str, str, int, str], np.ndarray] = field(default_factory=dict)
+    patches: dict[tuple[str, str, int, str], np.ndarray | tuple[str, int, int, int]] = field(default_factory=dict)
     deferred: list[tuple[str, int, str]] = field(default_factory=list)
     nodes: dict[str, None] = field(default_factory=dict)
     current: ir.Node | None = None
+    _source: tuple[str, int, int, int] | None = None
     _stack: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -143,17 +144,29 @@ class Walk:
 
     def patch_shape_element(self, shape_value: ir.Value, index: int, owner: np.ndarray, node: ir.Node, *,
                             reshape_input: ir.Value | None = None, allowzero: bool = False,
-                            broadcast_ok: bool = False) -> None:
+                            broadcast_ok: bool = False, source: tuple[ir.Value, int, int, int] | None = None) -> None:
         """Element ``index`` of the 1-D shape tensor ``shape_value`` counts the positions of ``owner``.
 
         Traces the element back to a constant (patched) or to a dimension read at run time with Shape
         (checked to belong to this group at the end of the walk); anything else refuses the group.
+        ``source`` = (value, axis, lo, hi): the element counts positions lo:hi of that tracked axis, read
+        when the walk ends (ownership can still grow while the walk runs).
         """
+        self._source = None if source is None else (source[0].name, source[1], source[2], source[3])
         self._trace_shape(shape_value, index, owner, reshape_input, allowzero, broadcast_ok, depth=0)
+        self._source = None
 
     # ---- internals ----------------------------------------------------------------------------
-    def _add_patch(self, kind: str, target: str, index: int, attribute: str, owner: np.ndarray) -> None:
-        self.patches[(kind, target, index, attribute)] = np.asarray(owner, dtype=np.int64)
+    def _add_patch(self, kind: str, target: str, index: int, attribute: str, owner) -> None:
+        self.patches[(kind, target, index, attribute)] = (
+            owner if isinstance(owner, tuple) else np.asarray(owner, dtype=np.int64))
+
+    def patch_owner(self, owner) -> np.ndarray:
+        """Resolve a patch's owner: an array, or a (name, axis, lo, hi) range of a tracked axis."""
+        if isinstance(owner, tuple):
+            name, axis, lo, hi = owner
+            return self.owners[(name, axis)][lo:hi]
+        return owner
 
     def _trace_shape(self, value: ir.Value, index: int, owner: np.ndarray, reshape_input: ir.Value | None,
                      allowzero: bool, broadcast_ok: bool, depth: int) -> None:
@@ -170,12 +183,12 @@ class Walk:
             if elem == 0 and reshape_input is not None and not allowzero:
                 self.deferred.append((reshape_input.name, index, "Reshape copies this dimension"))
                 return
-            if elem == 1 and broadcast_ok:
-                return
+            if elem in (1, -1) and broadcast_ok:
+                return  # Expand keeps the input dimension for 1 (and -1 in exporters' Where(-1 -> 1) idiom)
             if elem != owner.size:
                 self.fail(f"shape constant '{value.name}'[{index}] is {elem}, expected {owner.size}")
             holder = _constant_holder(value)
-            self._add_patch("constant", holder.name, index, "", owner)
+            self._add_patch("constant", holder.name, index, "", self._source or owner)
             return
         node = value.producer()
         if node is None:
@@ -204,13 +217,21 @@ class Walk:
             x = node.inputs[0]
             rank = self.rank(x)
             start = start + rank if start < 0 else start
-            self.deferred.append((x.name, start + index, f"shape read by '{node.name}'"))
+            axis = start + index
+            axis = axis + rank if axis < 0 else axis
+            self.deferred.append((x.name, axis, f"shape read by '{node.name}'"))
             return
         if op == "Gather":
             idx = const_array(node.inputs[1])
             if idx is None:
                 self.fail("shape Gather with computed index")
-            trace(node.inputs[0], int(idx.reshape(-1)[index if idx.size > 1 else 0]))
+            j = int(idx.reshape(-1)[index if idx.size > 1 else 0])
+            if j < 0:
+                n = self.dim(node.inputs[0], 0)
+                if not isinstance(n, int):
+                    self.fail("shape Gather with a negative index into a vector of unknown length")
+                j += n
+            trace(node.inputs[0], j)
             return
         if op == "Slice":
             starts = const_array(node.inputs[1])
@@ -415,7 +436,10 @@ def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> 
             group.prunable = False
             group.reason = f"would change the shape of graph {io} '{name}'"
     for (kind, target, idx, attribute), owner in walk.patches.items():
-        group.patches.append(Patch(kind=kind, target=target, index=idx, owner=renumber(owner), attribute=attribute))
+        if isinstance(owner, tuple) and (owner[0], owner[1]) not in walk.owners:
+            continue  # the walk was refused before that axis was reached
+        group.patches.append(Patch(kind=kind, target=target, index=idx, owner=renumber(walk.patch_owner(owner)),
+                                   attribute=attribute))
     group.roots = [r for r in walk.roots if r in walk.owners]
     group.nodes = list(walk.nodes)
     group.exact = not walk.non_exact_reasons

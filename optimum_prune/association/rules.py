@@ -527,7 +527,7 @@ def split(node: ir.Node, entry: Entry, walk: Walk) -> None:
         if (part >= 0).any():
             walk.link(v, axis, part)
         if split_input is not None:
-            walk.patch_shape_element(split_input, k, part, node)
+            walk.patch_shape_element(split_input, k, part, node, source=(x, axis, int(lo), int(hi)))
         elif _attr(node, "split", None) is not None:
             walk.patch_attribute(node, "split", k, part)
         else:
@@ -535,26 +535,47 @@ def split(node: ir.Node, entry: Entry, walk: Walk) -> None:
 
 
 def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Slice: along another axis the channels pass; along the channel axis only a full slice passes."""
+    """Slice: along another axis the channels pass; along the channel axis (constant bounds, step 1)
+    the output takes its range of positions and the bounds are patched (fused QKV / gate-up splits)."""
     x, y = node.inputs[0], node.outputs[0]
     rank = walk.rank(x)
-    starts, ends = const_array(_optional(node, 1)), const_array(_optional(node, 2))
-    axes_v = _optional(node, 3)
+    starts_v, ends_v, axes_v = _optional(node, 1), _optional(node, 2), _optional(node, 3)
+    starts, ends = const_array(starts_v), const_array(ends_v)
     steps = const_array(_optional(node, 4))
     axes = const_array(axes_v) if axes_v is not None else None
-    if starts is None or ends is None or (axes_v is not None and axes is None):
-        # computed bounds: safe only when the sliced axes are known not to be the channel axis
-        if axes is None:
-            walk.fail("Slice with computed bounds and axes")
-    axes_list = [_norm_axis(int(a), rank) for a in (axes if axes is not None else range(len(starts)))]
-    if entry.axis in axes_list:
-        i = axes_list.index(entry.axis)
-        size = walk.dim(x, entry.axis)
-        ok = starts is not None and ends is not None and int(starts[i]) == 0 and isinstance(size, int) \
-            and int(ends[i]) >= size and (steps is None or int(steps[i]) == 1)
-        if not ok:
-            walk.fail("Slice cuts the channel axis")
-    walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+    if axes_v is not None and axes is None:
+        walk.fail("Slice with computed axes")
+    n_axes = len(axes.reshape(-1)) if axes is not None else (starts.size if starts is not None else None)
+    if n_axes is None:
+        walk.fail("Slice with computed starts and no axes")
+    axes_list = [_norm_axis(int(a), rank) for a in (axes.reshape(-1) if axes is not None else range(n_axes))]
+    if entry.axis not in axes_list:
+        walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+        return
+    i = axes_list.index(entry.axis)
+    size = walk.dim(x, entry.axis)
+    if starts is None or ends is None or not isinstance(size, int):
+        walk.fail("Slice along the channel axis with computed bounds")
+    if steps is not None and int(steps.reshape(-1)[i]) != 1:
+        walk.fail("Slice along the channel axis with a step")
+    start, end = int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i])
+    if start < 0 or end < 0:
+        walk.fail("Slice along the channel axis with negative bounds")
+    end = min(end, size)
+    if entry.is_output:
+        full = np.full(size, -1, dtype=np.int64)
+        full[start:end] = entry.owner
+        walk.link(x, entry.axis, full)
+        in_owner = walk.units.find(full)
+    else:
+        in_owner = entry.owner
+        part = entry.owner[start:end]
+        if (part >= 0).any():
+            walk.link(y, entry.axis, part)
+    if start > 0:
+        walk.patch_shape_element(starts_v, i, in_owner[:start], node, source=(x, entry.axis, 0, start))
+    if end < size:
+        walk.patch_shape_element(ends_v, i, in_owner[:end], node, source=(x, entry.axis, 0, end))
 
 
 def gather(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -612,7 +633,8 @@ def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.fail("Expand broadcasts along the channel axis")
     walk.link(x, in_axis, entry.owner)
     walk.link(y, out_axis, entry.owner)
-    walk.patch_shape_element(shape_v, out_axis, entry.owner, node, broadcast_ok=True)
+    walk.patch_shape_element(shape_v, out_axis, entry.owner, node, broadcast_ok=True,
+                             source=(y, out_axis, 0, entry.owner.size))
 
 
 def shape_sink(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -633,7 +655,8 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     sin, sout = walk.shape(x), walk.shape(y)
     if sin is None or sout is None:
         walk.fail(f"{node.op_type} with unknown input or output shape")
-    blocks = _align_blocks(list(sin), list(sout))
+    sin, sout = _solve_wildcard(list(sin), list(sout))
+    blocks = _align_blocks(sin, sout)
     src_shape, dst_shape = (sout, sin) if entry.is_output else (sin, sout)
     for bin_, bout in blocks:
         src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
@@ -667,7 +690,24 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
         out_axis = entry.axis if entry.is_output else carrier
         out_owner = entry.owner if entry.is_output else dst_owner
         walk.patch_shape_element(node.inputs[1], out_axis, out_owner, node, reshape_input=x,
-                                 allowzero=bool(_attr(node, "allowzero", 0)))
+                                 allowzero=bool(_attr(node, "allowzero", 0)), source=(y, out_axis, 0, out_owner.size))
+
+
+def _solve_wildcard(sin: list, sout: list) -> tuple[list, list]:
+    """Fill one unknown dimension on a side from the element count (a -1 resolved at run time)."""
+    sides = [sin, sout]
+    for a, b in ((0, 1), (1, 0)):
+        src, dst = sides[a], sides[b]
+        unknown = [i for i, d in enumerate(dst) if not isinstance(d, int) and d not in src]
+        leftover_src = [d for d in src if not isinstance(d, int) and d not in dst]
+        if len(unknown) == 1 and not leftover_src:
+            num = int(np.prod([d for d in src if isinstance(d, int)]))
+            den = int(np.prod([d for d in dst if isinstance(d, int)]))
+            if den and num % den == 0:
+                dst = list(dst)
+                dst[unknown[0]] = num // den
+                sides[b] = dst
+    return sides[0], sides[1]
 
 
 def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:

@@ -43,6 +43,8 @@ def unshare_vectors(model: ir.Model) -> int:
         out = node.outputs[0]
         if out.is_graph_output():
             continue
+        if any(u.node.graph is not graph for u in out.uses()):
+            continue
         for use in list(out.uses()):
             use.node.replace_input_with(use.idx, _copy_initializer(graph, src, out.name))
             copies += 1
@@ -51,7 +53,7 @@ def unshare_vectors(model: ir.Model) -> int:
         tensor = value.const_value
         if tensor is None or len(tensor.shape) > 1 or tensor.dtype.is_integer():
             continue
-        uses = list(value.uses())
+        uses = [u for u in value.uses() if u.node.graph is graph]
         for use in uses[1:]:
             use.node.replace_input_with(use.idx, _copy_initializer(graph, value, f"{name}__{use.node.name}"))
             copies += 1
@@ -76,7 +78,7 @@ def unshare_shape_constants(model: ir.Model) -> int:
         tensor = value.const_value
         if tensor is None or tensor.size > _SMALL or not tensor.dtype.is_integer():
             continue
-        uses = list(value.uses())
+        uses = [u for u in value.uses() if u.node.graph is graph]
         if len(uses) < 2 or value.is_graph_output():
             continue
         for k, use in enumerate(uses[1:], start=1):
@@ -86,7 +88,7 @@ def unshare_shape_constants(model: ir.Model) -> int:
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
             continue
         out = node.outputs[0]
-        uses = list(out.uses())
+        uses = [u for u in out.uses() if u.node.graph is graph]
         if len(uses) < 2 or out.is_graph_output():
             continue
         attr = node.attributes.get("value")

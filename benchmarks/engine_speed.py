@@ -1,0 +1,487 @@
+"""Engine speed and memory: analyse and prune a BERT-base and a ~0.5B decoder exported with Optimum.
+
+    .venv/bin/python benchmarks/engine_speed.py          # full run -> benchmarks/results/engine_speed.json
+    .venv/bin/python benchmarks/engine_speed.py --quick  # tiny configs, seconds -> outputs/bench/...
+    .venv/bin/python benchmarks/engine_speed.py --models bert-base
+
+Models are built from ``transformers`` configs with random weights (``torch.manual_seed(0)``), saved
+with ``save_pretrained`` and exported with ``optimum.exporters.onnx.main_export``:
+
+* ``bert-base``: ``BertModel(BertConfig())`` (hidden 768, 12 layers, 12 heads, FFN 3072), task
+  ``feature-extraction``, kept as exported (one protobuf, ~0.4 GB).
+* ``qwen2-0.5b``: ``Qwen2ForCausalLM`` with Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV
+  heads, FFN 4864, vocabulary 151936, tied embeddings), task ``text-generation-with-past``. The benchmark
+  is about the external-data path: if the export is a single protobuf it is re-saved with onnx-ir as
+  ``model.onnx`` + ``model.onnx_data``.
+
+Exports are cached under ``outputs/bench/<model>/onnx`` (``export.json`` next to it records how they were
+made) and reused. Every export and every measurement runs in its own subprocess, so the peak RSS of a
+measurement is that of one ``from_pretrained().analyze()`` + ``.prune()`` run and nothing else. The
+peak comes from the child's ``VmHWM`` (``/proc/self/status``) and is cross-checked with ``os.wait4``'s
+``ru_maxrss`` for that child alone; a sampling thread also records the anonymous / file-backed split
+(``RssAnon`` / ``RssFile``, sampled every 20 ms, so approximate), which shows whether the weights are
+copied or only mapped.
+
+To profile one measurement (e.g. where the BERT-base prune time goes)::
+
+    .venv/bin/python -m cProfile -s cumtime benchmarks/engine_speed.py \\
+        --child-run outputs/bench/bert-base/onnx outputs/bench/bert-base/pruned-prof /tmp/r.json | head -60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / "outputs" / "bench"
+RESULTS = ROOT / "benchmarks" / "results" / "engine_speed.json"
+QUICK_RESULTS = CACHE_DIR / "engine_speed_quick.json"
+EXTERNAL_DATA = "model.onnx_data"
+MB = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model specs
+# --------------------------------------------------------------------------------------------------------
+
+
+def _bert_config(quick: bool):
+    from transformers import BertConfig
+
+    if quick:
+        return BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                          vocab_size=1000, max_position_embeddings=128)
+    return BertConfig()
+
+
+def _qwen2_config(quick: bool):
+    from transformers import Qwen2Config
+
+    if quick:
+        return Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=128, vocab_size=1000, max_position_embeddings=128,
+                           tie_word_embeddings=True)
+    # Qwen2.5-0.5B's shape (494M parameters).
+    return Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                       intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768,
+                       rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+# name -> (config factory, transformers model class, export task, force external data)
+SPECS: dict[str, tuple[Callable, str, str, bool]] = {
+    "bert-base": (_bert_config, "BertModel", "feature-extraction", False),
+    "qwen2-0.5b": (_qwen2_config, "Qwen2ForCausalLM", "text-generation-with-past", True),
+}
+
+
+def _folder_name(name: str, quick: bool) -> str:
+    return f"quick-{name}" if quick else name
+
+
+def _spec_key(name: str, quick: bool) -> str:
+    """Identifies how a cached export was made; a cache with another key is rebuilt."""
+    _, model_cls, task, force_external = SPECS[name]
+    return f"v1|{name}|{model_cls}|{task}|external={force_external}|quick={quick}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Export (child process)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _model_files(folder: Path) -> list[Path]:
+    """``model.onnx`` and its external data files (whatever optimum or onnx-ir named them)."""
+    import onnx
+
+    model_file = folder / "model.onnx"
+    proto = onnx.load(str(model_file), load_external_data=False)
+    locations = set()
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                locations.add(entry.value)
+    return [model_file] + [folder / loc for loc in sorted(locations)]
+
+
+def export_child(name: str, quick: bool, out: Path) -> None:
+    """Build ``name`` with random weights and export it into ``out`` (external data if the spec asks)."""
+    import onnx_ir as ir
+    import torch
+    import transformers
+    from optimum.exporters.onnx import main_export
+
+    make_config, model_cls, task, force_external = SPECS[name]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    info: dict = {"model": name, "quick": quick, "task": task, "model_class": model_cls,
+                  "spec_key": _spec_key(name, quick)}
+    try:
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        config = make_config(quick)
+        model = getattr(transformers, model_cls)(config).eval()
+        info["torch_params"] = sum(p.numel() for p in model.parameters())
+        hf_dir = work / "hf"
+        model.save_pretrained(hf_dir)
+        del model
+        info["build_s"] = round(time.perf_counter() - t0, 2)
+
+        t0 = time.perf_counter()
+        onnx_dir = work / "onnx"
+        main_export(str(hf_dir), onnx_dir, task=task, device="cpu", library_name="transformers")
+        info["export_s"] = round(time.perf_counter() - t0, 2)
+        if not (onnx_dir / "model.onnx").is_file():
+            raise RuntimeError(f"export produced no model.onnx: {sorted(p.name for p in onnx_dir.iterdir())}")
+        exported = _model_files(onnx_dir)
+        info["exported_files"] = {p.name: p.stat().st_size for p in exported}
+        info["exported_with_external_data"] = len(exported) > 1
+
+        if len(exported) == 1 and force_external:
+            # Single protobuf (< 2 GB): re-save with onnx-ir so the weights live in model.onnx_data.
+            t0 = time.perf_counter()
+            model_ir = ir.load(onnx_dir / "model.onnx")
+            resave = work / "resave"
+            resave.mkdir()
+            ir.save(model_ir, resave / "model.onnx", external_data=EXTERNAL_DATA)
+            del model_ir
+            os.replace(resave / EXTERNAL_DATA, onnx_dir / EXTERNAL_DATA)
+            os.replace(resave / "model.onnx", onnx_dir / "model.onnx")
+            info["resaved_with_onnx_ir"] = True
+            info["resave_s"] = round(time.perf_counter() - t0, 2)
+        else:
+            info["resaved_with_onnx_ir"] = False
+        files = _model_files(onnx_dir)
+        if force_external and len(files) < 2:
+            raise RuntimeError(f"{onnx_dir / 'model.onnx'} still has no external data")
+        info["files"] = {p.name: p.stat().st_size for p in files}
+        info["file_bytes"] = sum(info["files"].values())
+        info["folder"] = sorted(p.name for p in onnx_dir.iterdir())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(onnx_dir, out)
+        (out.parent / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Measurement (child process)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _status() -> dict[str, int]:
+    """Memory fields of /proc/self/status, in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+class _Sampler(threading.Thread):
+    """Polls /proc/self/status and keeps per-phase peaks of VmRSS, RssAnon and RssFile."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.phase = "import"
+        self.peaks: dict[str, dict[str, int]] = {}
+        self._done = threading.Event()
+
+    def sample(self) -> None:
+        st = _status()
+        peaks = self.peaks.setdefault(self.phase, {})
+        for key in ("VmRSS", "RssAnon", "RssFile"):
+            peaks[key] = max(peaks.get(key, 0), st.get(key, 0))
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
+
+    def set_phase(self, phase: str) -> None:
+        self.sample()
+        self.phase = phase
+        self.sample()
+
+    def stop(self) -> None:
+        self.sample()
+        self._done.set()
+        self.join()
+
+
+def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float) -> None:
+    """Time ``from_pretrained().analyze()`` and ``.prune()`` and write the numbers to ``result``."""
+    sampler = _Sampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    from optimum_prune import ORTPruner, PruningConfig
+
+    import_s = time.perf_counter() - t0
+    hwm_import = _status()["VmHWM"]
+    if pruned_dir.exists():
+        shutil.rmtree(pruned_dir)
+
+    sampler.set_phase("analyze")
+    t0 = time.perf_counter()
+    pruner = ORTPruner.from_pretrained(onnx_dir)
+    analysis = pruner.analyze()
+    analyze_s = time.perf_counter() - t0
+    hwm_analyze = _status()["VmHWM"]
+
+    sampler.set_phase("prune")
+    t0 = time.perf_counter()
+    out = pruner.prune(PruningConfig(sparsity=sparsity), pruned_dir)
+    prune_s = time.perf_counter() - t0
+    end = _status()
+    sampler.stop()
+
+    summary = analysis.to_dict()["summary"]
+    report = json.loads((Path(out) / "report.json").read_text())["stages"][-1]
+    result.write_text(json.dumps({
+        "import_s": import_s,
+        "analyze_s": analyze_s,
+        "prune_s": prune_s,
+        "engine_analyze_s": analysis.seconds,
+        "engine_prune_s": report.get("seconds"),
+        "peak_rss_bytes": end["VmHWM"],
+        "peak_rss_after_import_bytes": hwm_import,
+        "peak_rss_after_analyze_bytes": hwm_analyze,
+        "sampled_peaks": sampler.peaks,
+        "analysis_params": analysis.params,
+        "analysis_summary": summary,
+        "unprunable_groups": len(analysis.unprunable()),
+        "unprunable": analysis.unprunable()[:20],
+        "report": {k: report.get(k) for k in ("params_before", "params_after", "flops_before", "flops_after",
+                                               "groups_found", "groups_pruned", "units_removed")},
+        "pruned_files": {p.name: p.stat().st_size for p in sorted(Path(out).iterdir()) if p.is_file()},
+    }, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parent
+# --------------------------------------------------------------------------------------------------------
+
+
+def _spawn(args: list[str], log: Path) -> tuple[int, float, int]:
+    """Run this script with ``args`` in a fresh process; return (exit code, wall seconds, ru_maxrss bytes)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=f,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over every child so far).
+        _, status, rusage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, rusage.ru_maxrss * 1024
+
+
+def _tail(log: Path, n: int = 15) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    return lines[-n:]
+
+
+def ensure_export(name: str, quick: bool, cache: Path) -> tuple[Path, dict]:
+    folder = cache / _folder_name(name, quick)
+    onnx_dir, meta = folder / "onnx", folder / "export.json"
+    if (onnx_dir / "model.onnx").is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("spec_key") == _spec_key(name, quick):
+            print(f"[{name}] reusing export {onnx_dir}", flush=True)
+            return onnx_dir, info
+        print(f"[{name}] cached export {onnx_dir} was made differently; rebuilding", flush=True)
+    print(f"[{name}] exporting into {onnx_dir} ...", flush=True)
+    args = ["--child-export", name, str(onnx_dir)] + (["--quick"] if quick else [])
+    code, wall, maxrss = _spawn(args, folder / "export.log")
+    if code != 0:
+        raise RuntimeError(f"export of {name} failed (exit {code}); see {folder / 'export.log'}:\n"
+                           + "\n".join(_tail(folder / "export.log")))
+    info = json.loads(meta.read_text())
+    info.update(export_wall_s=round(wall, 2), export_peak_rss_bytes=maxrss)
+    meta.write_text(json.dumps(info, indent=1) + "\n")
+    print(f"[{name}] exported in {wall:.1f} s", flush=True)
+    return onnx_dir, info
+
+
+_EXPORT_KEYS = ("torch_params", "export_s", "export_wall_s", "exported_with_external_data",
+                "resaved_with_onnx_ir", "export_peak_rss_bytes")
+
+
+def measure(name: str, quick: bool, cache: Path, sparsity: float) -> dict:
+    onnx_dir, export_info = ensure_export(name, quick, cache)
+    folder = onnx_dir.parent
+    files = _model_files(onnx_dir)
+    file_bytes = sum(p.stat().st_size for p in files)
+    result_file = folder / "run.json"
+    result_file.unlink(missing_ok=True)
+    print(f"[{name}] measuring analyze + prune (sparsity {sparsity}) ...", flush=True)
+    code, wall, maxrss = _spawn(["--child-run", str(onnx_dir), str(folder / "pruned"), str(result_file),
+                                 "--sparsity", str(sparsity)], folder / "run.log")
+    row: dict = {"model": name, "onnx_dir": str(onnx_dir.relative_to(ROOT)), "task": export_info.get("task"),
+                 "file_bytes": file_bytes, "files": {p.name: p.stat().st_size for p in files},
+                 "export": {k: export_info.get(k) for k in _EXPORT_KEYS}}
+    if code != 0 or not result_file.is_file():
+        row.update(ok=False, exit_code=code, child_wall_s=round(wall, 2), error=_tail(folder / "run.log"))
+        print(f"[{name}] FAILED (exit {code}):\n  " + "\n  ".join(row["error"]), flush=True)
+        return row
+    r = json.loads(result_file.read_text())
+    rep = r["report"]
+    row.update(
+        ok=True,
+        analyze_s=round(r["analyze_s"], 3),
+        prune_s=round(r["prune_s"], 3),
+        total_s=round(r["analyze_s"] + r["prune_s"], 3),
+        import_s=round(r["import_s"], 3),
+        child_wall_s=round(wall, 2),
+        engine_analyze_s=round(r["engine_analyze_s"], 3),
+        engine_prune_s=r["engine_prune_s"],
+        peak_rss_bytes=r["peak_rss_bytes"],
+        peak_rss_wait4_bytes=maxrss,
+        rss_over_file=round(r["peak_rss_bytes"] / file_bytes, 3),
+        peak_rss_after_import_bytes=r["peak_rss_after_import_bytes"],
+        peak_rss_after_analyze_bytes=r["peak_rss_after_analyze_bytes"],
+        sampled_peaks_bytes=r["sampled_peaks"],
+        params_before=rep["params_before"],
+        params_after=rep["params_after"],
+        flops_before=rep["flops_before"],
+        flops_after=rep["flops_after"],
+        groups_found=rep["groups_found"],
+        groups_pruned=rep["groups_pruned"],
+        units_removed=rep["units_removed"],
+        analysis_summary=r["analysis_summary"],
+        unprunable_groups=r["unprunable_groups"],
+        unprunable=r.get("unprunable", []),
+        pruned_files=r["pruned_files"],
+    )
+    print(f"[{name}] analyze {row['analyze_s']:.2f} s, prune {row['prune_s']:.2f} s, "
+          f"peak RSS {row['peak_rss_bytes'] / MB:.0f} MB ({row['rss_over_file']:.2f}x file)", flush=True)
+    return row
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> dict:
+    """Commit and uncommitted files of the repository (the engine may be edited between runs)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+
+    status = git("status", "--porcelain", "--", "optimum_prune").splitlines()
+    dirty = [ln[3:] for ln in status]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "engine_dirty_files": dirty}
+
+
+def machine_info() -> dict:
+    cpu_model, mem_total = None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        with open("/proc/meminfo") as f:
+            mem_total = next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal")), None)
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model,
+        "mem_total_bytes": mem_total,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"),
+        "onnx_ir": _version("onnx-ir"),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "optimum": _version("optimum"),
+        "optimum_onnx": _version("optimum-onnx"),
+        "optimum_prune": _version("optimum-prune"),
+        "git": _git_state(),
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | file MB | analyze s | prune s | peak RSS MB | RSS / file |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("ok"):
+            lines.append(f"| {r['model']} | {r['file_bytes'] / MB:.0f} | {r['analyze_s']:.2f} "
+                         f"| {r['prune_s']:.2f} | {r['peak_rss_bytes'] / MB:.0f} "
+                         f"| {r['rss_over_file']:.2f} |")
+        else:
+            size = f"{r['file_bytes'] / MB:.0f}" if "file_bytes" in r else "-"
+            lines.append(f"| {r['model']} | {size} | failed | failed | - | - |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny configs (smoke test, seconds)")
+    parser.add_argument("--models", nargs="+", choices=sorted(SPECS), default=list(SPECS))
+    parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"results JSON (default {RESULTS.relative_to(ROOT)}, or "
+                             f"{QUICK_RESULTS.relative_to(ROOT)} with --quick)")
+    parser.add_argument("--child-export", nargs=2, metavar=("MODEL", "ONNX_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-run", nargs=3, metavar=("ONNX_DIR", "PRUNED_DIR", "RESULT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child_export:
+        export_child(args.child_export[0], args.quick, Path(args.child_export[1]))
+        return 0
+    if args.child_run:
+        onnx_dir, pruned_dir, result = (Path(p) for p in args.child_run)
+        run_child(onnx_dir, pruned_dir, result, args.sparsity)
+        return 0
+
+    output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
+    cache = args.cache_dir.resolve()
+    rows = []
+    for name in args.models:
+        try:
+            rows.append(measure(name, args.quick, cache, args.sparsity))
+        except Exception as e:  # an export failure is recorded and the other models still run
+            print(f"[{name}] FAILED: {e}", flush=True)
+            rows.append({"model": name, "ok": False, "error": str(e).splitlines()[-15:]})
+    results = {
+        "benchmark": "engine_speed",
+        "quick": args.quick,
+        "sparsity": args.sparsity,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "notes": ("analyze_s = ORTPruner.from_pretrained(dir).analyze(); prune_s = .prune(PruningConfig("
+                  "sparsity), out_dir) on the same pruner, both wall seconds (time.perf_counter) in a fresh "
+                  "subprocess per model. peak_rss_bytes = the child's VmHWM at the end (imports included); "
+                  "peak_rss_wait4_bytes = os.wait4 ru_maxrss of the same child. file_bytes = model.onnx + "
+                  "external data."),
+        "models": rows,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1) + "\n")
+    print()
+    print(markdown_table(rows))
+    print(f"\nresults: {output}")
+    return 0 if all(r.get("ok") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
