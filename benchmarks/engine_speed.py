@@ -223,52 +223,75 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float) -> None:
-    """Time ``from_pretrained().analyze()`` and ``.prune()`` and write the numbers to ``result``."""
+def _patch_external_save() -> None:
+    """Benchmark-side workaround (opt-in, ``--patch-external-save``) for an engine bug.
+
+    ``save_model_atomic`` (optimum_prune/graph.py) writes a single protobuf when the weights are under
+    1.8 GB, but tensors never touched by the plan are still ``ir.ExternalTensor`` references to the
+    source's ``model.onnx_data``; ``ir.save(..., external_data=None)`` keeps those references, so the
+    pruned ``model.onnx`` points at a ``model.onnx_data`` that was never written and ``onnx.checker``
+    rejects it. This forces external data whenever the model still holds external tensors.
+    """
+    import onnx_ir as ir
+
+    import optimum_prune.pruner as pruner_mod
+
+    original = pruner_mod.save_model_atomic
+
+    def save(model, path, *, external_data=None):
+        if external_data is None and any(isinstance(v.const_value, ir.ExternalTensor)
+                                         for v in model.graph.initializers.values()):
+            external_data = True
+        return original(model, path, external_data=external_data)
+
+    pruner_mod.save_model_atomic = save
+
+
+def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float, patch: bool = False) -> int:
+    """Time ``from_pretrained().analyze()`` and ``.prune()``; write the numbers (or error) to ``result``."""
+    import traceback
+
     sampler = _Sampler()
     sampler.start()
     t0 = time.perf_counter()
     from optimum_prune import ORTPruner, PruningConfig
 
-    import_s = time.perf_counter() - t0
-    hwm_import = _status()["VmHWM"]
+    if patch:
+        _patch_external_save()
+    out: dict = {"import_s": time.perf_counter() - t0, "peak_rss_after_import_bytes": _status()["VmHWM"],
+                 "patched_external_save": patch}
     if pruned_dir.exists():
         shutil.rmtree(pruned_dir)
+    phase, t0 = "analyze", time.perf_counter()
+    try:
+        sampler.set_phase("analyze")
+        pruner = ORTPruner.from_pretrained(onnx_dir)
+        analysis = pruner.analyze()
+        out.update(analyze_s=time.perf_counter() - t0, engine_analyze_s=analysis.seconds,
+                   peak_rss_after_analyze_bytes=_status()["VmHWM"], analysis_params=analysis.params,
+                   analysis_summary=analysis.to_dict()["summary"],
+                   unprunable_groups=len(analysis.unprunable()), unprunable=analysis.unprunable()[:20])
 
-    sampler.set_phase("analyze")
-    t0 = time.perf_counter()
-    pruner = ORTPruner.from_pretrained(onnx_dir)
-    analysis = pruner.analyze()
-    analyze_s = time.perf_counter() - t0
-    hwm_analyze = _status()["VmHWM"]
-
-    sampler.set_phase("prune")
-    t0 = time.perf_counter()
-    out = pruner.prune(PruningConfig(sparsity=sparsity), pruned_dir)
-    prune_s = time.perf_counter() - t0
-    end = _status()
+        phase, t0 = "prune", time.perf_counter()
+        sampler.set_phase("prune")
+        folder = Path(pruner.prune(PruningConfig(sparsity=sparsity), pruned_dir))
+        out["prune_s"] = time.perf_counter() - t0
+        report = json.loads((folder / "report.json").read_text())["stages"][-1]
+        out.update(engine_prune_s=report.get("seconds"),
+                   report={k: report.get(k) for k in ("params_before", "params_after", "flops_before",
+                                                      "flops_after", "groups_found", "groups_pruned",
+                                                      "units_removed")},
+                   pruned_files={p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()})
+        code = 0
+    except Exception:
+        out.update(failed_phase=phase, failed_after_s=time.perf_counter() - t0,
+                   error=traceback.format_exc().splitlines()[-12:])
+        traceback.print_exc()
+        code = 1
     sampler.stop()
-
-    summary = analysis.to_dict()["summary"]
-    report = json.loads((Path(out) / "report.json").read_text())["stages"][-1]
-    result.write_text(json.dumps({
-        "import_s": import_s,
-        "analyze_s": analyze_s,
-        "prune_s": prune_s,
-        "engine_analyze_s": analysis.seconds,
-        "engine_prune_s": report.get("seconds"),
-        "peak_rss_bytes": end["VmHWM"],
-        "peak_rss_after_import_bytes": hwm_import,
-        "peak_rss_after_analyze_bytes": hwm_analyze,
-        "sampled_peaks": sampler.peaks,
-        "analysis_params": analysis.params,
-        "analysis_summary": summary,
-        "unprunable_groups": len(analysis.unprunable()),
-        "unprunable": analysis.unprunable()[:20],
-        "report": {k: report.get(k) for k in ("params_before", "params_after", "flops_before", "flops_after",
-                                               "groups_found", "groups_pruned", "units_removed")},
-        "pruned_files": {p.name: p.stat().st_size for p in sorted(Path(out).iterdir()) if p.is_file()},
-    }, indent=1) + "\n")
+    out.update(peak_rss_bytes=_status()["VmHWM"], sampled_peaks=sampler.peaks)
+    result.write_text(json.dumps(out, indent=1) + "\n")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -320,7 +343,7 @@ _EXPORT_KEYS = ("torch_params", "export_s", "export_wall_s", "exported_with_exte
                 "resaved_with_onnx_ir", "export_peak_rss_bytes")
 
 
-def measure(name: str, quick: bool, cache: Path, sparsity: float) -> dict:
+def measure(name: str, quick: bool, cache: Path, sparsity: float, patch: bool = False) -> dict:
     onnx_dir, export_info = ensure_export(name, quick, cache)
     folder = onnx_dir.parent
     files = _model_files(onnx_dir)
@@ -328,44 +351,46 @@ def measure(name: str, quick: bool, cache: Path, sparsity: float) -> dict:
     result_file = folder / "run.json"
     result_file.unlink(missing_ok=True)
     print(f"[{name}] measuring analyze + prune (sparsity {sparsity}) ...", flush=True)
-    code, wall, maxrss = _spawn(["--child-run", str(onnx_dir), str(folder / "pruned"), str(result_file),
-                                 "--sparsity", str(sparsity)], folder / "run.log")
+    args = ["--child-run", str(onnx_dir), str(folder / "pruned"), str(result_file),
+            "--sparsity", str(sparsity)]
+    args += ["--patch-external-save"] if patch else []
+    code, wall, maxrss = _spawn(args, folder / "run.log")
     row: dict = {"model": name, "onnx_dir": str(onnx_dir.relative_to(ROOT)), "task": export_info.get("task"),
                  "file_bytes": file_bytes, "files": {p.name: p.stat().st_size for p in files},
                  "export": {k: export_info.get(k) for k in _EXPORT_KEYS}}
-    if code != 0 or not result_file.is_file():
+    if not result_file.is_file():
         row.update(ok=False, exit_code=code, child_wall_s=round(wall, 2), error=_tail(folder / "run.log"))
         print(f"[{name}] FAILED (exit {code}):\n  " + "\n  ".join(row["error"]), flush=True)
         return row
     r = json.loads(result_file.read_text())
-    rep = r["report"]
+    row.update(ok=code == 0 and "error" not in r, exit_code=code, child_wall_s=round(wall, 2),
+               patched_external_save=r.get("patched_external_save", False))
+    for key in ("analyze_s", "prune_s", "import_s", "engine_analyze_s", "failed_after_s"):
+        if key in r:
+            row[key] = round(r[key], 3)
+    if "analyze_s" in r and "prune_s" in r:
+        row["total_s"] = round(r["analyze_s"] + r["prune_s"], 3)
     row.update(
-        ok=True,
-        analyze_s=round(r["analyze_s"], 3),
-        prune_s=round(r["prune_s"], 3),
-        total_s=round(r["analyze_s"] + r["prune_s"], 3),
-        import_s=round(r["import_s"], 3),
-        child_wall_s=round(wall, 2),
-        engine_analyze_s=round(r["engine_analyze_s"], 3),
-        engine_prune_s=r["engine_prune_s"],
         peak_rss_bytes=r["peak_rss_bytes"],
         peak_rss_wait4_bytes=maxrss,
         rss_over_file=round(r["peak_rss_bytes"] / file_bytes, 3),
-        peak_rss_after_import_bytes=r["peak_rss_after_import_bytes"],
-        peak_rss_after_analyze_bytes=r["peak_rss_after_analyze_bytes"],
-        sampled_peaks_bytes=r["sampled_peaks"],
-        params_before=rep["params_before"],
-        params_after=rep["params_after"],
-        flops_before=rep["flops_before"],
-        flops_after=rep["flops_after"],
-        groups_found=rep["groups_found"],
-        groups_pruned=rep["groups_pruned"],
-        units_removed=rep["units_removed"],
-        analysis_summary=r["analysis_summary"],
-        unprunable_groups=r["unprunable_groups"],
-        unprunable=r.get("unprunable", []),
-        pruned_files=r["pruned_files"],
+        peak_rss_after_import_bytes=r.get("peak_rss_after_import_bytes"),
+        peak_rss_after_analyze_bytes=r.get("peak_rss_after_analyze_bytes"),
+        sampled_peaks_bytes=r.get("sampled_peaks"),
     )
+    rep = r.get("report") or {}
+    row.update({k: rep[k] for k in ("params_before", "params_after", "flops_before", "flops_after",
+                                    "groups_found", "groups_pruned", "units_removed") if k in rep})
+    for key in ("engine_prune_s", "analysis_params", "analysis_summary", "unprunable_groups", "unprunable",
+                "pruned_files", "failed_phase", "error"):
+        if key in r:
+            row[key] = r[key]
+    if not row["ok"]:
+        print(f"[{name}] FAILED in {r.get('failed_phase')} after {r.get('failed_after_s', 0):.2f} s "
+              f"(analyze {r.get('analyze_s', float('nan')):.2f} s, "
+              f"peak RSS {r['peak_rss_bytes'] / MB:.0f} MB):"
+              "\n  " + "\n  ".join(r.get("error", _tail(folder / "run.log"))), flush=True)
+        return row
     print(f"[{name}] analyze {row['analyze_s']:.2f} s, prune {row['prune_s']:.2f} s, "
           f"peak RSS {row['peak_rss_bytes'] / MB:.0f} MB ({row['rss_over_file']:.2f}x file)", flush=True)
     return row
@@ -421,12 +446,18 @@ def markdown_table(rows: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("ok"):
-            lines.append(f"| {r['model']} | {r['file_bytes'] / MB:.0f} | {r['analyze_s']:.2f} "
+            label = r["model"] + (" (patched save)" if r.get("patched_external_save") else "")
+            lines.append(f"| {label} | {r['file_bytes'] / MB:.0f} | {r['analyze_s']:.2f} "
                          f"| {r['prune_s']:.2f} | {r['peak_rss_bytes'] / MB:.0f} "
                          f"| {r['rss_over_file']:.2f} |")
         else:
             size = f"{r['file_bytes'] / MB:.0f}" if "file_bytes" in r else "-"
-            lines.append(f"| {r['model']} | {size} | failed | failed | - | - |")
+            analyze = f"{r['analyze_s']:.2f}" if "analyze_s" in r else "failed"
+            prune = f"{r['prune_s']:.2f}" if "prune_s" in r else (
+                f"failed after {r['failed_after_s']:.2f}" if r.get("failed_phase") == "prune" else "failed")
+            rss = f"{r['peak_rss_bytes'] / MB:.0f}" if "peak_rss_bytes" in r else "-"
+            ratio = f"{r['rss_over_file']:.2f}" if "rss_over_file" in r else "-"
+            lines.append(f"| {r['model']} | {size} | {analyze} | {prune} | {rss} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -440,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help=f"results JSON (default {RESULTS.relative_to(ROOT)}, or "
                              f"{QUICK_RESULTS.relative_to(ROOT)} with --quick)")
+    parser.add_argument("--patch-external-save", action="store_true",
+                        help="work around the engine's external-data save bug in the measured child (results "
+                             "go to outputs/bench/ unless --output is given)")
     parser.add_argument("--child-export", nargs=2, metavar=("MODEL", "ONNX_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-run", nargs=3, metavar=("ONNX_DIR", "PRUNED_DIR", "RESULT"),
                         help=argparse.SUPPRESS)
@@ -450,21 +484,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child_run:
         onnx_dir, pruned_dir, result = (Path(p) for p in args.child_run)
-        run_child(onnx_dir, pruned_dir, result, args.sparsity)
-        return 0
+        return run_child(onnx_dir, pruned_dir, result, args.sparsity, args.patch_external_save)
 
     output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
+    if args.patch_external_save and args.output is None:  # never overwrite the engine-as-is results
+        output = CACHE_DIR / output.name.replace(".json", "_patched.json")
     cache = args.cache_dir.resolve()
     rows = []
     for name in args.models:
         try:
-            rows.append(measure(name, args.quick, cache, args.sparsity))
+            rows.append(measure(name, args.quick, cache, args.sparsity, args.patch_external_save))
         except Exception as e:  # an export failure is recorded and the other models still run
             print(f"[{name}] FAILED: {e}", flush=True)
             rows.append({"model": name, "ok": False, "error": str(e).splitlines()[-15:]})
     results = {
         "benchmark": "engine_speed",
         "quick": args.quick,
+        "patched_external_save": args.patch_external_save,
         "sparsity": args.sparsity,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),

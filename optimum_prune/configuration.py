@@ -24,6 +24,9 @@ class PruningConfig:
         min_units: units always kept per group (at least one).
         exclude: substrings of seed tensor names whose groups are left alone.
         io_patterns: substrings of graph input/output names a group may resize (the KV cache).
+        prune_kv_heads: also prune head groups that resize the KV cache (past/present). Off by default:
+            optimum-onnx sizes the cache as ``hidden_size // num_attention_heads`` for most decoders,
+            so such a folder would not ``generate`` with ``ORTModelForCausalLM``.
     """
 
     sparsity: float = 0.3
@@ -32,6 +35,7 @@ class PruningConfig:
     min_units: int = 1
     exclude: tuple[str, ...] = ()
     io_patterns: tuple[str, ...] = field(default=DEFAULT_IO_PATTERNS)
+    prune_kv_heads: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.scope, str):
@@ -54,4 +58,5 @@ class PruningConfig:
     def to_dict(self) -> dict:
         """JSON-friendly form, stored in the plan and the report."""
         return {"sparsity": self.sparsity, "scope": list(self.scope), "importance": self.importance,
-                "min_units": self.min_units, "exclude": list(self.exclude), "io_patterns": list(self.io_patterns)}
+                "min_units": self.min_units, "exclude": list(self.exclude), "io_patterns": list(self.io_patterns),
+                "prune_kv_heads": self.prune_kv_heads}

@@ -158,8 +158,10 @@ class ORTPruner:
         importance = get_importance(config.importance)
         plans = []
         for g in prep.groups:
+            resizes_cache = any(s.io for s in g.slices)
             selected = (g.prunable and g.kind in config.scope
-                        and not any(pat in g.seed for pat in config.exclude))
+                        and not any(pat in g.seed for pat in config.exclude)
+                        and (config.prune_kv_heads or not resizes_cache))
             if selected:
                 n_remove = units_to_remove(g.units, config.sparsity, config.min_units)
                 kept = select_kept(importance(g, prep.model), n_remove)

@@ -24,6 +24,9 @@ Vision transformers use hidden 36 (head dim 9), FFN 56, image 32, patch 8 and 10
 size differs from the image side. Deviations for specific architectures are documented in their config
 factories.
 
+Parameters are perturbed after initialisation so that no two weights are equal (see
+:func:`build_torch_model`).
+
 Folder layout under ``root``::
 
     root/<name>/hf                 save_pretrained output (config + safetensors)
@@ -182,7 +185,11 @@ def _distilbert() -> PretrainedConfig:
     from transformers import DistilBertConfig
 
     return DistilBertConfig(
-        vocab_size=_VOCAB, dim=_HIDDEN, n_layers=_LAYERS, n_heads=_HEADS, hidden_dim=_FFN,
+        vocab_size=_VOCAB,
+        dim=_HIDDEN,
+        n_layers=_LAYERS,
+        n_heads=_HEADS,
+        hidden_dim=_FFN,
         max_position_embeddings=_MAX_POS,
     )
 
@@ -214,7 +221,11 @@ def _albert() -> PretrainedConfig:
 
     # One hidden group with one inner layer: both layers share the same weights (ALBERT layer sharing).
     return AlbertConfig(
-        **_text_common(), embedding_size=16, num_hidden_groups=1, inner_group_num=1, hidden_act="gelu_new",
+        **_text_common(),
+        embedding_size=16,
+        num_hidden_groups=1,
+        inner_group_num=1,
+        hidden_act="gelu_new",
     )
 
 
@@ -223,8 +234,14 @@ def _deberta_v2() -> PretrainedConfig:
 
     # DeBERTa-v3 style disentangled attention; 2 * position_buckets = 24 relative embeddings.
     return DebertaV2Config(
-        **_text_common(), type_vocab_size=0, relative_attention=True, position_biased_input=False,
-        pos_att_type=["p2c", "c2p"], position_buckets=12, max_relative_positions=-1, norm_rel_ebd="layer_norm",
+        **_text_common(),
+        type_vocab_size=0,
+        relative_attention=True,
+        position_biased_input=False,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=12,
+        max_relative_positions=-1,
+        norm_rel_ebd="layer_norm",
         share_att_key=True,
     )
 
@@ -244,9 +261,17 @@ def _mobilebert() -> PretrainedConfig:
     # hidden 40 (inter-block width), trigram embeddings 3 * 20 = 60 -> 40, bottleneck (true hidden) 24 with
     # 4 heads of 6, FFN 56 on the bottleneck width; NoNorm (elementwise) normalisation as in the original.
     return MobileBertConfig(
-        vocab_size=_VOCAB, hidden_size=40, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS,
-        intermediate_size=56, max_position_embeddings=_MAX_POS, embedding_size=20, intra_bottleneck_size=24,
-        num_feedforward_networks=2, use_bottleneck=True, key_query_shared_bottleneck=True,
+        vocab_size=_VOCAB,
+        hidden_size=40,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        intermediate_size=56,
+        max_position_embeddings=_MAX_POS,
+        embedding_size=20,
+        intra_bottleneck_size=24,
+        num_feedforward_networks=2,
+        use_bottleneck=True,
+        key_query_shared_bottleneck=True,
     )
 
 
@@ -255,8 +280,14 @@ def _squeezebert() -> PretrainedConfig:
 
     # Grouped 1x1 convolutions with 2 groups (16 channels per group, distinct from head dim 8).
     return SqueezeBertConfig(
-        **_text_common(), embedding_size=_HIDDEN, q_groups=2, k_groups=2, v_groups=2, post_attention_groups=1,
-        intermediate_groups=2, output_groups=2,
+        **_text_common(),
+        embedding_size=_HIDDEN,
+        q_groups=2,
+        k_groups=2,
+        v_groups=2,
+        post_attention_groups=1,
+        intermediate_groups=2,
+        output_groups=2,
     )
 
 
@@ -264,9 +295,15 @@ def _bart() -> PretrainedConfig:
     from transformers import BartConfig
 
     return BartConfig(
-        vocab_size=_VOCAB, d_model=_HIDDEN, encoder_layers=_LAYERS, decoder_layers=_LAYERS,
-        encoder_attention_heads=_HEADS, decoder_attention_heads=_HEADS, encoder_ffn_dim=_FFN,
-        decoder_ffn_dim=_FFN, max_position_embeddings=_MAX_POS,
+        vocab_size=_VOCAB,
+        d_model=_HIDDEN,
+        encoder_layers=_LAYERS,
+        decoder_layers=_LAYERS,
+        encoder_attention_heads=_HEADS,
+        decoder_attention_heads=_HEADS,
+        encoder_ffn_dim=_FFN,
+        decoder_ffn_dim=_FFN,
+        max_position_embeddings=_MAX_POS,
     )
 
 
@@ -303,8 +340,15 @@ def _swin() -> PretrainedConfig:
 
     # 8x8 patch grid, 4x4 windows; stage widths 12 / 24 with 2 / 4 heads (head dim 6); MLP 30 / 60.
     return SwinConfig(
-        image_size=_IMAGE, patch_size=4, num_channels=_CHANNELS, embed_dim=12, depths=[2, 2], num_heads=[2, 4],
-        window_size=4, mlp_ratio=2.5, num_labels=_LABELS,
+        image_size=_IMAGE,
+        patch_size=4,
+        num_channels=_CHANNELS,
+        embed_dim=12,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        mlp_ratio=2.5,
+        num_labels=_LABELS,
     )
 
 
@@ -313,8 +357,13 @@ def _convnext() -> PretrainedConfig:
 
     # Two stages (num_stages must match hidden_sizes): widths 12 / 20, inverted bottleneck 48 / 80.
     return ConvNextConfig(
-        num_channels=_CHANNELS, patch_size=4, num_stages=2, hidden_sizes=[12, 20], depths=[2, 2],
-        image_size=_IMAGE, num_labels=_LABELS,
+        num_channels=_CHANNELS,
+        patch_size=4,
+        num_stages=2,
+        hidden_sizes=[12, 20],
+        depths=[2, 2],
+        image_size=_IMAGE,
+        num_labels=_LABELS,
     )
 
 
@@ -323,7 +372,11 @@ def _resnet() -> PretrainedConfig:
 
     # Bottleneck blocks (reduction 4): stem 8, stage outputs 16 / 24, reduced widths 4 / 6.
     return ResNetConfig(
-        num_channels=_CHANNELS, embedding_size=8, hidden_sizes=[16, 24], depths=[1, 2], layer_type="bottleneck",
+        num_channels=_CHANNELS,
+        embedding_size=8,
+        hidden_sizes=[16, 24],
+        depths=[1, 2],
+        layer_type="bottleneck",
         num_labels=_LABELS,
     )
 
@@ -333,7 +386,10 @@ def _mobilenet_v2() -> PretrainedConfig:
 
     # The block structure is fixed; depth_multiplier shrinks every width (rounded to multiples of 8).
     return MobileNetV2Config(
-        num_channels=_CHANNELS, image_size=_IMAGE, depth_multiplier=0.25, finegrained_output=False,
+        num_channels=_CHANNELS,
+        image_size=_IMAGE,
+        depth_multiplier=0.25,
+        finegrained_output=False,
         num_labels=_LABELS,
     )
 
@@ -358,8 +414,14 @@ def _gpt2() -> PretrainedConfig:
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=_VOCAB, n_embd=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS, n_inner=_FFN, n_positions=_MAX_POS,
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=_VOCAB,
+        n_embd=_HIDDEN,
+        n_layer=_LAYERS,
+        n_head=_HEADS,
+        n_inner=_FFN,
+        n_positions=_MAX_POS,
+        bos_token_id=1,
+        eos_token_id=2,
     )
 
 
@@ -395,9 +457,16 @@ def _opt() -> PretrainedConfig:
     from transformers import OPTConfig
 
     return OPTConfig(
-        vocab_size=_VOCAB, hidden_size=_HIDDEN, ffn_dim=_FFN, num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS, max_position_embeddings=_MAX_POS, word_embed_proj_dim=_HIDDEN,
-        pad_token_id=1, bos_token_id=2, eos_token_id=2,
+        vocab_size=_VOCAB,
+        hidden_size=_HIDDEN,
+        ffn_dim=_FFN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        max_position_embeddings=_MAX_POS,
+        word_embed_proj_dim=_HIDDEN,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
     )
 
 
@@ -413,8 +482,14 @@ def _gpt_neox() -> PretrainedConfig:
 
     # Partial rotary embeddings on half of the head dim (4 of 8); parallel residual.
     return GPTNeoXConfig(
-        vocab_size=_VOCAB, hidden_size=_HIDDEN, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS,
-        intermediate_size=_FFN, max_position_embeddings=_MAX_POS, rotary_pct=0.5, bos_token_id=1,
+        vocab_size=_VOCAB,
+        hidden_size=_HIDDEN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        intermediate_size=_FFN,
+        max_position_embeddings=_MAX_POS,
+        rotary_pct=0.5,
+        bos_token_id=1,
         eos_token_id=2,
     )
 
@@ -426,9 +501,18 @@ def _falcon() -> PretrainedConfig:
     # The Falcon-40B "new decoder architecture" (grouped kv heads) cannot be exported with past: transformers
     # 4.57 broadcasts k/v to all heads before the cache update while optimum's dummy past has num_kv_heads.
     return FalconConfig(
-        vocab_size=_VOCAB, hidden_size=_HIDDEN, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS,
-        multi_query=True, new_decoder_architecture=False, parallel_attn=True, alibi=False, ffn_hidden_size=_FFN,
-        max_position_embeddings=_MAX_POS, bos_token_id=1, eos_token_id=2,
+        vocab_size=_VOCAB,
+        hidden_size=_HIDDEN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        multi_query=True,
+        new_decoder_architecture=False,
+        parallel_attn=True,
+        alibi=False,
+        ffn_hidden_size=_FFN,
+        max_position_embeddings=_MAX_POS,
+        bos_token_id=1,
+        eos_token_id=2,
     )
 
 
@@ -437,7 +521,12 @@ def _bloom() -> PretrainedConfig:
 
     # ALiBi attention; BLOOM's MLP width is fixed at 4 * hidden = 128.
     return BloomConfig(
-        vocab_size=_VOCAB, hidden_size=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS, bos_token_id=1, eos_token_id=2,
+        vocab_size=_VOCAB,
+        hidden_size=_HIDDEN,
+        n_layer=_LAYERS,
+        n_head=_HEADS,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=0,
     )
 
@@ -447,54 +536,196 @@ def _mobilebert_fusion_dims(config: PretrainedConfig) -> tuple[int, int]:
     return int(config.num_attention_heads), int(config.true_hidden_size)
 
 
-_BERT_NOTE = "ORT 'bert' fusions (the BERT-family optimizer used by optimum's ORTOptimizer for this arch)."
+# What ORT's optimizer produces for each arch (onnxruntime 1.31.1, transformers 4.57.6, optimum-onnx 0.1.0) is
+# recorded in the notes; `python tests/zoo_survey.py OUTDIR` re-checks it. Attention is only fused for the
+# BERT family: every other export keeps MatMul/Softmax attention because ORT's attention patterns do not
+# match what these exports contain (eager `MatMul -> Mul(scale) -> Softmax` without a mask Add, SDPA
+# decomposition with a causal mask, repeat_kv for GQA, relative-position biases, ALiBi).
+_BERT_FULL = "Attention + EmbedLayerNormalization + SkipLayerNormalization + BiasGelu: fully fused."
+_BERT_NO_EMBED = (
+    "Attention + SkipLayerNormalization + BiasGelu; embeddings stay unfused (position ids derived from "
+    "input_ids via padding_idx, so no EmbedLayerNormalization)."
+)
+_ROPE_L0 = (
+    "opt_level 0 (python fusions only): RotaryEmbedding (q and k per layer) + "
+    "SkipSimplifiedLayerNormalization. With opt_level >= 1, ORT's constant folding runs first and breaks the "
+    "rotary pattern (only SkipSimplifiedLayerNormalization remains). No attention fusion (GQA repeat_kv / "
+    "causal mask not matched)."
+)
+_VIT_NOTE = (
+    "SkipLayerNormalization + BiasGelu only: eager attention is MatMul -> Mul(scale) -> Softmax with no mask "
+    "Add, which none of FusionAttention's qk paths matches. opt_level 99 even loses SkipLayerNormalization."
+)
+_CNN_NOTE = "CNN: no transformer fusions apply (Conv+BatchNorm is already folded by the exporter)."
 
 ZOO: dict[str, ZooSpec] = {
     # Text encoders ----------------------------------------------------------------------------------------
-    "bert": ZooSpec("bert", _bert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "distilbert": ZooSpec("distilbert", _distilbert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "roberta": ZooSpec("roberta", _roberta, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "electra": ZooSpec("electra", _electra, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "albert": ZooSpec("albert", _albert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "deberta-v2": ZooSpec("deberta-v2", _deberta_v2, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "mpnet": ZooSpec("mpnet", _mpnet, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
-    "xlm-roberta": ZooSpec("xlm-roberta", _xlm_roberta, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
+    "bert": ZooSpec("bert", _bert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_FULL),
+    "distilbert": ZooSpec("distilbert", _distilbert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_FULL),
+    "roberta": ZooSpec("roberta", _roberta, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NO_EMBED),
+    "electra": ZooSpec("electra", _electra, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_FULL),
+    "albert": ZooSpec(
+        "albert",
+        _albert,
+        _TASK_FEATURES,
+        fusable="bert",
+        fusion_note=(
+            "Only the first of the two weight-shared layers gets an Attention node; the second keeps its "
+            "unfused MatMul/Softmax attention (reading the same initializers). SkipLayerNormalization + "
+            "FastGelu (gelu_new); no EmbedLayerNormalization (embedding_size != hidden_size)."
+        ),
+    ),
+    "deberta-v2": ZooSpec(
+        "deberta-v2",
+        _deberta_v2,
+        _TASK_FEATURES,
+        fusable="bert",
+        fusion_note="SkipLayerNormalization + BiasGelu; disentangled attention is not fused.",
+    ),
+    "mpnet": ZooSpec(
+        "mpnet",
+        _mpnet,
+        _TASK_FEATURES,
+        fusable="bert",
+        fusion_note="SkipLayerNormalization + BiasGelu; attention with relative position bias is not fused.",
+    ),
+    "xlm-roberta": ZooSpec(
+        "xlm-roberta", _xlm_roberta, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NO_EMBED
+    ),
     "mobilebert": ZooSpec(
-        "mobilebert", _mobilebert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE,
+        "mobilebert",
+        _mobilebert,
+        _TASK_FEATURES,
+        fusable=None,
+        fusion_note=(
+            "optimize_model runs (any model_type / opt_level) but produces no contrib op at all: NoNorm "
+            "is an elementwise Mul+Add (no LayerNormalization to fuse), ReLU FFN, bottleneck attention not "
+            "matched."
+        ),
         fusion_dims=_mobilebert_fusion_dims,
     ),
-    "squeezebert": ZooSpec("squeezebert", _squeezebert, _TASK_FEATURES, fusable="bert", fusion_note=_BERT_NOTE),
+    "squeezebert": ZooSpec(
+        "squeezebert",
+        _squeezebert,
+        _TASK_FEATURES,
+        fusable="bert",
+        fusion_note="Gelu + one SkipLayerNormalization; grouped-Conv attention / FFN are not fused.",
+    ),
     # Encoder-decoder: 'feature-extraction' exports one monolithic graph (encoder + decoder) with inputs
     # input_ids, attention_mask, decoder_input_ids and output last_hidden_state (of the decoder).
     # ORTModelForFeatureExtraction.forward cannot pass decoder_input_ids; ORTModelForCustomTasks feeds
     # every graph input by name.
     "bart": ZooSpec(
-        "bart", _bart, _TASK_FEATURES, fusable="bart", fusion_note="ORT 'bart' fusions.",
+        "bart",
+        _bart,
+        _TASK_FEATURES,
+        fusable="bart",
+        fusion_note="SkipLayerNormalization + BiasGelu; no self/cross attention fusion.",
         ort_class="ORTModelForCustomTasks",
     ),
     # Vision ------------------------------------------------------------------------------------------------
-    "vit": ZooSpec("vit", _vit, _TASK_IMAGE, fusable="vit", fusion_note="ORT 'vit' (BertOnnxModel) fusions."),
-    "deit": ZooSpec("deit", _deit, _TASK_IMAGE, fusable="vit", fusion_note="ORT 'vit' (BertOnnxModel) fusions."),
+    "vit": ZooSpec("vit", _vit, _TASK_IMAGE, fusable="vit", fusion_note=_VIT_NOTE),
+    "deit": ZooSpec("deit", _deit, _TASK_IMAGE, fusable="vit", fusion_note=_VIT_NOTE),
     "swin": ZooSpec(
-        "swin", _swin, _TASK_IMAGE, fusable="swin", fusion_note="ORT 'swin' fusions; per-stage heads: auto.",
+        "swin",
+        _swin,
+        _TASK_IMAGE,
+        fusable="swin",
+        fusion_note=_VIT_NOTE + " Per-stage heads: auto-detected.",
         fusion_dims=_auto_fusion_dims,
     ),
-    "convnext": ZooSpec("convnext", _convnext, _TASK_IMAGE, is_cnn=True, fusion_note="CNN: no transformer fusions."),
-    "resnet": ZooSpec("resnet", _resnet, _TASK_IMAGE, is_cnn=True, fusion_note="CNN: no transformer fusions."),
-    "mobilenet_v2": ZooSpec(
-        "mobilenet_v2", _mobilenet_v2, _TASK_IMAGE, is_cnn=True, fusion_note="CNN: no transformer fusions."
-    ),
+    "convnext": ZooSpec("convnext", _convnext, _TASK_IMAGE, is_cnn=True, fusion_note=_CNN_NOTE),
+    "resnet": ZooSpec("resnet", _resnet, _TASK_IMAGE, is_cnn=True, fusion_note=_CNN_NOTE),
+    "mobilenet_v2": ZooSpec("mobilenet_v2", _mobilenet_v2, _TASK_IMAGE, is_cnn=True, fusion_note=_CNN_NOTE),
     # Decoder-only LMs ---------------------------------------------------------------------------------------
-    "gpt2": ZooSpec("gpt2", _gpt2, _TASK_CAUSAL, is_decoder=True, fusable="gpt2", fusion_note="ORT 'gpt2'."),
-    "llama": ZooSpec("llama", _llama, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "qwen2": ZooSpec("qwen2", _qwen2, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "mistral": ZooSpec("mistral", _mistral, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "phi3": ZooSpec("phi3", _phi3, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "opt": ZooSpec("opt", _opt, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "gemma": ZooSpec("gemma", _gemma, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "gpt_neox": ZooSpec("gpt_neox", _gpt_neox, _TASK_CAUSAL, is_decoder=True, fusable="gpt_neox"),
-    "falcon": ZooSpec("falcon", _falcon, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
-    "bloom": ZooSpec("bloom", _bloom, _TASK_CAUSAL, is_decoder=True, fusable="gpt2"),
+    "gpt2": ZooSpec(
+        "gpt2",
+        _gpt2,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_note="SkipLayerNormalization + FastGelu; SDPA-decomposed causal attention is not fused.",
+    ),
+    "llama": ZooSpec(
+        "llama",
+        _llama,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_opt_level=0,
+        fusion_note=_ROPE_L0,
+    ),
+    "qwen2": ZooSpec(
+        "qwen2",
+        _qwen2,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_opt_level=0,
+        fusion_note=_ROPE_L0,
+    ),
+    "mistral": ZooSpec(
+        "mistral",
+        _mistral,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_opt_level=0,
+        fusion_note=_ROPE_L0,
+    ),
+    "phi3": ZooSpec(
+        "phi3", _phi3, _TASK_CAUSAL, is_decoder=True, fusable="gpt2", fusion_opt_level=0, fusion_note=_ROPE_L0
+    ),
+    "opt": ZooSpec(
+        "opt",
+        _opt,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable=None,
+        fusion_note=(
+            "optimize_model runs (any model_type / opt_level) but produces no contrib op: neither the "
+            "residual Add + LayerNormalization nor the ReLU FFN / attention match a fusion."
+        ),
+    ),
+    "gemma": ZooSpec(
+        "gemma",
+        _gemma,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_note=(
+            "opt_level 1: SkipSimplifiedLayerNormalization + FastGelu (gelu_pytorch_tanh). opt_level 0 also "
+            "fuses RotaryEmbedding, but feeds it a batch-1 position tensor: the graph fails for batch > 1."
+        ),
+    ),
+    "gpt_neox": ZooSpec(
+        "gpt_neox",
+        _gpt_neox,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt_neox",
+        fusion_opt_level=0,
+        fusion_note=(
+            "opt_level 0 (the ORT default for gpt_neox): RotaryEmbedding (partial rotary) + "
+            "SkipLayerNormalization + BiasGelu; opt_level >= 1 loses RotaryEmbedding. Attention is not fused."
+        ),
+    ),
+    "falcon": ZooSpec(
+        "falcon",
+        _falcon,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_note="SkipLayerNormalization + Gelu; MQA (SDPA-decomposed) attention and rotary not fused.",
+    ),
+    "bloom": ZooSpec(
+        "bloom",
+        _bloom,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_note="SkipLayerNormalization + FastGelu; ALiBi attention is not fused.",
+    ),
 }
 """All zoo models by name."""
 
@@ -519,7 +750,7 @@ def zoo_folder(name: str, root: Path, *, with_past: bool = False, fused: bool = 
 
 
 def export_zoo_model(name: str, root: Path, *, with_past: bool = False, fused: bool = False) -> Path:
-    """Export zoo model ``name`` under ``root`` and return the folder holding ``model.onnx`` + ``config.json``.
+    """Export zoo model ``name`` under ``root``; return the folder holding ``model.onnx`` + ``config.json``.
 
     Args:
         name: key of :data:`ZOO`.
@@ -574,12 +805,23 @@ def build_config(name: str) -> PretrainedConfig:
 
 
 def build_torch_model(name: str) -> Any:
-    """Instantiate zoo model ``name`` in eval mode with random weights seeded by ``torch.manual_seed(0)``."""
+    """Instantiate zoo model ``name`` in eval mode with random weights seeded by ``torch.manual_seed(0)``.
+
+    Every parameter gets N(0, 0.02) noise on top of the transformers initialisation. Without it, all
+    zero-initialised biases and all-ones norm weights are equal tensors, and the torch ONNX exporter
+    deduplicates equal initializers: one initializer would then feed e.g. a LayerNorm bias and a Linear bias
+    through ``Identity`` nodes, which real checkpoints never do. Genuinely tied parameters (tied embeddings,
+    ALBERT's shared layers) are single ``Parameter`` objects and stay tied.
+    """
     import torch
 
     spec = _spec(name)
     torch.manual_seed(0)
-    return spec.auto_model_class().from_config(spec.make_config()).eval()
+    model = spec.auto_model_class().from_config(spec.make_config()).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    return model
 
 
 def _save_hf_model(name: str, hf_dir: Path) -> Path:
@@ -595,7 +837,7 @@ def _save_hf_model(name: str, hf_dir: Path) -> Path:
 
 
 def _export(hf_dir: Path, out: Path, task: str) -> None:
-    """Export with optimum's ``main_export`` and keep only ``model.onnx`` plus the json configs."""
+    """Export with optimum's ``main_export`` (writes model.onnx, config.json, generation_config.json)."""
     from optimum.exporters.onnx import main_export
 
     main_export(str(hf_dir), out, task=task, device="cpu", library_name="transformers")
@@ -611,8 +853,12 @@ def _fuse(spec: ZooSpec, src: Path, out: Path) -> None:
 
     num_heads, hidden_size = spec.fusion_dims(AutoConfig.from_pretrained(src))
     optimized = optimize_model(
-        str(src / "model.onnx"), model_type=spec.fusable, num_heads=num_heads, hidden_size=hidden_size,
-        opt_level=spec.fusion_opt_level, use_gpu=False,
+        str(src / "model.onnx"),
+        model_type=spec.fusable,
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=spec.fusion_opt_level,
+        use_gpu=False,
     )
     optimized.save_model_to_file(str(out / "model.onnx"))
     for extra in src.glob("*.json"):

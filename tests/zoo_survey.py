@@ -11,8 +11,8 @@ graph inputs / outputs, whether onnxruntime runs the graph on :func:`zoo.dummy_i
 ``optimum.onnxruntime`` ORTModel class loads and runs it, and a few structural observations (decomposed SDPA
 attention, Softmax count, constant vs. dynamic Reshape targets).
 
-Each model is surveyed in its own subprocess (``--worker NAME``) so that one crash cannot take the whole survey
-down; per-model results are also kept in ``OUTDIR/survey-parts/NAME.json``.
+Each model is surveyed in its own subprocess (``--worker NAME``) so that one crash cannot take the whole
+survey down; per-model results are also kept in ``OUTDIR/survey-parts/NAME.json``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def analyse_graph(path: Path) -> dict[str, Any]:
     # torch's ONNX symbolic for scaled_dot_product_attention scales q and k^T by sqrt(scale) each before the
     # MatMul; eager attention multiplies/divides the product instead.
     sdpa = sum(
-        1 for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2 and all(map(is_sqrt_scaled, n.input))
+        1
+        for n in graph.node
+        if n.op_type == "MatMul" and len(n.input) == 2 and all(map(is_sqrt_scaled, n.input))
     )
     reshape_targets: Counter[str] = Counter()
     for node in graph.node:
@@ -76,6 +78,8 @@ def analyse_graph(path: Path) -> dict[str, Any]:
             target = node.input[1]
             kind = "const" if target in constants else f"dynamic:{producer[target].op_type}"
             reshape_targets[kind] += 1
+    initializers = {init.name for init in graph.initializer}
+    consumers: Counter[str] = Counter(i for n in graph.node for i in set(n.input) if i in initializers)
     counts = Counter((n.domain or "ai.onnx", n.op_type) for n in graph.node)
     return {
         "node_count": len(graph.node),
@@ -88,6 +92,11 @@ def analyse_graph(path: Path) -> dict[str, Any]:
         "sdpa_decomposed_matmuls": sdpa,
         "softmax_count": counts[("ai.onnx", "Softmax")],
         "reshape_targets": dict(sorted(reshape_targets.items())),
+        # Weight sharing: initializers read by several nodes, and initializers re-exposed through Identity.
+        "shared_initializers": sorted(name for name, c in consumers.items() if c > 1),
+        "identity_of_initializer": sum(
+            1 for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers
+        ),
     }
 
 
@@ -106,6 +115,25 @@ def run_dummy(name: str, folder: Path) -> dict[str, Any]:
     }
 
 
+def fused_max_abs_diff(name: str, fused: Path, unfused: Path) -> dict[str, float]:
+    """Max |fused - unfused| per output on the same dummy inputs (fusion must not change the function)."""
+    import onnxruntime as ort
+
+    feeds = zoo.dummy_inputs(name, unfused)
+    diffs = {}
+    sessions = [
+        ort.InferenceSession(str(f / "model.onnx"), providers=["CPUExecutionProvider"])
+        for f in (fused, unfused)
+    ]
+    names = [o.name for o in sessions[1].get_outputs()]
+    fused_feeds = {i.name: feeds[i.name] for i in sessions[0].get_inputs()}
+    for out_name, a, b in zip(
+        names, sessions[0].run(names, fused_feeds), sessions[1].run(names, feeds), strict=True
+    ):
+        diffs[out_name] = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    return diffs
+
+
 def run_ort_model(name: str, folder: Path) -> dict[str, Any]:
     """Load ``folder`` with the matching ORTModel class and run it once through its public API.
 
@@ -120,10 +148,17 @@ def run_ort_model(name: str, folder: Path) -> dict[str, Any]:
     if spec.is_decoder:
         input_ids = torch.from_numpy(feeds["input_ids"])
         generated = model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=3, do_sample=False,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=3,
+            do_sample=False,
             min_new_tokens=3,
         )
-        return {"class": type(model).__name__, "use_cache": model.use_cache, "generated": list(generated.shape)}
+        return {
+            "class": type(model).__name__,
+            "use_cache": model.use_cache,
+            "generated": list(generated.shape),
+        }
     if spec.ort_class != "ORTModelForCustomTasks":  # the task classes only forward their known inputs
         accepted = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values"}
         dropped = sorted(set(feeds) - accepted)
@@ -150,7 +185,11 @@ def survey_variant(name: str, root: Path, *, with_past: bool, fused: bool) -> di
         record["seconds"] = round(time.perf_counter() - start, 2)
     record["folder"] = str(folder)
     record.update(analyse_graph(folder / "model.onnx"))
-    for key, check in (("dummy_run", run_dummy), ("ort_model", run_ort_model)):
+    checks = [("dummy_run", run_dummy), ("ort_model", run_ort_model)]
+    if fused:
+        unfused = zoo.zoo_folder(name, root, with_past=with_past)
+        checks.append(("fused_vs_unfused", lambda n, f: fused_max_abs_diff(n, f, unfused)))
+    for key, check in checks:
         try:
             record[key] = check(name, folder)
             record[f"{key}_ok"] = True
@@ -178,7 +217,8 @@ def survey_model(name: str, root: Path) -> dict[str, Any]:
         "fusable": spec.fusable,
         "fusion_note": spec.fusion_note,
         "variants": {
-            key: survey_variant(name, root, with_past=past, fused=fused) for key, (past, fused) in variants.items()
+            key: survey_variant(name, root, with_past=past, fused=fused)
+            for key, (past, fused) in variants.items()
         },
     }
 
@@ -191,7 +231,9 @@ def _run_worker(name: str, root: Path) -> dict[str, Any]:
     log = root / "survey-parts" / f"{name}.log"
     try:
         with log.open("w") as fh:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=WORKER_TIMEOUT_S, check=False)
+            proc = subprocess.run(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=WORKER_TIMEOUT_S, check=False
+            )
     except subprocess.TimeoutExpired:
         return {"arch": zoo.ZOO[name].arch, "worker_error": f"timeout after {WORKER_TIMEOUT_S}s"}
     if proc.returncode != 0 or not part.is_file():

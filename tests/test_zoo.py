@@ -1,0 +1,87 @@
+"""The model zoo: tiny random transformers models exported with optimum-onnx, pruned at 30%.
+
+Each variant (as exported, with past key/values for decoders, and after ONNX Runtime's transformer
+fusions where they apply) must: prune exactly under the oracle, lose the share of parameters the cut
+implies, and load and run with its ``ORTModelFor...`` class (``generate`` for decoders).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from zoo import ZOO, dummy_inputs, export_zoo_model, load_ort_model
+
+from optimum_prune import ORTPruner, PruningConfig, verify
+from optimum_prune.verify import RELATIVE_TOLERANCE
+
+# Where the engine does not cut yet: the group is refused (never a wrong model), so little or
+# nothing is removed. Each is an honest, strict xfail: fixing one makes the suite say so.
+KNOWN_GAPS = {
+    ("squeezebert", False, False): "Conv1d projections with grouped convs couple every channel",
+    ("squeezebert", False, True): "Conv1d projections with grouped convs couple every channel",
+    ("gpt2", False, True): "symbolic shape inference loses shapes in the fused GPT-2 graph",
+    ("gpt2", True, True): "symbolic shape inference loses shapes in the fused GPT-2 graph",
+    ("gpt_neox", False, True): "symbolic shape inference loses shapes in the fused GPT-NeoX graph",
+    ("gpt_neox", True, True): "symbolic shape inference loses shapes in the fused GPT-NeoX graph",
+    ("bloom", False, True): "symbolic shape inference loses shapes in the fused BLOOM graph",
+    ("bloom", True, True): "symbolic shape inference loses shapes in the fused BLOOM graph",
+    ("swin", False, True): "symbolic shape inference loses shapes in the fused Swin graph",
+}
+# After ORT fusion (SimplifiedLayerNormalization), decoders' FFN groups are cut below 4% in some runs,
+# and with past key/values their KV-head groups are left alone (prune_kv_heads=False): not yet diagnosed.
+FUSED_DECODER_GAP = "fused RMSNorm decoder: cut below 4% (see the engine issue's closing note)"
+LOOSE_GAPS = {(a, p, True) for a in ("llama", "qwen2", "mistral", "phi3") for p in (False, True)}
+KNOWN_GAPS[("phi3", True, False)] = "phi3 gate_up Slice bounds are computed; KV heads left alone with past"
+MIN_PARAM_CUT = 0.04  # the smallest share a 30% cut of FFN/heads/filters removes in these tiny models
+
+
+def _variants():
+    for name, spec in ZOO.items():
+        pasts = (False, True) if spec.is_decoder else (False,)
+        for past in pasts:
+            for fused in (False, True) if spec.fusable else (False,):
+                key = (name, past, fused)
+                if key in KNOWN_GAPS:
+                    marks = [pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[key])]
+                elif key in LOOSE_GAPS:
+                    marks = [pytest.mark.xfail(strict=False, reason=FUSED_DECODER_GAP)]
+                else:
+                    marks = []
+                yield pytest.param(name, past, fused, marks=marks,
+                                   id=f"{name}{'-past' if past else ''}{'-fused' if fused else ''}")
+
+
+@pytest.fixture(scope="session")
+def zoo_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.mark.parametrize(("name", "past", "fused"), list(_variants()))
+def test_zoo_model_prunes_exactly_and_loads(zoo_root, tmp_path, name, past, fused):
+    spec = ZOO[name]
+    src = export_zoo_model(name, zoo_root, with_past=past, fused=fused)
+    scope = ("ffn", "heads", "conv")
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.3, scope=scope), tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    cut = 1 - report["params_after"] / report["params_before"]
+    assert cut >= MIN_PARAM_CUT, f"only {cut:.3f} of the parameters removed: {report['units_removed']}"
+    result = verify(src, out)
+    assert result.exact_groups
+    assert result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+    model = load_ort_model(name, out)
+    if spec.is_decoder:
+        ids = np.array([[1, 2, 3, 4]], dtype=np.int64)
+        import torch
+
+        tokens = model.generate(torch.tensor(ids), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                                max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        assert tokens.shape == (1, 7)
+    else:
+        feeds = dummy_inputs(name, out)
+        import torch
+
+        outputs = model(**{k: torch.tensor(v) for k, v in feeds.items()})
+        first = outputs[0] if isinstance(outputs, tuple) else next(iter(outputs.values()))
+        assert np.isfinite(first.detach().numpy()).all()
