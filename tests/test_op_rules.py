@@ -7,8 +7,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from graphs import EXPECTED_KIND, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
 
+from graphs import EXPECTED_KIND, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
 from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.verify import RELATIVE_TOLERANCE
 

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 import pytest
-from zoo import ZOO, dummy_inputs, export_zoo_model, load_ort_model
 
 from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.verify import RELATIVE_TOLERANCE
+from zoo import ZOO, dummy_inputs, export_zoo_model, load_ort_model
 
 # Where the engine does not cut yet: the group is refused (never a wrong model), so little or
 # nothing is removed. Each is an honest, strict xfail: fixing one makes the suite say so.
