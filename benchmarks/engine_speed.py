@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,7 @@ CACHE_DIR = ROOT / "outputs" / "bench"
 RESULTS = ROOT / "benchmarks" / "results" / "engine_speed.json"
 QUICK_RESULTS = CACHE_DIR / "engine_speed_quick.json"
 EXTERNAL_DATA = "model.onnx_data"
-MB = 1 << 20
+MB = 1_000_000  # decimal megabytes in the printed table
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -107,11 +108,9 @@ def _model_files(folder: Path) -> list[Path]:
 
     model_file = folder / "model.onnx"
     proto = onnx.load(str(model_file), load_external_data=False)
-    locations = set()
-    for init in proto.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                locations.add(entry.value)
+    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node for a in n.attribute
+                                               if a.type == onnx.AttributeProto.TENSOR]
+    locations = {e.value for t in tensors for e in t.external_data if e.key == "location"}
     return [model_file] + [folder / loc for loc in sorted(locations)]
 
 
@@ -224,13 +223,20 @@ class _Sampler(threading.Thread):
 
 
 def _patch_external_save() -> None:
-    """Benchmark-side workaround (opt-in, ``--patch-external-save``) for an engine bug.
+    """Benchmark-side workaround (opt-in, ``--patch-external-save``) for two engine save bugs.
 
-    ``save_model_atomic`` (optimum_prune/graph.py) writes a single protobuf when the weights are under
-    1.8 GB, but tensors never touched by the plan are still ``ir.ExternalTensor`` references to the
-    source's ``model.onnx_data``; ``ir.save(..., external_data=None)`` keeps those references, so the
-    pruned ``model.onnx`` points at a ``model.onnx_data`` that was never written and ``onnx.checker``
-    rejects it. This forces external data whenever the model still holds external tensors.
+    ``save_model_atomic`` (optimum_prune/graph.py) on a model loaded from external data:
+
+    1. It writes a single protobuf when the weights are under 1.8 GB, but tensors the plan did not
+       touch are still ``ir.ExternalTensor`` references to the source's ``model.onnx_data``;
+       ``ir.save(..., external_data=None)`` keeps those references, so the pruned ``model.onnx`` points
+       at a ``model.onnx_data`` that was never written (``onnx.checker`` rejects it).
+    2. With external data, ``ir.save`` rewrites initializers only: a ``Constant`` node whose ``value``
+       tensor was stored externally by the exporter keeps its old offset into a file of the same name,
+       which ONNX Runtime then reads out of bounds.
+
+    The patch materialises external ``Constant`` tensors and forces external data whenever the model
+    still holds external initializers.
     """
     import onnx_ir as ir
 
@@ -239,6 +245,12 @@ def _patch_external_save() -> None:
     original = pruner_mod.save_model_atomic
 
     def save(model, path, *, external_data=None):
+        for graph in model.graphs():
+            for node in graph:
+                for name, attr in list(node.attributes.items()):
+                    if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                        node.attributes[name] = ir.AttrTensor(name, ir.tensor(attr.value.numpy().copy(),
+                                                                              name=attr.value.name))
         if external_data is None and any(isinstance(v.const_value, ir.ExternalTensor)
                                          for v in model.graph.initializers.values()):
             external_data = True
@@ -343,14 +355,36 @@ _EXPORT_KEYS = ("torch_params", "export_s", "export_wall_s", "exported_with_exte
                 "resaved_with_onnx_ir", "export_peak_rss_bytes")
 
 
-def measure(name: str, quick: bool, cache: Path, sparsity: float, patch: bool = False) -> dict:
-    onnx_dir, export_info = ensure_export(name, quick, cache)
+def measure(name: str, quick: bool, cache: Path, sparsity: float, patch: bool = False,
+            repeat: int = 1) -> dict:
+    """``repeat`` fresh-process runs: median times, maximum peak RSS, per-run values in ``runs``."""
+    onnx_dir, _ = ensure_export(name, quick, cache)
+    runs = [measure_once(name, onnx_dir, sparsity, patch, i, repeat) for i in range(repeat)]
+    row = dict(runs[-1])
+    row["repeat"] = repeat
+    row["runs"] = [{k: r.get(k) for k in ("ok", "analyze_s", "prune_s", "failed_after_s", "peak_rss_bytes")}
+                   for r in runs]
+    for key in ("analyze_s", "prune_s", "total_s", "failed_after_s", "import_s", "child_wall_s"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        if vals:
+            row[key] = round(statistics.median(vals), 3)
+    peaks = [r["peak_rss_bytes"] for r in runs if r.get("peak_rss_bytes")]
+    if peaks:
+        row["peak_rss_bytes"] = max(peaks)
+        row["rss_over_file"] = round(max(peaks) / row["file_bytes"], 3)
+    row["ok"] = all(r.get("ok") for r in runs)
+    return row
+
+
+def measure_once(name: str, onnx_dir: Path, sparsity: float, patch: bool, index: int, repeat: int) -> dict:
     folder = onnx_dir.parent
+    export_info = json.loads((folder / "export.json").read_text())
     files = _model_files(onnx_dir)
     file_bytes = sum(p.stat().st_size for p in files)
     result_file = folder / "run.json"
     result_file.unlink(missing_ok=True)
-    print(f"[{name}] measuring analyze + prune (sparsity {sparsity}) ...", flush=True)
+    print(f"[{name}] measuring analyze + prune (sparsity {sparsity}), run {index + 1}/{repeat} ...",
+          flush=True)
     args = ["--child-run", str(onnx_dir), str(folder / "pruned"), str(result_file),
             "--sparsity", str(sparsity)]
     args += ["--patch-external-save"] if patch else []
@@ -467,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny configs (smoke test, seconds)")
     parser.add_argument("--models", nargs="+", choices=sorted(SPECS), default=list(SPECS))
     parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="fresh-process runs per model (median times, max peak RSS); default 3")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     parser.add_argument("--output", type=Path, default=None,
                         help=f"results JSON (default {RESULTS.relative_to(ROOT)}, or "
@@ -493,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models:
         try:
-            rows.append(measure(name, args.quick, cache, args.sparsity, args.patch_external_save))
+            rows.append(measure(name, args.quick, cache, args.sparsity, args.patch_external_save,
+                                max(1, args.repeat)))
         except Exception as e:  # an export failure is recorded and the other models still run
             print(f"[{name}] FAILED: {e}", flush=True)
             rows.append({"model": name, "ok": False, "error": str(e).splitlines()[-15:]})
@@ -502,13 +539,15 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "patched_external_save": args.patch_external_save,
         "sparsity": args.sparsity,
+        "repeat": args.repeat,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "notes": ("analyze_s = ORTPruner.from_pretrained(dir).analyze(); prune_s = .prune(PruningConfig("
-                  "sparsity), out_dir) on the same pruner, both wall seconds (time.perf_counter) in a fresh "
-                  "subprocess per model. peak_rss_bytes = the child's VmHWM at the end (imports included); "
-                  "peak_rss_wait4_bytes = os.wait4 ru_maxrss of the same child. file_bytes = model.onnx + "
-                  "external data."),
+                  "sparsity), out_dir) on the same pruner; wall seconds (time.perf_counter), each run in a "
+                  "fresh subprocess, medians over `repeat` runs (per-run values in `runs`). peak_rss_bytes = "
+                  "max over runs of the child's VmHWM at its end (imports included); peak_rss_wait4_bytes = "
+                  "os.wait4 ru_maxrss of the last child. file_bytes = model.onnx + external data. "
+                  "Printed table: MB = 1e6 bytes."),
         "models": rows,
     }
     output.parent.mkdir(parents=True, exist_ok=True)

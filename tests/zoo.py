@@ -34,13 +34,16 @@ Folder layout under ``root``::
     root/<name>/onnx-past          decoders only: export with past key values
     root/<name>/onnx[-past]-fused  graph optimised by onnxruntime.transformers.optimizer
 
-Each ONNX folder holds ``model.onnx`` and ``config.json`` and is reused when it already exists. Exports are
-serialised with a per-model file lock and written atomically, so concurrent pytest-xdist workers can share
-one root.
+Each ONNX folder holds ``model.onnx`` and ``config.json`` and is reused when it already exists and its
+``zoo-fingerprint.txt`` matches (config, task, fusion settings, package versions), so editing a config
+re-exports instead of silently reusing a stale model. Exports are serialised with a per-model file lock and
+written atomically, so concurrent pytest-xdist workers can share one root.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -449,7 +452,8 @@ def _phi3() -> PretrainedConfig:
     # Fused qkv_proj / gate_up_proj. The default pad_token_id (32000) is outside the tiny vocabulary.
     # No GQA (4 kv heads, as Phi-3-mini): optimum-onnx 0.1.0's ORTModelForCausalLM sizes the empty past of
     # phi3 with num_attention_heads, so a GQA phi3 export fails in generate().
-    common = {**_decoder_common(), "num_key_value_heads": _HEADS}
+    # FFN 40 so that gate_up_proj (2 * 40 = 80) differs from qkv_proj (3 * 32 = 96).
+    common = {**_decoder_common(), "num_key_value_heads": _HEADS, "intermediate_size": 40}
     return Phi3Config(**common, original_max_position_embeddings=_MAX_POS)
 
 
@@ -480,7 +484,7 @@ def _gemma() -> PretrainedConfig:
 def _gpt_neox() -> PretrainedConfig:
     from transformers import GPTNeoXConfig
 
-    # Partial rotary embeddings on half of the head dim (4 of 8); parallel residual.
+    # Partial rotary embeddings on 6 of the 8 head dims (distinct from the 4 heads); parallel residual.
     return GPTNeoXConfig(
         vocab_size=_VOCAB,
         hidden_size=_HIDDEN,
@@ -488,7 +492,7 @@ def _gpt_neox() -> PretrainedConfig:
         num_attention_heads=_HEADS,
         intermediate_size=_FFN,
         max_position_embeddings=_MAX_POS,
-        rotary_pct=0.5,
+        rotary_pct=0.75,
         bos_token_id=1,
         eos_token_id=2,
     )
@@ -509,7 +513,7 @@ def _falcon() -> PretrainedConfig:
         new_decoder_architecture=False,
         parallel_attn=True,
         alibi=False,
-        ffn_hidden_size=_FFN,
+        ffn_hidden_size=40,  # query_key_value is (4 + 2) * 8 = 48 wide, so not _FFN
         max_position_embeddings=_MAX_POS,
         bos_token_id=1,
         eos_token_id=2,
@@ -538,9 +542,11 @@ def _mobilebert_fusion_dims(config: PretrainedConfig) -> tuple[int, int]:
 
 # What ORT's optimizer produces for each arch (onnxruntime 1.31.1, transformers 4.57.6, optimum-onnx 0.1.0) is
 # recorded in the notes; `python tests/zoo_survey.py OUTDIR` re-checks it. Attention is only fused for the
-# BERT family: every other export keeps MatMul/Softmax attention because ORT's attention patterns do not
-# match what these exports contain (eager `MatMul -> Mul(scale) -> Softmax` without a mask Add, SDPA
-# decomposition with a causal mask, repeat_kv for GQA, relative-position biases, ALiBi).
+# BERT family, whose export is torch's SDPA decomposition with a runtime scale (q and k^T each multiplied by
+# Sqrt(...) computed from Shape(q)), i.e. FusionAttention's "sdpa" qk path. Every other export keeps its
+# MatMul/Softmax attention: SDPA decomposition with a constant scale (explicit `scaling`: vit, deit, bart,
+# llama-likes, opt, gpt_neox), eager attention with relative position biases / ALiBi, or GPT-style graphs
+# that the gpt2 attention fusions do not match.
 _BERT_FULL = "Attention + EmbedLayerNormalization + SkipLayerNormalization + BiasGelu: fully fused."
 _BERT_NO_EMBED = (
     "Attention + SkipLayerNormalization + BiasGelu; embeddings stay unfused (position ids derived from "
@@ -549,12 +555,13 @@ _BERT_NO_EMBED = (
 _ROPE_L0 = (
     "opt_level 0 (python fusions only): RotaryEmbedding (q and k per layer) + "
     "SkipSimplifiedLayerNormalization. With opt_level >= 1, ORT's constant folding runs first and breaks the "
-    "rotary pattern (only SkipSimplifiedLayerNormalization remains). No attention fusion (GQA repeat_kv / "
-    "causal mask not matched)."
+    "rotary pattern (only SkipSimplifiedLayerNormalization remains). No attention fusion (SDPA "
+    "decomposition with constant scale, GQA repeat_kv: not matched)."
 )
 _VIT_NOTE = (
-    "SkipLayerNormalization + BiasGelu only: eager attention is MatMul -> Mul(scale) -> Softmax with no mask "
-    "Add, which none of FusionAttention's qk paths matches. opt_level 99 even loses SkipLayerNormalization."
+    "SkipLayerNormalization + BiasGelu only: attention is the SDPA decomposition with a constant scale and "
+    "no mask (Mul(q), Mul(k^T) -> MatMul -> Softmax), which none of FusionAttention's qk paths matches. "
+    "opt_level 99 even loses SkipLayerNormalization."
 )
 _CNN_NOTE = "CNN: no transformer fusions apply (Conv+BatchNorm is already folded by the exporter)."
 
@@ -570,9 +577,12 @@ ZOO: dict[str, ZooSpec] = {
         _TASK_FEATURES,
         fusable="bert",
         fusion_note=(
-            "Only the first of the two weight-shared layers gets an Attention node; the second keeps its "
-            "unfused MatMul/Softmax attention (reading the same initializers). SkipLayerNormalization + "
-            "FastGelu (gelu_new); no EmbedLayerNormalization (embedding_size != hidden_size)."
+            "Only one of the two applications of the shared layer (the second) gets an Attention node, "
+            "with its own packed QKV copy of the shared q/k/v weights; the first keeps MatMul/Softmax "
+            "attention on the original initializers. The other shared weights stay single initializers with "
+            "two consumers (in the plain export the second use of each pre-transposed MatMul weight goes "
+            "through an Identity node). SkipLayerNormalization + FastGelu (gelu_new); no "
+            "EmbedLayerNormalization."
         ),
     ),
     "deberta-v2": ZooSpec(
@@ -620,7 +630,7 @@ ZOO: dict[str, ZooSpec] = {
         _bart,
         _TASK_FEATURES,
         fusable="bart",
-        fusion_note="SkipLayerNormalization + BiasGelu; no self/cross attention fusion.",
+        fusion_note="SkipLayerNormalization + BiasGelu; SDPA (constant scale) self/cross attention unfused.",
         ort_class="ORTModelForCustomTasks",
     ),
     # Vision ------------------------------------------------------------------------------------------------
@@ -631,7 +641,11 @@ ZOO: dict[str, ZooSpec] = {
         _swin,
         _TASK_IMAGE,
         fusable="swin",
-        fusion_note=_VIT_NOTE + " Per-stage heads: auto-detected.",
+        fusion_note=(
+            "SkipLayerNormalization + BiasGelu only: window attention is eager (MatMul -> Div -> "
+            "Add(relative position bias) [-> Add(shift mask)] -> Softmax) and not fused. Per-stage heads: "
+            "auto-detected."
+        ),
         fusion_dims=_auto_fusion_dims,
     ),
     "convnext": ZooSpec("convnext", _convnext, _TASK_IMAGE, is_cnn=True, fusion_note=_CNN_NOTE),
@@ -644,7 +658,7 @@ ZOO: dict[str, ZooSpec] = {
         _TASK_CAUSAL,
         is_decoder=True,
         fusable="gpt2",
-        fusion_note="SkipLayerNormalization + FastGelu; SDPA-decomposed causal attention is not fused.",
+        fusion_note="SkipLayerNormalization + FastGelu; the gpt2 attention fusions miss the SDPA graph.",
     ),
     "llama": ZooSpec(
         "llama",
@@ -716,7 +730,7 @@ ZOO: dict[str, ZooSpec] = {
         _TASK_CAUSAL,
         is_decoder=True,
         fusable="gpt2",
-        fusion_note="SkipLayerNormalization + Gelu; MQA (SDPA-decomposed) attention and rotary not fused.",
+        fusion_note="SkipLayerNormalization + Gelu; MQA SDPA attention and rotary are not fused.",
     ),
     "bloom": ZooSpec(
         "bloom",
@@ -769,28 +783,64 @@ def export_zoo_model(name: str, root: Path, *, with_past: bool = False, fused: b
         raise ValueError(f"{name} has no ORT fusion type: {spec.fusion_note}")
     root = Path(root)
     out = zoo_folder(name, root, with_past=with_past, fused=fused)
-    if (out / "model.onnx").is_file():
+    stamp = _fingerprint(spec, with_past=with_past, fused=fused)
+    if _is_fresh(out, "model.onnx", stamp):
         return out
     # The fused variant starts from the plain export, which takes the lock itself.
     src = export_zoo_model(name, root, with_past=with_past) if fused else None
     (root / name).mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / name / ".lock")):
-        if (out / "model.onnx").is_file():
+        if _is_fresh(out, "model.onnx", stamp):
             return out
         if src is not None:
-            _write_atomically(out, lambda tmp: _fuse(spec, src, tmp))
+            _write_atomically(out, stamp, lambda tmp: _fuse(spec, src, tmp))
         else:
             hf_dir = _save_hf_model(name, root / name / "hf")
             task = spec.task + ("-with-past" if with_past else "")
-            _write_atomically(out, lambda tmp: _export(hf_dir, tmp, task))
+            _write_atomically(out, stamp, lambda tmp: _export(hf_dir, tmp, task))
     return out
 
 
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write`` into a temporary sibling of ``out`` and rename it to ``out`` once it succeeded."""
+_FINGERPRINT_FILE = "zoo-fingerprint.txt"
+_BUILD_REVISION = 1
+"""Bump when the model construction (e.g. the weight perturbation) changes without a config change."""
+
+
+def _fingerprint(
+    spec: ZooSpec, *, with_past: bool = False, fused: bool = False, hf_only: bool = False
+) -> str:
+    """Hash of everything an export folder depends on: config, build revision, task, fusion settings and
+    the versions of the packages that produce it. A cached folder is reused only if its stamp matches."""
+    import importlib.metadata as metadata
+
+    packages = ["torch", "transformers"] + ([] if hf_only else ["optimum", "optimum-onnx", "onnx"])
+    payload: dict[str, Any] = {
+        "config": spec.make_config().to_dict(),
+        "build": _BUILD_REVISION,
+        "versions": {p: metadata.version(p) for p in packages},
+    }
+    if not hf_only:
+        payload["task"] = spec.task + ("-with-past" if with_past else "")
+    if fused:
+        payload["fusion"] = [spec.fusable, spec.fusion_opt_level, metadata.version("onnxruntime")]
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _is_fresh(folder: Path, marker: str, stamp: str) -> bool:
+    """Whether ``folder`` holds ``marker`` and was written for ``stamp``."""
+    stamp_file = folder / _FINGERPRINT_FILE
+    return (folder / marker).is_file() and stamp_file.is_file() and stamp_file.read_text().strip() == stamp
+
+
+def _write_atomically(out: Path, stamp: str, write: Callable[[Path], None]) -> None:
+    """Run ``write`` into a temporary sibling of ``out``, stamp it and rename it to ``out`` (replacing a stale
+    folder) once it succeeded."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp creates 0700
     try:
         write(tmp)
+        (tmp / _FINGERPRINT_FILE).write_text(stamp + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -825,14 +875,15 @@ def build_torch_model(name: str) -> Any:
 
 
 def _save_hf_model(name: str, hf_dir: Path) -> Path:
-    """``save_pretrained`` the seeded model ``name`` into ``hf_dir`` (reused when present)."""
-    if (hf_dir / "config.json").is_file():
+    """``save_pretrained`` the seeded model ``name`` into ``hf_dir`` (reused when up to date)."""
+    stamp = _fingerprint(_spec(name), hf_only=True)
+    if _is_fresh(hf_dir, "config.json", stamp):
         return hf_dir
 
     def write(tmp: Path) -> None:
         build_torch_model(name).save_pretrained(tmp)
 
-    _write_atomically(hf_dir, write)
+    _write_atomically(hf_dir, stamp, write)
     return hf_dir
 
 

@@ -8,8 +8,9 @@ Exports every model of :data:`zoo.ZOO` under ``OUTDIR`` (plain export, with past
 where the spec has an ORT fusion type), then writes ``OUTDIR/survey.json`` with, per model and variant:
 export success / error, export seconds, node count, the sorted set of ``(domain, op_type)``, per-op counts,
 graph inputs / outputs, whether onnxruntime runs the graph on :func:`zoo.dummy_inputs`, whether the matching
-``optimum.onnxruntime`` ORTModel class loads and runs it, and a few structural observations (decomposed SDPA
-attention, Softmax count, constant vs. dynamic Reshape targets).
+``optimum.onnxruntime`` ORTModel class loads and runs it, the max output difference between fused and unfused
+graphs, and a few structural observations (attention kind: torch SDPA decomposition vs. eager, Softmax count,
+constant vs. dynamic Reshape targets, shared initializers).
 
 Each model is surveyed in its own subprocess (``--worker NAME``) so that one crash cannot take the whole
 survey down; per-model results are also kept in ``OUTDIR/survey-parts/NAME.json``.
@@ -18,6 +19,7 @@ survey down; per-model results are also kept in ``OUTDIR/survey-parts/NAME.json`
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -34,6 +36,12 @@ import onnx
 import zoo
 
 WORKER_TIMEOUT_S = 1800
+_HEAVY_MODULES = (
+    "transformers",
+    "optimum.exporters.onnx",
+    "optimum.onnxruntime",
+    "onnxruntime.transformers.optimizer",
+)
 
 
 def _error(exc: BaseException) -> str:
@@ -49,6 +57,65 @@ def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
 
 
+def _nearest_upstream(
+    start: onnx.NodeProto, op_type: str, producer: dict[str, onnx.NodeProto], max_depth: int = 8
+) -> list[onnx.NodeProto] | None:
+    """Breadth-first search towards the graph inputs for the closest ``op_type`` node (skipping shape
+    computations); returns the node path from ``start`` (exclusive) to it, or ``None``."""
+    frontier: list[list[onnx.NodeProto]] = [[]]
+    seen: set[str] = set()
+    for _ in range(max_depth):
+        next_frontier = []
+        for path in frontier:
+            for name in (path[-1] if path else start).input:
+                node = producer.get(name)
+                if (
+                    node is None
+                    or node.name in seen
+                    or node.op_type in {"Shape", "Constant", "ConstantOfShape"}
+                ):
+                    continue
+                seen.add(node.name)
+                if node.op_type == op_type:
+                    return [*path, node]
+                next_frontier.append([*path, node])
+        frontier = next_frontier
+    return None
+
+
+def classify_attention(graph: onnx.GraphProto, producer: dict[str, onnx.NodeProto]) -> dict[str, Any]:
+    """Classify every Softmax by the attention-score subgraph that feeds it.
+
+    torch's ONNX symbolic for ``scaled_dot_product_attention`` scales q and k^T by ``sqrt(scale)`` each
+    (two ``Mul`` nodes) before the score ``MatMul``; with ``scale=None`` the factor is computed at runtime
+    from ``Shape(q)`` through ``Sqrt`` nodes, with an explicit scale it is a constant. Eager attention
+    multiplies / divides the product instead. Returns counts per kind and the distinct op chains from the
+    Softmax up to the score MatMul.
+    """
+    kinds: Counter[str] = Counter()
+    chains: set[str] = set()
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            continue
+        path = _nearest_upstream(node, "MatMul", producer)
+        if path is None:
+            kinds["unknown"] += 1
+            continue
+        chains.add(" <- ".join(["Softmax", *(n.op_type for n in path)]))
+        cur = path[-1]
+        scalers = [producer.get(i) for i in cur.input]
+        if all(s is not None and s.op_type == "Mul" for s in scalers):
+            sqrt = any(
+                producer.get(i) is not None and producer[i].op_type == "Sqrt"
+                for s in scalers
+                for i in s.input
+            )
+            kinds["sdpa_runtime_scale" if sqrt else "sdpa_constant_scale"] += 1
+        else:
+            kinds["eager"] += 1
+    return {"kinds": dict(sorted(kinds.items())), "chains": sorted(chains)}
+
+
 def analyse_graph(path: Path) -> dict[str, Any]:
     """Structural facts about ``path``: op inventory, I/O, SDPA decomposition and Reshape target kinds."""
     model = onnx.load(str(path), load_external_data=False)
@@ -57,21 +124,7 @@ def analyse_graph(path: Path) -> dict[str, Any]:
     constants = {init.name for init in graph.initializer}
     constants.update(out for node in graph.node if node.op_type == "Constant" for out in node.output)
 
-    def is_sqrt_scaled(tensor: str) -> bool:
-        node = producer.get(tensor)
-        return (
-            node is not None
-            and node.op_type == "Mul"
-            and any(producer.get(i) is not None and producer[i].op_type == "Sqrt" for i in node.input)
-        )
-
-    # torch's ONNX symbolic for scaled_dot_product_attention scales q and k^T by sqrt(scale) each before the
-    # MatMul; eager attention multiplies/divides the product instead.
-    sdpa = sum(
-        1
-        for n in graph.node
-        if n.op_type == "MatMul" and len(n.input) == 2 and all(map(is_sqrt_scaled, n.input))
-    )
+    attention = classify_attention(graph, producer)
     reshape_targets: Counter[str] = Counter()
     for node in graph.node:
         if node.op_type == "Reshape":
@@ -89,7 +142,7 @@ def analyse_graph(path: Path) -> dict[str, Any]:
         "op_counts": {f"{d}::{op}": c for (d, op), c in sorted(counts.items())},
         "inputs": {vi.name: _shape(vi) for vi in graph.input if vi.name not in constants},
         "outputs": {vi.name: _shape(vi) for vi in graph.output},
-        "sdpa_decomposed_matmuls": sdpa,
+        "attention": attention,
         "softmax_count": counts[("ai.onnx", "Softmax")],
         "reshape_targets": dict(sorted(reshape_targets.items())),
         # Weight sharing: initializers read by several nodes, and initializers re-exposed through Identity.
@@ -156,7 +209,7 @@ def run_ort_model(name: str, folder: Path) -> dict[str, Any]:
         )
         return {
             "class": type(model).__name__,
-            "use_cache": model.use_cache,
+            "use_cache": zoo.graph_has_past(folder),
             "generated": list(generated.shape),
         }
     if spec.ort_class != "ORTModelForCustomTasks":  # the task classes only forward their known inputs
@@ -266,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     (root / "survey-parts").mkdir(parents=True, exist_ok=True)
 
     if args.worker is not None:
+        for module in _HEAVY_MODULES:  # keep import time out of the export timings
+            importlib.import_module(module)
         result = survey_model(args.worker, root)
         (root / "survey-parts" / f"{args.worker}.json").write_text(json.dumps(result, indent=1))
         return 0
