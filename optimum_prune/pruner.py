@@ -209,9 +209,7 @@ class ORTPruner:
             save_model_atomic(prep.model, model_file)
             if validate:
                 validate_model_file(model_file, source=self.model_path)
-            after = load_model(model_file)
-            flops_after = count_flops(after, infer_shapes(after))
-            del after
+            flops_after = count_flops(prep.model, infer_shapes(prep.model))
             self._copy_side_files(tmp)
             _update_config(tmp / "config.json", prep.groups, removed)
             plan.save(tmp / PLAN_FILE)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
 from optimum_prune.association.tree import PruningGroup
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS
@@ -108,8 +109,6 @@ def _zero_leaves(prep, groups: list[PruningGroup], removed: dict[int, set[int]])
     for node in prep.model.graph:
         for out in node.outputs:
             values.setdefault(out.name, out)
-    import onnx_ir as ir
-
     for g in groups:
         for s in g.leaf_slices():
             value = values[s.name]

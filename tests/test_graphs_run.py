@@ -146,7 +146,7 @@ def _rope(t, pos, cos, sin, n_heads):
     return out.reshape(b, s, c)
 
 
-def _check(key: str, reference) -> None:
+def _assert_matches_reference(key: str, reference) -> None:
     model = OP_GRAPHS[key]()
     feeds, outs = _run(model, seed=7)
     ref = reference(feeds, _inits(model))
@@ -159,7 +159,7 @@ def test_ref_ms_attention():
         q, k, v = qkv[..., :12], qkv[..., 12:24], qkv[..., 24:]
         return _sdpa(q, k, v, 3, 3) @ w["Wo"]
 
-    _check("ms_attention", ref)
+    _assert_matches_reference("ms_attention", ref)
 
 
 def test_ref_ms_multihead_attention():
@@ -168,7 +168,7 @@ def test_ref_ms_multihead_attention():
         q, k, v = x @ w["Wq"] + bias[:12], x @ w["Wk"] + bias[12:24], x @ w["Wv"] + bias[24:]
         return _sdpa(q, k, v, 3, 3) @ w["Wo"]
 
-    _check("ms_multihead_attention", ref)
+    _assert_matches_reference("ms_multihead_attention", ref)
 
 
 def test_ref_ms_group_query_attention():
@@ -176,7 +176,7 @@ def test_ref_ms_group_query_attention():
         x = f["x"]
         return _sdpa(x @ w["Wq"], x @ w["Wk"], x @ w["Wv"], 4, 2, causal=True) @ w["Wo"]
 
-    _check("ms_group_query_attention", ref)
+    _assert_matches_reference("ms_group_query_attention", ref)
 
 
 def test_ref_ms_rotary_embedding():
@@ -186,7 +186,7 @@ def test_ref_ms_rotary_embedding():
         k = _rope(x @ w["Wk"] + w["bk"], pos, w["cos_cache"], w["sin_cache"], 3)
         return _sdpa(q, k, x @ w["Wv"] + w["bv"], 3, 3) @ w["Wo"]
 
-    _check("ms_rotary_embedding", ref)
+    _assert_matches_reference("ms_rotary_embedding", ref)
 
 
 def _residual(f, w):
@@ -199,7 +199,7 @@ def test_ref_ms_skip_layernorm():
         h, ff = _residual(f, w)
         return _layernorm(ff + h + w["bias"], w["g"], w["b"], 1e-5) @ w["Wout"]
 
-    _check("ms_skip_layernorm", ref)
+    _assert_matches_reference("ms_skip_layernorm", ref)
 
 
 def test_ref_ms_skip_simplified_layernorm():
@@ -207,7 +207,7 @@ def test_ref_ms_skip_simplified_layernorm():
         h, ff = _residual(f, w)
         return _rmsnorm(ff + h + w["bias"], w["g"], 1e-6) @ w["Wout"]
 
-    _check("ms_skip_simplified_layernorm", ref)
+    _assert_matches_reference("ms_skip_simplified_layernorm", ref)
 
 
 def test_ref_ms_embed_layernorm():
@@ -217,7 +217,7 @@ def test_ref_ms_embed_layernorm():
         e = w["word"][ids] + w["pos"][np.arange(s)][None] + w["seg"][seg]
         return _layernorm(e, w["g"], w["b"], 1e-5) @ w["W"]
 
-    _check("ms_embed_layernorm", ref)
+    _assert_matches_reference("ms_embed_layernorm", ref)
 
 
 def test_ref_ms_gelus():
@@ -231,9 +231,9 @@ def test_ref_ms_gelus():
     def gelu(f, w):
         return _gelu_erf(f["x"] @ w["W1"] + w["b1"]) @ w["W2"]
 
-    _check("ms_bias_gelu", bias_gelu)
-    _check("ms_fast_gelu", fast_gelu)
-    _check("ms_gelu", gelu)
+    _assert_matches_reference("ms_bias_gelu", bias_gelu)
+    _assert_matches_reference("ms_fast_gelu", fast_gelu)
+    _assert_matches_reference("ms_gelu", gelu)
 
 
 def test_ref_decomposed_attention_matches_numpy():
@@ -248,5 +248,5 @@ def test_ref_decomposed_attention_matches_numpy():
         x = f["x"]
         return _sdpa(x @ w["Wq"], x @ w["Wk"], x @ w["Wv"], 4, 2) @ w["Wo"]
 
-    _check("attention_block", mha)
-    _check("gqa_block", gqa)
+    _assert_matches_reference("attention_block", mha)
+    _assert_matches_reference("gqa_block", gqa)

@@ -26,14 +26,6 @@ class Refusal(Exception):
 
 
 @dataclass
-class _PatchKey:
-    kind: str
-    target: str
-    index: int
-    attribute: str
-
-
-@dataclass
 class Walk:
     """The state of one walk from one seed; the API the op rules call."""
 
@@ -417,16 +409,15 @@ def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> 
     roots_in_order = list(dict.fromkeys(int(r) for r in seed_owner if r >= 0))
     index = {r: i for i, r in enumerate(roots_in_order)}
 
+    lut = np.full(walk.n_units + 1, -1, dtype=np.int64)  # last slot maps -1 (unowned) to -1
+    for r, i in index.items():
+        lut[r] = i
+
     def renumber(owner: np.ndarray) -> np.ndarray:
-        canon = walk.units.find(owner)
-        out = np.full(canon.shape, -1, dtype=np.int64)
-        for r, i in index.items():
-            out[canon == r] = i
-        return out
+        return lut[walk.units.find(owner)]
 
     group.units = len(roots_in_order)
     group.unit_size = int(np.bincount(renumber(seed_owner)[seed_owner >= 0]).max()) if group.units else 0
-    graph = walk.model.graph
     for (name, axis), owner in walk.owners.items():
         value = walk.values[name]
         io = "input" if value.is_graph_input() else ("output" if value.is_graph_output() else None)
@@ -455,4 +446,3 @@ def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> 
     if group.prunable and group.units < 2:
         group.prunable = False
         group.reason = "all channels are coupled into one unit"
-    del graph

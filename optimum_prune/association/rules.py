@@ -131,11 +131,6 @@ def broadcast(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.link(inp, axis, entry.owner)
 
 
-def first_input_broadcast(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Ops whose data input is 0 and whose other inputs are scalars or broadcast parameters (Clip, Pow)."""
-    broadcast(node, entry, walk)
-
-
 # ---------------------------------------------------------------------------------------------------
 # matrix products
 
@@ -237,7 +232,6 @@ def conv(node: ir.Node, entry: Entry, walk: Walk) -> None:
     groups = int(_attr(node, "group", 1))
     walk.mark("conv")
     in_side = (entry.value is x and not entry.is_output) or (entry.value is w and entry.axis == 1)
-    out_side = (entry.value is w and entry.axis == 0) or entry.value is bias or (entry.is_output and entry.axis == 1)
     if entry.axis not in (0, 1) or (entry.value in (x, y) and entry.axis != 1):
         walk.fail("a Conv spatial or batch axis cannot carry channels")
     if groups == 1:
@@ -266,7 +260,6 @@ def conv(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if bias is not None:
         walk.link(bias, 0, _repeat(group_owner, cout // groups))
     walk.patch_attribute(node, "group", 0, group_owner)
-    del out_side
 
 
 def conv_transpose(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -767,10 +760,6 @@ def flatten(node: ir.Node, entry: Entry, walk: Walk) -> None:
 # ONNX Runtime contrib ops (com.microsoft) and their ONNX counterparts
 
 
-def _heads_from(owner: np.ndarray, heads: int, walk: Walk, what: str) -> np.ndarray:
-    return _rows_owner(owner, heads, walk, what)
-
-
 def attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """com.microsoft Attention: packed QKV weights [hidden, q+k+v], heads patched in ``num_heads``."""
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -793,10 +782,10 @@ def attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
             return
         walk.fail("Attention: present/past cannot be pruned here")
     if entry.value is y:
-        head_owner = _heads_from(entry.owner, heads, walk, "Attention output")
+        head_owner = _rows_owner(entry.owner, heads, walk, "Attention output")
     else:
         parts = np.split(entry.owner, np.cumsum(sizes)[:-1])
-        head_owner = _heads_from(
+        head_owner = _rows_owner(
             np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1), heads, walk, "Attention"
         )
     packed = np.concatenate([_repeat(head_owner, s // heads) for s in sizes])
@@ -837,7 +826,7 @@ def multi_head_attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
         r = walk.rank(entry.value)
         if (r == 3 and entry.axis != 2) or (r == 4 and entry.axis != 1):
             walk.fail("MultiHeadAttention: only the head axis can be pruned")
-        head_owner = _heads_from(entry.owner, heads, walk, "MultiHeadAttention") if r == 3 else entry.owner
+        head_owner = _rows_owner(entry.owner, heads, walk, "MultiHeadAttention") if r == 3 else entry.owner
     elif entry.value is bias:
         head_owner = None
     else:
@@ -848,7 +837,7 @@ def multi_head_attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
         qd = int(walk.dim(q, 2))
         kd = int(walk.dim(k, 2)) if k is not None and walk.rank(k) == 3 else qd
         parts = np.split(entry.owner, [qd, qd + kd])
-        head_owner = _heads_from(np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1),
+        head_owner = _rows_owner(np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1),
                                  heads, walk, "MultiHeadAttention bias")
     for value in (q, k, v, node.outputs[0]):
         if value is None:
