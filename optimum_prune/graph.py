@@ -171,11 +171,15 @@ def save_model_atomic(model: ir.Model, path: Path, *, external_data: bool | None
     """Write ``model`` to ``path`` through a temporary folder and a rename, so no half file is left.
 
     External data (``<name>_data``) is used when ``external_data`` is True, or when None and the
-    weights exceed what a single protobuf can hold.
+    weights exceed what a single protobuf can hold or the model was loaded with external data (its
+    untouched tensors still point into the source's data file). Constant-node tensors stored
+    externally are read into memory first, since only initializers are rewritten to the new file.
     """
     path = Path(path)
+    had_external = _inline_external_constants(model) or any(
+        isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
     if external_data is None:
-        external_data = model_bytes(model) > _EXTERNAL_DATA_THRESHOLD
+        external_data = had_external or model_bytes(model) > _EXTERNAL_DATA_THRESHOLD
     tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
         tmp_file = tmp_dir / path.name
@@ -186,3 +190,14 @@ def save_model_atomic(model: ir.Model, path: Path, *, external_data: bool | None
         os.replace(tmp_file, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _inline_external_constants(model: ir.Model) -> bool:
+    """Read Constant-node tensors that live in external data into memory. True if any did."""
+    found = False
+    for node in model.graph:
+        attr = node.attributes.get("value") if node.op_type == "Constant" else None
+        if attr is not None and isinstance(attr.value, ir.ExternalTensor):
+            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy()))
+            found = True
+    return found
