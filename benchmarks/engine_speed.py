@@ -222,44 +222,7 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def _patch_external_save() -> None:
-    """Benchmark-side workaround (opt-in, ``--patch-external-save``) for two engine save bugs.
-
-    ``save_model_atomic`` (optimum_prune/graph.py) on a model loaded from external data:
-
-    1. It writes a single protobuf when the weights are under 1.8 GB, but tensors the plan did not
-       touch are still ``ir.ExternalTensor`` references to the source's ``model.onnx_data``;
-       ``ir.save(..., external_data=None)`` keeps those references, so the pruned ``model.onnx`` points
-       at a ``model.onnx_data`` that was never written (``onnx.checker`` rejects it).
-    2. With external data, ``ir.save`` rewrites initializers only: a ``Constant`` node whose ``value``
-       tensor was stored externally by the exporter keeps its old offset into a file of the same name,
-       which ONNX Runtime then reads out of bounds.
-
-    The patch materialises external ``Constant`` tensors and forces external data whenever the model
-    still holds external initializers.
-    """
-    import onnx_ir as ir
-
-    import optimum_prune.pruner as pruner_mod
-
-    original = pruner_mod.save_model_atomic
-
-    def save(model, path, *, external_data=None):
-        for graph in model.graphs():
-            for node in graph:
-                for name, attr in list(node.attributes.items()):
-                    if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
-                        node.attributes[name] = ir.AttrTensor(name, ir.tensor(attr.value.numpy().copy(),
-                                                                              name=attr.value.name))
-        if external_data is None and any(isinstance(v.const_value, ir.ExternalTensor)
-                                         for v in model.graph.initializers.values()):
-            external_data = True
-        return original(model, path, external_data=external_data)
-
-    pruner_mod.save_model_atomic = save
-
-
-def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float, patch: bool = False) -> int:
+def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float) -> int:
     """Time ``from_pretrained().analyze()`` and ``.prune()``; write the numbers (or error) to ``result``."""
     import traceback
 
@@ -268,10 +231,7 @@ def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float, p
     t0 = time.perf_counter()
     from optimum_prune import ORTPruner, PruningConfig
 
-    if patch:
-        _patch_external_save()
-    out: dict = {"import_s": time.perf_counter() - t0, "peak_rss_after_import_bytes": _status()["VmHWM"],
-                 "patched_external_save": patch}
+    out: dict = {"import_s": time.perf_counter() - t0, "peak_rss_after_import_bytes": _status()["VmHWM"]}
     if pruned_dir.exists():
         shutil.rmtree(pruned_dir)
     phase, t0 = "analyze", time.perf_counter()
@@ -355,11 +315,10 @@ _EXPORT_KEYS = ("torch_params", "export_s", "export_wall_s", "exported_with_exte
                 "resaved_with_onnx_ir", "export_peak_rss_bytes")
 
 
-def measure(name: str, quick: bool, cache: Path, sparsity: float, patch: bool = False,
-            repeat: int = 1) -> dict:
+def measure(name: str, quick: bool, cache: Path, sparsity: float, repeat: int = 1) -> dict:
     """``repeat`` fresh-process runs: median times, maximum peak RSS, per-run values in ``runs``."""
     onnx_dir, _ = ensure_export(name, quick, cache)
-    runs = [measure_once(name, onnx_dir, sparsity, patch, i, repeat) for i in range(repeat)]
+    runs = [measure_once(name, onnx_dir, sparsity, i, repeat) for i in range(repeat)]
     row = dict(runs[-1])
     row["repeat"] = repeat
     row["runs"] = [{k: r.get(k) for k in ("ok", "analyze_s", "prune_s", "failed_after_s", "peak_rss_bytes")}
@@ -376,7 +335,7 @@ def measure(name: str, quick: bool, cache: Path, sparsity: float, patch: bool = 
     return row
 
 
-def measure_once(name: str, onnx_dir: Path, sparsity: float, patch: bool, index: int, repeat: int) -> dict:
+def measure_once(name: str, onnx_dir: Path, sparsity: float, index: int, repeat: int) -> dict:
     folder = onnx_dir.parent
     export_info = json.loads((folder / "export.json").read_text())
     files = _model_files(onnx_dir)
@@ -387,7 +346,6 @@ def measure_once(name: str, onnx_dir: Path, sparsity: float, patch: bool, index:
           flush=True)
     args = ["--child-run", str(onnx_dir), str(folder / "pruned"), str(result_file),
             "--sparsity", str(sparsity)]
-    args += ["--patch-external-save"] if patch else []
     code, wall, maxrss = _spawn(args, folder / "run.log")
     row: dict = {"model": name, "onnx_dir": str(onnx_dir.relative_to(ROOT)), "task": export_info.get("task"),
                  "file_bytes": file_bytes, "files": {p.name: p.stat().st_size for p in files},
@@ -397,8 +355,7 @@ def measure_once(name: str, onnx_dir: Path, sparsity: float, patch: bool, index:
         print(f"[{name}] FAILED (exit {code}):\n  " + "\n  ".join(row["error"]), flush=True)
         return row
     r = json.loads(result_file.read_text())
-    row.update(ok=code == 0 and "error" not in r, exit_code=code, child_wall_s=round(wall, 2),
-               patched_external_save=r.get("patched_external_save", False))
+    row.update(ok=code == 0 and "error" not in r, exit_code=code, child_wall_s=round(wall, 2))
     for key in ("analyze_s", "prune_s", "import_s", "engine_analyze_s", "failed_after_s"):
         if key in r:
             row[key] = round(r[key], 3)
@@ -480,8 +437,7 @@ def markdown_table(rows: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("ok"):
-            label = r["model"] + (" (patched save)" if r.get("patched_external_save") else "")
-            lines.append(f"| {label} | {r['file_bytes'] / MB:.0f} | {r['analyze_s']:.2f} "
+            lines.append(f"| {r['model']} | {r['file_bytes'] / MB:.0f} | {r['analyze_s']:.2f} "
                          f"| {r['prune_s']:.2f} | {r['peak_rss_bytes'] / MB:.0f} "
                          f"| {r['rss_over_file']:.2f} |")
         else:
@@ -507,9 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help=f"results JSON (default {RESULTS.relative_to(ROOT)}, or "
                              f"{QUICK_RESULTS.relative_to(ROOT)} with --quick)")
-    parser.add_argument("--patch-external-save", action="store_true",
-                        help="work around the engine's external-data save bug in the measured child (results "
-                             "go to outputs/bench/ unless --output is given)")
     parser.add_argument("--child-export", nargs=2, metavar=("MODEL", "ONNX_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-run", nargs=3, metavar=("ONNX_DIR", "PRUNED_DIR", "RESULT"),
                         help=argparse.SUPPRESS)
@@ -520,16 +473,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child_run:
         onnx_dir, pruned_dir, result = (Path(p) for p in args.child_run)
-        return run_child(onnx_dir, pruned_dir, result, args.sparsity, args.patch_external_save)
+        return run_child(onnx_dir, pruned_dir, result, args.sparsity)
 
     output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
-    if args.patch_external_save and args.output is None:  # never overwrite the engine-as-is results
-        output = CACHE_DIR / output.name.replace(".json", "_patched.json")
     cache = args.cache_dir.resolve()
     rows = []
     for name in args.models:
         try:
-            rows.append(measure(name, args.quick, cache, args.sparsity, args.patch_external_save,
+            rows.append(measure(name, args.quick, cache, args.sparsity,
                                 max(1, args.repeat)))
         except Exception as e:  # an export failure is recorded and the other models still run
             print(f"[{name}] FAILED: {e}", flush=True)
@@ -537,7 +488,6 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "engine_speed",
         "quick": args.quick,
-        "patched_external_save": args.patch_external_save,
         "sparsity": args.sparsity,
         "repeat": args.repeat,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
