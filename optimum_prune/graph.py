@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from optimum_prune.errors import InvalidModelError
+from optimum_prune.symbolic import symbolic_infer
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -87,9 +88,15 @@ def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
     yield from model.graph
 
 
-def _stub_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialise ``model`` with large initializers replaced by shape-only stubs (no data read)."""
+def _stub_proto(model: ir.Model) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """Serialise ``model`` with large initializers replaced by shape-only stubs (no data read).
+
+    Small Constant-node tensors stored as external data are read into the proto (shape inference
+    cannot resolve their relative location); large ones stay external and are treated as unknown.
+    Returns the proto and the names of the stubbed initializers.
+    """
     saved: dict[str, ir.TensorProtocol] = {}
+    saved_attrs: list[tuple[ir.Node, ir.Attr]] = []
     try:
         for name, value in model.graph.initializers.items():
             tensor = value.const_value
@@ -99,10 +106,17 @@ def _stub_proto(model: ir.Model) -> onnx.ModelProto:
                     location="__stub__", offset=0, length=tensor.nbytes, dtype=tensor.dtype,
                     shape=tensor.shape, name=name, base_dir="",
                 )
-        return ir.serde.serialize_model(model)
+        for node in model.graph:
+            attr = node.attributes.get("value") if node.op_type == "Constant" else None
+            if attr is not None and isinstance(attr.value, ir.ExternalTensor) and attr.value.size <= _STUB_THRESHOLD:
+                saved_attrs.append((node, attr))
+                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy()))
+        return ir.serde.serialize_model(model), frozenset(saved)
     finally:
         for name, tensor in saved.items():
             model.graph.initializers[name].const_value = tensor
+        for node, attr in saved_attrs:
+            node.attributes["value"] = attr
 
 
 def _dims_of(type_proto: onnx.TypeProto) -> Shape | None:
@@ -125,14 +139,10 @@ def infer_shapes(model: ir.Model) -> dict[str, Shape]:
     ONNX Runtime's symbolic shape inference (consistent symbols, contrib ops) comes first;
     ``onnx.shape_inference`` with data propagation fills what it leaves out.
     """
-    proto = _stub_proto(model)
+    proto, stubs = _stub_proto(model)
     shapes: dict[str, Shape] = {}
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        sym = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
-        if sym is not None:
-            _collect(sym, shapes)
+        _collect(symbolic_infer(proto, stubs), shapes)
     except Exception:  # symbolic inference fails on some graphs; ONNX inference fills in below
         pass
     try:

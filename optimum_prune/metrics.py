@@ -9,12 +9,26 @@ import onnx_ir as ir
 from optimum_prune.graph import Shape
 
 
+# Inputs that take precomputed buffers rather than learned weights (rotary cos/sin caches that
+# ONNX Runtime's fusions materialise for the longest position): not counted as parameters.
+_BUFFER_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("com.microsoft", "RotaryEmbedding"): (2, 3),
+    ("com.microsoft", "GroupQueryAttention"): (7, 8),
+}
+
+
+def _is_buffer(value: ir.Value) -> bool:
+    uses = list(value.uses())
+    return bool(uses) and all(
+        idx in _BUFFER_INPUTS.get((node.domain, node.op_type), ()) for node, idx in uses)
+
+
 def count_parameters(model: ir.Model) -> int:
-    """Elements of all floating-point initializers."""
+    """Elements of the floating-point initializers, except precomputed buffers (rotary caches)."""
     total = 0
     for value in model.graph.initializers.values():
         t = value.const_value
-        if t is not None and t.dtype.is_floating_point():
+        if t is not None and t.dtype.is_floating_point() and not _is_buffer(value):
             total += math.prod(int(d) for d in t.shape)
     return total
 

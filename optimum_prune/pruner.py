@@ -211,7 +211,7 @@ class ORTPruner:
                 validate_model_file(model_file, source=self.model_path)
             flops_after = count_flops(prep.model, infer_shapes(prep.model))
             self._copy_side_files(tmp)
-            _update_config(tmp / "config.json", prep.groups, removed)
+            config_notes = _update_config(tmp / "config.json", prep.groups, removed)
             plan.save(tmp / PLAN_FILE)
             report = {
                 "stage": "prune",
@@ -225,6 +225,7 @@ class ORTPruner:
                 "units_removed": {k: sum(len(removed.get(g.id, ())) for g in prep.groups if g.kind == k)
                                   for k in KINDS},
                 "seconds": round(time.perf_counter() - start, 3),
+                "config_notes": config_notes,
                 "groups": [{**g.summary(), "kept": len(g_plan.kept)} for g, g_plan in zip(prep.groups, plan.groups,
                                                                                            strict=True)],
             }
@@ -269,22 +270,32 @@ def _uniform_ratio(groups: list[PruningGroup], removed: dict[int, set[int]], kin
     return ratios.pop() if len(ratios) == 1 else None
 
 
-def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> None:
-    """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly."""
+def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
+    """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
+
+    Returns notes on counts that could not be recorded (the config class rejects them); the
+    pruned graph itself does not depend on them.
+    """
     if not path.is_file():
-        return
+        return []
     cfg = json.loads(path.read_text())
+    notes: list[str] = []
     changed = False
     heads = _uniform_ratio(groups, removed, "heads")
     if heads is not None and heads < 1:
+        new = dict(cfg)
         n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
         hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
         if n_heads and isinstance(hidden, int) and "head_dim" not in cfg:
-            cfg["head_dim"] = hidden // n_heads
+            new["head_dim"] = hidden // n_heads
         for k in _HEAD_KEYS + _KV_KEYS:
             if isinstance(cfg.get(k), int):
-                cfg[k] = int(round(cfg[k] * heads))
-        changed = True
+                new[k] = int(round(cfg[k] * heads))
+        problem = _config_rejects(new, hidden)
+        if problem is None:
+            cfg, changed = new, True
+        else:
+            notes.append(f"head counts kept as in the source config.json: {problem}")
     ffn = _uniform_ratio(groups, removed, "ffn")
     if ffn is not None and ffn < 1:
         for k in _FFN_KEYS:
@@ -293,6 +304,23 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
         changed = True
     if changed:
         path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return notes
+
+
+def _config_rejects(cfg: dict, hidden: object) -> str | None:
+    """Why transformers refuses ``cfg``, or None. Only checked when a head count no longer divides
+    the hidden size (the one constraint some config classes enforce), since importing
+    transformers costs seconds."""
+    heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
+    if not isinstance(hidden, int) or not heads or hidden % heads == 0 or "model_type" not in cfg:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.for_model(**cfg)
+    except Exception as e:  # config classes raise ValueError, KeyError, ...
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _write_report(dest: Path, source: Path, stage: dict) -> None:

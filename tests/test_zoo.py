@@ -21,19 +21,10 @@ from zoo import ZOO, dummy_inputs, export_zoo_model, load_ort_model
 KNOWN_GAPS = {
     ("squeezebert", False, False): "Conv1d projections with grouped convs couple every channel",
     ("squeezebert", False, True): "Conv1d projections with grouped convs couple every channel",
-    ("gpt2", False, True): "symbolic shape inference loses shapes in the fused GPT-2 graph",
-    ("gpt2", True, True): "symbolic shape inference loses shapes in the fused GPT-2 graph",
-    ("gpt_neox", False, True): "symbolic shape inference loses shapes in the fused GPT-NeoX graph",
-    ("gpt_neox", True, True): "symbolic shape inference loses shapes in the fused GPT-NeoX graph",
-    ("bloom", False, True): "symbolic shape inference loses shapes in the fused BLOOM graph",
-    ("bloom", True, True): "symbolic shape inference loses shapes in the fused BLOOM graph",
-    ("swin", False, True): "symbolic shape inference loses shapes in the fused Swin graph",
 }
-# After ORT fusion (SimplifiedLayerNormalization), decoders' FFN groups are cut below 4% in some runs,
-# and with past key/values their KV-head groups are left alone (prune_kv_heads=False): not yet diagnosed.
-FUSED_DECODER_GAP = "fused RMSNorm decoder: cut below 4% (see the engine issue's closing note)"
-LOOSE_GAPS = {(a, p, True) for a in ("llama", "qwen2", "mistral", "phi3") for p in (False, True)}
-KNOWN_GAPS[("phi3", True, False)] = "phi3 gate_up Slice bounds are computed; KV heads left alone with past"
+_PHI3_CHUNK = "phi3 gate_up Slice bounds are computed from the shape (torch.chunk); KV heads left alone with past"
+KNOWN_GAPS[("phi3", True, False)] = _PHI3_CHUNK
+KNOWN_GAPS[("phi3", True, True)] = _PHI3_CHUNK
 MIN_PARAM_CUT = 0.04  # the smallest share a 30% cut of FFN/heads/filters removes in these tiny models
 
 
@@ -45,8 +36,6 @@ def _variants():
                 key = (name, past, fused)
                 if key in KNOWN_GAPS:
                     marks = [pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[key])]
-                elif key in LOOSE_GAPS:
-                    marks = [pytest.mark.xfail(strict=False, reason=FUSED_DECODER_GAP)]
                 else:
                     marks = []
                 yield pytest.param(name, past, fused, marks=marks,
