@@ -8,7 +8,6 @@ import onnx_ir as ir
 
 from optimum_prune.graph import Shape
 
-
 # Inputs that take precomputed buffers rather than learned weights (rotary cos/sin caches that
 # ONNX Runtime's fusions materialise for the longest position): not counted as parameters.
 _BUFFER_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from graphs import OP_GRAPHS, make_inputs
 
+from graphs import OP_GRAPHS, make_inputs
 from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.verify import RELATIVE_TOLERANCE
 
