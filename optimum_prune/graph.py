@@ -1,11 +1,13 @@
 """Loading, inspecting and saving ONNX models through onnx-ir.
 
-External data stays lazy (memory-mapped) after :func:`load_model`; shape inference runs on a copy of
-the graph whose large initializers are stubbed out, so it never reads or copies weights.
+Weights stay on disk after :func:`load_model` (see :mod:`optimum_prune.storage`); shape inference
+runs on a copy of the graph whose large initializers are stubbed out, so it never reads or copies
+weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from optimum_prune.errors import InvalidModelError
+from optimum_prune.storage import EXTERNAL_DATA_META, WrittenModel, load_lazily, write_model
 from optimum_prune.symbolic import symbolic_infer
 
 Dim = int | str | None
@@ -33,7 +36,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if not path.is_file():
         raise InvalidModelError(f"ONNX file not found: {path}. Pass a folder that holds model.onnx or set file_name=.")
     try:
-        return ir.load(path)
+        return load_lazily(path)
     except Exception as e:  # onnx-ir raises DecodeError, OSError, ... on corrupt files
         raise InvalidModelError(
             f"Cannot parse {path} as an ONNX model ({type(e).__name__}: {e}). "
@@ -141,10 +144,9 @@ def infer_shapes(model: ir.Model) -> dict[str, Shape]:
     """
     proto, stubs = _stub_proto(model)
     shapes: dict[str, Shape] = {}
-    try:
+    # symbolic inference fails on some graphs; ONNX inference fills in below
+    with contextlib.suppress(Exception):
         _collect(symbolic_infer(proto, stubs), shapes)
-    except Exception:  # symbolic inference fails on some graphs; ONNX inference fills in below
-        pass
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
         extra: dict[str, Shape] = {}
@@ -177,27 +179,27 @@ def model_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
-def save_model_atomic(model: ir.Model, path: Path, *, external_data: bool | None = None) -> None:
+def save_model_atomic(model: ir.Model, path: Path, *, external_data: bool | None = None) -> WrittenModel:
     """Write ``model`` to ``path`` through a temporary folder and a rename, so no half file is left.
 
     External data (``<name>_data``) is used when ``external_data`` is True, or when None and the
-    weights exceed what a single protobuf can hold or the model was loaded with external data (its
-    untouched tensors still point into the source's data file). Constant-node tensors stored
-    externally are read into memory first, since only initializers are rewritten to the new file.
+    weights exceed what a single protobuf can hold or the source model had external data.
+    Constant-node tensors stored externally are read into memory first, since only initializers are
+    streamed to the new files. Returns where the data went (see :class:`~optimum_prune.storage.WrittenModel`).
     """
     path = Path(path)
-    had_external = _inline_external_constants(model) or any(
-        isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    had_external = _inline_external_constants(model) or bool(model.meta.get(EXTERNAL_DATA_META))
     if external_data is None:
         external_data = had_external or model_bytes(model) > _EXTERNAL_DATA_THRESHOLD
     tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
-        tmp_file = tmp_dir / path.name
-        data_name = path.name + "_data" if external_data else None
-        ir.save(model, tmp_file, external_data=data_name)
-        if data_name:
-            os.replace(tmp_dir / data_name, path.parent / data_name)
-        os.replace(tmp_file, path)
+        written = write_model(model, tmp_dir / path.name, external_data=external_data)
+        data_path = None
+        if written.data_path is not None:
+            data_path = path.parent / written.data_path.name
+            os.replace(written.data_path, data_path)
+        os.replace(written.path, path)
+        return WrittenModel(path, data_path, written.header)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

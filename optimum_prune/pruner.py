@@ -206,9 +206,9 @@ class ORTPruner:
         tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}-", dir=save_dir.parent))
         try:
             model_file = tmp / self.model_path.name
-            save_model_atomic(prep.model, model_file)
+            written = save_model_atomic(prep.model, model_file)
             if validate:
-                validate_model_file(model_file, source=self.model_path)
+                validate_model_file(model_file, source=self.model_path, header=written.header)
             flops_after = count_flops(prep.model, infer_shapes(prep.model))
             self._copy_side_files(tmp)
             config_notes = _update_config(tmp / "config.json", prep.groups, removed)
@@ -273,8 +273,10 @@ def _uniform_ratio(groups: list[PruningGroup], removed: dict[int, set[int]], kin
 def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
     """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
 
-    Returns notes on counts that could not be recorded (the config class rejects them); the
-    pruned graph itself does not depend on them.
+    New head counts that no longer divide the hidden size are recorded (with ``head_dim``) only
+    when the pruned graph's key/value cache depends on them, and then only if the model's
+    transformers config class accepts them; otherwise the source counts stay (the graph does not
+    read them) and a note says so. Returns the notes.
     """
     if not path.is_file():
         return []
@@ -291,11 +293,20 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
         for k in _HEAD_KEYS + _KV_KEYS:
             if isinstance(cfg.get(k), int):
                 new[k] = int(round(cfg[k] * heads))
-        problem = _config_rejects(new, hidden)
-        if problem is None:
+        new_heads = next((new[k] for k in _HEAD_KEYS if isinstance(new.get(k), int)), None)
+        cache_resized = any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
+        if not isinstance(hidden, int) or not new_heads or hidden % new_heads == 0:
             cfg, changed = new, True
+        elif not cache_resized:
+            notes.append(f"config.json keeps the source head counts: {new_heads} heads do not divide "
+                         f"hidden_size {hidden}, and the pruned graph does not read them")
         else:
-            notes.append(f"head counts kept as in the source config.json: {problem}")
+            problem = _config_rejects(new)
+            if problem is None:
+                cfg, changed = new, True
+            else:
+                notes.append(f"config.json keeps the source head counts; the key/value cache no longer "
+                             f"matches them and the config class rejects the new ones: {problem}")
     ffn = _uniform_ratio(groups, removed, "ffn")
     if ffn is not None and ffn < 1:
         for k in _FFN_KEYS:
@@ -307,12 +318,9 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
     return notes
 
 
-def _config_rejects(cfg: dict, hidden: object) -> str | None:
-    """Why transformers refuses ``cfg``, or None. Only checked when a head count no longer divides
-    the hidden size (the one constraint some config classes enforce), since importing
-    transformers costs seconds."""
-    heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
-    if not isinstance(hidden, int) or not heads or hidden % heads == 0 or "model_type" not in cfg:
+def _config_rejects(cfg: dict) -> str | None:
+    """Why transformers refuses ``cfg`` (imported only here: it costs seconds), or None."""
+    if "model_type" not in cfg:
         return None
     try:
         from transformers import AutoConfig

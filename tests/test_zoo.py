@@ -34,10 +34,7 @@ def _variants():
         for past in pasts:
             for fused in (False, True) if spec.fusable else (False,):
                 key = (name, past, fused)
-                if key in KNOWN_GAPS:
-                    marks = [pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[key])]
-                else:
-                    marks = []
+                marks = [pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[key])] if key in KNOWN_GAPS else []
                 yield pytest.param(name, past, fused, marks=marks,
                                    id=f"{name}{'-past' if past else ''}{'-fused' if fused else ''}")
 

@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from optimum_prune.association.tree import PruningGroup
 from optimum_prune.errors import PlanMismatchError
+from optimum_prune.storage import LAZY_MIN_BYTES
 
 
 def removed_mask(owner: np.ndarray, removed: set[int]) -> np.ndarray:
@@ -50,13 +51,11 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
         holder = _holder(value)
         if holder is None:
             continue
-        arr = _get_const(holder)
-        for axis, mask in sorted(axes):
-            if arr.shape[axis] != mask.size:
-                raise PlanMismatchError(f"tensor '{name}' axis {axis} has size {arr.shape[axis]}, plan expects "
-                                        f"{mask.size}: the plan was made for another model")
-            arr = np.compress(mask, arr, axis=axis)
-        _set_const(holder, np.ascontiguousarray(arr))
+        axes = sorted(axes)
+        if isinstance(holder, ir.Value) and holder.const_value.nbytes >= LAZY_MIN_BYTES:
+            _slice_lazily(holder, axes)
+            continue
+        _set_const(holder, _sliced(_get_const(holder), axes, name))
     nodes = {n.name: n for n in model.graph}
     for (kind, target, index, attribute), delta in sorted(deltas.items()):
         if delta == 0:
@@ -88,6 +87,31 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
         for out in node.outputs:
             if out.name not in graph_outputs:
                 out.shape = None
+
+
+def _sliced(arr: np.ndarray, axes: list[tuple[int, np.ndarray]], name: str) -> np.ndarray:
+    for axis, mask in axes:
+        if arr.shape[axis] != mask.size:
+            raise PlanMismatchError(f"tensor '{name}' axis {axis} has size {arr.shape[axis]}, plan expects "
+                                    f"{mask.size}: the plan was made for another model")
+        arr = np.compress(mask, arr, axis=axis)
+    return np.ascontiguousarray(arr)
+
+
+def _slice_lazily(holder: ir.Value, axes: list[tuple[int, np.ndarray]]) -> None:
+    """Replace a large initializer by a tensor that slices its source when read (at write time), so
+    the pruned weights are never all in memory at once."""
+    source = holder.const_value
+    shape = list(source.shape)
+    for axis, mask in axes:
+        if shape[axis] != mask.size:
+            raise PlanMismatchError(f"tensor '{holder.name}' axis {axis} has size {shape[axis]}, plan expects "
+                                    f"{mask.size}: the plan was made for another model")
+        shape[axis] = int(mask.sum())
+    name = holder.name
+    holder.const_value = ir.LazyTensor(lambda: ir.tensor(_sliced(source.numpy(), axes, name), name=name),
+                                       dtype=source.dtype, shape=ir.Shape(shape), name=name)
+    holder.shape = ir.Shape(shape)
 
 
 def _values(model: ir.Model) -> dict[str, ir.Value]:

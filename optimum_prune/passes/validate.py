@@ -10,14 +10,22 @@ import onnx
 from optimum_prune.errors import ValidationError
 
 
-def make_session(path: Path, *, threads: int = 0):
-    """An ONNX Runtime CPU session on ``path`` (all graph optimisations on)."""
+def make_session(path: Path, *, threads: int = 0, light: bool = False):
+    """An ONNX Runtime CPU session on ``path`` (all graph optimisations on).
+
+    ``light`` builds a session only to check that the model loads and runs: no graph optimisations,
+    no weight pre-packing, no memory arena (several seconds and a copy of the weights less).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    if light:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.enable_cpu_mem_arena = False
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -75,22 +83,40 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
     return feeds
 
 
-def validate_model_file(path: Path, *, source: Path | None = None, run: bool = True) -> None:
+def validate_model_file(path: Path, *, source: Path | None = None, run: bool = True,
+                        header: onnx.ModelProto | None = None) -> None:
     """Run ``onnx.checker`` (full check) and one ONNX Runtime inference; raise :class:`ValidationError`.
+
+    With ``header`` (the written model with its weights as external references into the written
+    files, see :func:`optimum_prune.storage.write_model`), the checker and ONNX Runtime read that
+    small file instead of parsing the whole protobuf, so the weights are loaded once.
 
     ONNX Runtime's fusions emit ops the checker does not know (SimplifiedLayerNormalization in the
     default domain): when the checker rejects the pruned model, the ``source`` model is checked too,
     and a rejection both share is left to the ONNX Runtime run to judge.
     """
+    path = Path(path)
+    target = path
+    if header is not None:
+        target = path.parent / f".{path.stem}-validate.onnx"
+        target.write_bytes(header.SerializeToString())
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        _validate(target, path, source, run)
+    finally:
+        if header is not None:
+            target.unlink(missing_ok=True)
+
+
+def _validate(target: Path, path: Path, source: Path | None, run: bool) -> None:
+    try:
+        onnx.checker.check_model(str(target), full_check=True)
     except Exception as e:
         if source is None or _checker_accepts(source):
             raise ValidationError(f"pruned model {path} fails onnx.checker: {e}") from e
     if not run:
         return
     try:
-        sess = make_session(path)
+        sess = make_session(target, light=True)
         outs = sess.run(None, generated_inputs(sess))
     except Exception as e:
         raise ValidationError(f"pruned model {path} does not run in ONNX Runtime: {e}") from e
