@@ -19,8 +19,9 @@ def _with_big_tensors(name: str = "matmul") -> onnx.ModelProto:
     model = OP_GRAPHS[name]()
     # a float16 and an int64 initializer (unused) to cover other dtypes, and a small one kept inline
     rng = np.random.default_rng(0)
-    for arr, tname in ((rng.standard_normal((33, 17)).astype(np.float16), "extra_f16"),
-                       (np.arange(700, dtype=np.int64), "extra_i64"), (np.ones(3, np.float32), "extra_small")):
+    extras = ((rng.standard_normal((33, 17)).astype(np.float16), "extra_f16"),
+              (np.arange(700, dtype=np.int64), "extra_i64"), (np.ones(3, np.float32), "extra_small"))
+    for arr, tname in extras:
         model.graph.initializer.append(onnx.numpy_helper.from_array(arr, tname))
     return model
 
