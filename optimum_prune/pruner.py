@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,7 +203,9 @@ class ORTPruner:
         apply_removals(prep.model, prep.groups, removed)
         params_after = count_parameters(prep.model)
         save_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}-", dir=save_dir.parent))
+        # Not mkdtemp: its folder is private (0700) whatever the umask, and it becomes save_dir.
+        tmp = save_dir.parent / f".{save_dir.name}-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
         try:
             model_file = tmp / self.model_path.name
             save_model_atomic(prep.model, model_file)
