@@ -54,7 +54,8 @@ class PruningPlan:
     def from_dict(cls, data: dict) -> PruningPlan:
         """Inverse of :meth:`to_dict`."""
         if data.get("version") != PLAN_VERSION:
-            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; expected {PLAN_VERSION}")
+            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; "
+                                    f"expected {PLAN_VERSION}")
         return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
                    source=data.get("source", ""))
 

@@ -53,8 +53,8 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
         arr = _get_const(holder)
         for axis, mask in sorted(axes):
             if arr.shape[axis] != mask.size:
-                raise PlanMismatchError(f"tensor '{name}' axis {axis} has size {arr.shape[axis]}, plan expects "
-                                        f"{mask.size}: the plan was made for another model")
+                raise PlanMismatchError(f"tensor '{name}' axis {axis} has size {arr.shape[axis]}, "
+                                        f"plan expects {mask.size}: the plan was made for another model")
             arr = np.compress(mask, arr, axis=axis)
         _set_const(holder, np.ascontiguousarray(arr))
     nodes = {n.name: n for n in model.graph}
