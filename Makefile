@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 assets: venv
 	$(PY) -m optimum_prune.assets
 
+# Exports all-MiniLM-L6-v2 once (reused afterwards), prunes it and prints a summary; writes outputs/demo/.
+# tests/test_demo.py runs this same script on a tiny model.
 demo: venv assets
 	$(PY) examples/demo.py
 

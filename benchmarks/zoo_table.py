@@ -22,9 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from zoo import ZOO, export_zoo_model  # noqa: E402  (the zoo lives with the tests)
-
 from optimum_prune import ORTPruner, PruningConfig, verify  # noqa: E402
+from zoo import ZOO, export_zoo_model  # noqa: E402  (the zoo lives with the tests)
 
 
 def run_variant(name: str, past: bool, fused: bool, cache: Path, sparsity: float) -> dict:

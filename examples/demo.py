@@ -1,136 +1,311 @@
 """End-to-end demo on a real model: prune all-MiniLM-L6-v2 (exported to ONNX) and measure fidelity.
 
-Steps: fetch the model from the local asset cache, export it to ONNX with Optimum, analyse the
-pruning groups, prune 30% of FFN neurons and attention heads by L2 magnitude, check the pruned graph
-with ``verify``, and compare sentence embeddings (mean pooling, L2-normalised, as sentence-transformers
-does for this model) of the dense and pruned models on a fixed set of sentences.
+Steps: take the model from the local asset cache, export it to ONNX with optimum-onnx (once; reruns reuse
+the export), analyse the pruning groups, prune 30% of the FFN neurons and attention heads by L2
+magnitude, check the pruned graph with the exactness oracle ``verify``, and compare sentence embeddings
+(mean pooling, L2-normalised, as sentence-transformers does for this model) of the dense and pruned
+models on a fixed sample of Rotten Tomatoes reviews from the asset cache. Prints one summary table;
+everything is written under ``outputs/demo/``.
 
-Runs offline. Usage: ``make demo`` or ``.venv/bin/python examples/demo.py``.
+Runs offline. Usage: ``make demo`` or ``.venv/bin/python examples/demo.py [--model DIR] [--output-dir DIR]``
+where ``--model`` is a Hugging Face model folder (exported to ONNX first) or a folder holding
+``model.onnx`` and its tokenizer (used as is).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Run against the checkout this file belongs to, even when the venv's editable install points at
+# another checkout of the project (several git worktrees sharing one venv).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import argparse
+import bz2
+import contextlib
+import csv
 import json
+import logging
 import shutil
-from pathlib import Path
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
-import onnxruntime as ort
-from transformers import AutoTokenizer
 
 from optimum_prune import ORTPruner, PruningConfig, verify
-from optimum_prune.assets import fetch_minilm
+from optimum_prune.assets import AssetError
+from optimum_prune.errors import PruningError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OUT_ROOT = REPO_ROOT / "outputs" / "demo"
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "outputs" / "demo"
+CONFIG = PruningConfig(sparsity=0.3, scope=("ffn", "heads"), importance="l2")
+N_REVIEWS = 48
+MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+EXPORT_STAMP = "export.json"  # next to onnx/: which source folder the export was made from
 
-SENTENCES = (
-    "The cat sits on the mat.",
-    "A kitten is resting on the rug.",
-    "The stock market fell sharply on Monday.",
-    "Shares dropped steeply at the start of the week.",
-    "I love hiking in the mountains during autumn.",
-    "Walking through the hills in the fall is my favourite pastime.",
-    "The recipe calls for two cups of flour and one egg.",
-    "Preheat the oven to 180 degrees before baking the bread.",
-    "Quantum computers use qubits instead of classical bits.",
-    "The new phone has a longer battery life than the old one.",
-    "Please remember to water the plants while I am away.",
-    "The train to Paris leaves from platform nine at noon.",
-    "Our flight was delayed by three hours because of the storm.",
-    "She scored the winning goal in the last minute of the match.",
-    "The museum exhibits paintings from the Renaissance period.",
-    "Regular exercise improves both physical and mental health.",
-    "The committee postponed its decision until next month.",
-    "He fixed the leaking tap in the kitchen with a new washer.",
-    "Solar panels convert sunlight directly into electricity.",
-    "The children built a sandcastle on the beach.",
-    "This movie was a complete waste of two hours.",
-    "An absolutely wonderful film with a brilliant cast.",
-    "The library is closed on public holidays.",
-    "Interest rates are expected to rise later this year.",
-    "The software update fixed several security vulnerabilities.",
-    "A heavy snowfall blocked the mountain pass overnight.",
-    "The orchestra played Beethoven's ninth symphony.",
-    "My grandmother grows tomatoes and beans in her garden.",
-    "The detective found a crucial clue in the old letter.",
-    "Electric cars are becoming cheaper every year.",
-    "The bakery on the corner sells the best croissants in town.",
-    "Neural networks can be compressed by removing redundant neurons.",
+
+class DemoError(RuntimeError):
+    """An input of the demo is missing or unusable (reported as one line, no traceback)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message contains one of ``needles``."""
+
+    def __init__(self, needles: tuple[str, ...]) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.needles)
+
+
+# Known, harmless noise of a CPU-only export: (logger, message fragments).
+_EXPORT_NOISE = (
+    # torchao ships optional CUDA / other-Python kernels and logs every one it cannot load.
+    ("torchao", ("Failed to load",)),
+    # torchao registers Enum pytree constants that torch now supports natively.
+    ("torch.utils._pytree", ("is an Enum subclass",)),
+    # optimum-onnx still passes `torch_dtype` to from_pretrained.
+    ("transformers.modeling_utils", ("`torch_dtype` is deprecated",)),
+    ("transformers.configuration_utils", ("`torch_dtype` is deprecated",)),
 )
 
 
-def export_onnx(model_dir: Path, onnx_dir: Path) -> Path:
-    """Export ``model_dir`` to ONNX (feature-extraction) into ``onnx_dir`` unless it is already there."""
-    if (onnx_dir / "model.onnx").is_file():
-        print(f"ONNX export found, reusing {onnx_dir}")
-        return onnx_dir
-    from optimum.exporters.onnx import main_export
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the known warnings of a CPU export (by logger and message); everything else still shows."""
+    filters = [(logging.getLogger(name), _DropMessages(needles)) for name, needles in _EXPORT_NOISE]
+    for logger, f in filters:
+        logger.addFilter(f)
+    try:
+        with warnings.catch_warnings():
+            # The exporter traces the model; transformers' attention-mask helper triggers this tracer note.
+            warnings.filterwarnings("ignore", message=r"torch\.tensor results are registered as constants")
+            yield
+    finally:
+        for logger, f in filters:
+            logger.removeFilter(f)
 
-    print(f"Exporting {model_dir} to ONNX ...")
-    # The folder also carries sentence-transformers files; export the plain transformers encoder.
-    main_export(str(model_dir), onnx_dir, task="feature-extraction", library_name="transformers")
-    return onnx_dir
+
+def export_onnx(model_dir: Path, output_dir: Path) -> tuple[Path, bool]:
+    """Export the Hugging Face folder ``model_dir`` to ``output_dir/onnx`` (feature-extraction).
+
+    Reuses an earlier export of the same source. The export is written to a temporary folder and moved
+    into place when complete, so an interrupted run never leaves a half-written export to be reused.
+    Returns the ONNX folder and whether it was reused.
+    """
+    onnx_dir = output_dir / "onnx"
+    stamp_file = output_dir / EXPORT_STAMP
+    stamp = {"source": str(model_dir.resolve()), "task": "feature-extraction"}
+    if (onnx_dir / "model.onnx").is_file() and stamp_file.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(stamp_file.read_text()) == stamp:
+                return onnx_dir, True
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"Exporting {_show(model_dir)} to ONNX (first run only) ...", flush=True)
+    with _quiet_export():
+        from optimum.exporters.onnx import main_export
+
+        tmp = output_dir / f".onnx-{uuid.uuid4().hex[:12]}"  # not mkdtemp: that folder would be 0700
+        tmp.mkdir()
+        try:
+            # The folder also carries sentence-transformers files; export the plain transformers encoder.
+            main_export(str(model_dir), tmp, task="feature-extraction", library_name="transformers")
+            if not (tmp / "model.onnx").is_file():
+                raise DemoError(f"the export of {model_dir} produced no model.onnx")
+            stamp_file.unlink(missing_ok=True)
+            if onnx_dir.exists():
+                shutil.rmtree(onnx_dir)
+            os.replace(tmp, onnx_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
+    return onnx_dir, False
 
 
-def sentence_embeddings(model_path: Path, tokenizer, sentences: tuple[str, ...]) -> np.ndarray:
+# --------------------------------------------------------------------------------------------------------
+# Fidelity on real data
+# --------------------------------------------------------------------------------------------------------
+
+
+def load_reviews(path: Path, n: int = N_REVIEWS) -> list[str]:
+    """``n`` reviews from the Rotten Tomatoes CSV (``category``, ``text``): half ``fresh``, half ``rotten``,
+    evenly spaced through the file (deterministic; ``plot`` synopses are skipped)."""
+    opener = bz2.open if path.suffix == ".bz2" else open
+    by_category: dict[str, list[str]] = {"fresh": [], "rotten": []}
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            text = (row.get("text") or "").strip()
+            if text and row.get("category") in by_category:
+                by_category[row["category"]].append(text)
+    picked: list[str] = []
+    for i, texts in enumerate(by_category.values()):
+        k = n // 2 + (n % 2 if i == 0 else 0)
+        if len(texts) < k:
+            raise DemoError(f"{path} has {len(texts)} reviews of one category, {k} needed")
+        picked += [texts[j * len(texts) // k] for j in range(k)]
+    return picked
+
+
+def sentence_embeddings(model_path: Path, tokenizer, sentences: list[str], max_length: int) -> np.ndarray:
     """Mean-pooled, L2-normalised embeddings of ``sentences`` from an ONNX encoder."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    encoded = tokenizer(list(sentences), padding=True, truncation=True, max_length=128, return_tensors="np")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    encoded = tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     feeds = {i.name: encoded[i.name].astype(np.int64) for i in session.get_inputs()}
-    hidden = session.run(None, feeds)[0]  # last_hidden_state: (batch, seq, hidden)
+    hidden = session.run(["last_hidden_state"], feeds)[0]  # (batch, seq, hidden)
     mask = encoded["attention_mask"][..., None].astype(hidden.dtype)
     pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
-def _row(label: str, *values: object) -> str:
-    return f"  {label:<28}" + "".join(f" {v!s:>17}" for v in values)
+# --------------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    model_dir = fetch_minilm()
-    onnx_dir = export_onnx(model_dir, OUT_ROOT / "onnx")
-    pruned_dir = OUT_ROOT / "pruned"
+def _show(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter output)."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="examples/demo.py", description="Prune a sentence encoder end to end and measure fidelity.")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="Hugging Face model folder (exported to ONNX first) or a folder holding "
+                             "model.onnx and a tokenizer; default: all-MiniLM-L6-v2 from the asset cache")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
+                        help="where the export (onnx/) and the pruned model (pruned/) go; "
+                             "default: %(default)s")
+    parser.add_argument("--reviews", type=Path, default=None,
+                        help="Rotten Tomatoes CSV (category,text); default: the cached data set")
+    parser.add_argument("--n-reviews", type=int, default=N_REVIEWS,
+                        help="reviews compared; default: %(default)s")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the demo, print the summary table and return its numbers."""
+    from optimum_prune.assets import fetch_minilm, fetch_rotten_tomatoes
+
+    start = time.perf_counter()
+    args = _parse_args(argv)
+    output_dir = args.output_dir.resolve()
+    model_dir = (args.model or fetch_minilm()).absolute()
+    if not model_dir.is_dir():
+        raise DemoError(f"model folder not found: {model_dir}")
+    reviews_path = args.reviews or fetch_rotten_tomatoes()
+    name = model_dir.name if args.model is None else _show(model_dir)
+
+    if (model_dir / "model.onnx").is_file():
+        onnx_dir, export = model_dir, "given"
+    else:
+        onnx_dir, reused = export_onnx(model_dir, output_dir)
+        export = "reused" if reused else "new"
+
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    except (OSError, ValueError) as e:
+        raise DemoError(f"no usable tokenizer in {onnx_dir}: {e}") from e
+    config_file = onnx_dir / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    max_length = min(MAX_LENGTH, config.get("max_position_embeddings", MAX_LENGTH))
+    reviews = load_reviews(Path(reviews_path), args.n_reviews)
 
     pruner = ORTPruner.from_pretrained(onnx_dir, file_name="model.onnx")
-    analysis = pruner.analyze().to_dict()
-
-    config = PruningConfig(sparsity=0.3, scope=("ffn", "heads"), importance="l2")
-    if pruned_dir.exists():
-        shutil.rmtree(pruned_dir)  # our own output from an earlier run
-    out = pruner.prune(config, pruned_dir)
+    summary = pruner.analyze().summary()
+    out = pruner.prune(CONFIG, output_dir / "pruned")
     check = verify(onnx_dir, out)
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
 
-    stages = json.loads((out / "report.json").read_text())["stages"]
-    prune_stage = next(s for s in stages if s["stage"] == "prune")
-
-    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
-    dense = sentence_embeddings(onnx_dir / "model.onnx", tokenizer, SENTENCES)
-    pruned = sentence_embeddings(out / "model.onnx", tokenizer, SENTENCES)
+    dense = sentence_embeddings(onnx_dir / "model.onnx", tokenizer, reviews, max_length)
+    pruned = sentence_embeddings(out / "model.onnx", tokenizer, reviews, max_length)
     cosine = (dense * pruned).sum(axis=1)
 
-    print()
-    print("optimum-prune demo: all-MiniLM-L6-v2, sparsity=0.3, scope=(ffn, heads), importance=l2")
-    print(_row("group kind", "groups", "prunable", "units"))
-    for kind, counts in sorted(analysis["summary"].items()):
-        print(_row(kind, counts["groups"], counts["prunable"], counts["units"]))
-    print(_row("unprunable groups", len(analysis["unprunable"])))
-    print(_row("", "before", "after", "after/before"))
-    for key in ("params", "flops"):
-        before, after = prune_stage[f"{key}_before"], prune_stage[f"{key}_after"]
-        print(_row(key, f"{before:,}", f"{after:,}", f"{after / before:.3f}"))
-    print(_row("groups pruned / found", f"{prune_stage['groups_pruned']} / {prune_stage['groups_found']}"))
-    print(_row("verify", f"exact={check.exact}", f"max_abs={check.max_abs_error:.2e}"))
-    n = len(SENTENCES)
-    print(_row(f"cosine to dense (n={n})", f"mean={cosine.mean():.4f}", f"min={cosine.min():.4f}"))
-    print(f"  written to {out}")
+    result = {
+        "model": name,
+        "onnx_dir": onnx_dir,
+        "export": export,
+        "pruned_dir": out,
+        "groups": summary,
+        "report": report,
+        "verify": check.to_dict(),
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+        "n_reviews": len(reviews),
+        "seconds": time.perf_counter() - start,
+    }
+    print(format_table(result))
+    return result
+
+
+def format_table(r: dict) -> str:
+    """The summary printed by :func:`main`."""
+    rep, chk = r["report"], r["verify"]
+    cfg = rep["config"]
+    lines = [
+        "",
+        f"optimum-prune demo: {r['model']}",
+        f"  pruning: sparsity={cfg['sparsity']}, scope={'+'.join(cfg['scope'])}, "
+        f"importance={cfg['importance']}",
+        "",
+        f"  {'groups':<32}{'found':>8}{'prunable':>10}{'pruned':>8}{'units removed':>16}",
+    ]
+    for kind, counts in r["groups"].items():
+        groups = [g for g in rep["groups"] if g["kind"] == kind]
+        pruned = sum(g["kept"] < g["units"] for g in groups)
+        units = f"{rep['units_removed'][kind]} / {sum(g['units'] for g in groups)}"
+        lines.append(f"  {kind:<32}{counts['groups']:>8}{counts['prunable']:>10}{pruned:>8}{units:>16}")
+    lines += ["", f"  {'size':<32}{'before':>16}{'after':>16}{'after/before':>14}"]
+    for label, key in (("parameters", "params"), ("FLOPs (MatMul weights, 128 tok)", "flops")):
+        before, after = rep[f"{key}_before"], rep[f"{key}_after"]
+        lines.append(f"  {label:<32}{before:>16,}{after:>16,}{after / before:>14.3f}")
+    exact = "exact" if chk["exact"] else "NOT EXACT"
+    lines += [
+        "",
+        "  fidelity to the dense model",
+        f"  {'exactness oracle (verify)':<32}{exact}: max abs error {chk['max_abs_error']:.1e}, "
+        f"max rel error {chk['max_rel_error']:.1e}",
+        f"  {'sentence-embedding cosine':<32}mean {r['cosine_mean']:.4f}, min {r['cosine_min']:.4f} "
+        f"({r['n_reviews']} Rotten Tomatoes reviews)",
+        "",
+    ]
+    for g in rep["groups"]:
+        if not g["prunable"]:
+            lines.append(f"  {g['kind']} group {g['id']} not prunable: {g['reason']}")
+    lines += [
+        f"  ONNX model:  {_show(r['onnx_dir'])} ({r['export']})",
+        f"  written to:  {_show(r['pruned_dir'])} (model.onnx, pruning_plan.json, report.json)",
+        f"  done in {r['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DemoError, AssetError, PruningError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -58,5 +58,5 @@ class PruningConfig:
     def to_dict(self) -> dict:
         """JSON-friendly form, stored in the plan and the report."""
         return {"sparsity": self.sparsity, "scope": list(self.scope), "importance": self.importance,
-                "min_units": self.min_units, "exclude": list(self.exclude), "io_patterns": list(self.io_patterns),
-                "prune_kv_heads": self.prune_kv_heads}
+                "min_units": self.min_units, "exclude": list(self.exclude),
+                "io_patterns": list(self.io_patterns), "prune_kv_heads": self.prune_kv_heads}

@@ -34,7 +34,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     """Load ``path`` with onnx-ir, keeping external data lazy; raise :class:`InvalidModelError`."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidModelError(f"ONNX file not found: {path}. Pass a folder that holds model.onnx or set file_name=.")
+        raise InvalidModelError(f"ONNX file not found: {path}. Pass a folder that holds model.onnx or set "
+                                "file_name=.")
     try:
         return load_lazily(path)
     except Exception as e:  # onnx-ir raises DecodeError, OSError, ... on corrupt files
@@ -111,7 +112,8 @@ def _stub_proto(model: ir.Model) -> tuple[onnx.ModelProto, frozenset[str]]:
                 )
         for node in model.graph:
             attr = node.attributes.get("value") if node.op_type == "Constant" else None
-            if attr is not None and isinstance(attr.value, ir.ExternalTensor) and attr.value.size <= _STUB_THRESHOLD:
+            if (attr is not None and isinstance(attr.value, ir.ExternalTensor)
+                    and attr.value.size <= _STUB_THRESHOLD):
                 saved_attrs.append((node, attr))
                 node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy()))
         return ir.serde.serialize_model(model), frozenset(saved)
@@ -148,7 +150,8 @@ def infer_shapes(model: ir.Model) -> dict[str, Shape]:
     with contextlib.suppress(Exception):
         _collect(symbolic_infer(proto, stubs), shapes)
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
+                                                     data_prop=True)
         extra: dict[str, Shape] = {}
         _collect(inferred, extra)
         for k, v in extra.items():

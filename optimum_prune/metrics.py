@@ -46,12 +46,15 @@ def _numel(shape: Shape | None, defaults: dict[str, int]) -> int | None:
     return n
 
 
+_COUNTED_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+
 def count_flops(model: ir.Model, shapes: dict[str, Shape], *, batch: int = 1, sequence: int = 128) -> int:
     """Multiply-accumulate FLOPs (2 per MAC) of MatMul/Gemm/Conv at ``batch`` x ``sequence``."""
     defaults = {"batch": batch, "sequence": sequence}
     total = 0
     for node in model.graph:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _COUNTED_OPS:
             continue
         out = shapes.get(node.outputs[0].name)
         n_out = _numel(out, defaults)
@@ -63,7 +66,8 @@ def count_flops(model: ir.Model, shapes: dict[str, Shape], *, batch: int = 1, se
             a_shape = shapes.get(node.inputs[0].name)
             if a_shape is None:
                 continue
-            transa = node.op_type == "Gemm" and "transA" in node.attributes and node.attributes["transA"].value
+            attrs = node.attributes
+            transa = node.op_type == "Gemm" and "transA" in attrs and attrs["transA"].value
             k = a_shape[0] if transa else a_shape[-1]
             if not isinstance(k, int):
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,15 +54,17 @@ class PruningPlan:
     def from_dict(cls, data: dict) -> PruningPlan:
         """Inverse of :meth:`to_dict`."""
         if data.get("version") != PLAN_VERSION:
-            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; expected {PLAN_VERSION}")
+            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; "
+                                    f"expected {PLAN_VERSION}")
         return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
                    source=data.get("source", ""))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON (atomically)."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-")
-        with os.fdopen(fd, "w") as f:
+        # Not mkstemp: its file is private (0600) whatever the umask.
+        tmp = path.parent / f".plan-{uuid.uuid4().hex[:12]}"
+        with open(tmp, "x") as f:
             json.dump(self.to_dict(), f, indent=1)
         os.replace(tmp, path)
 

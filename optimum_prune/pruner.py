@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,7 +203,9 @@ class ORTPruner:
         apply_removals(prep.model, prep.groups, removed)
         params_after = count_parameters(prep.model)
         save_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}-", dir=save_dir.parent))
+        # Not mkdtemp: its folder is private (0700) whatever the umask, and it becomes save_dir.
+        tmp = save_dir.parent / f".{save_dir.name}-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
         try:
             model_file = tmp / self.model_path.name
             written = save_model_atomic(prep.model, model_file)
@@ -226,8 +228,8 @@ class ORTPruner:
                                   for k in KINDS},
                 "seconds": round(time.perf_counter() - start, 3),
                 "config_notes": config_notes,
-                "groups": [{**g.summary(), "kept": len(g_plan.kept)} for g, g_plan in zip(prep.groups, plan.groups,
-                                                                                           strict=True)],
+                "groups": [{**g.summary(), "kept": len(g_plan.kept)}
+                           for g, g_plan in zip(prep.groups, plan.groups, strict=True)],
             }
             _write_report(tmp, self.folder, report)
             if save_dir.exists():
@@ -246,13 +248,13 @@ class ORTPruner:
 
 def _match_plan(plan: PruningPlan, groups: list[PruningGroup]) -> dict[int, set[int]]:
     if len(plan.groups) != len(groups):
-        raise PlanMismatchError(f"the plan has {len(plan.groups)} groups, the model {len(groups)}: it was made "
-                                "for another model")
+        raise PlanMismatchError(f"the plan has {len(plan.groups)} groups, the model {len(groups)}: it was "
+                                "made for another model")
     removed: dict[int, set[int]] = {}
     for gp, g in zip(plan.groups, groups, strict=True):
         if gp.seed != f"{g.seed}:{g.seed_axis}" or gp.units != g.units:
-            raise PlanMismatchError(f"plan group {gp.id} ({gp.seed}, {gp.units} units) does not match model group "
-                                    f"{g.id} ({g.seed}:{g.seed_axis}, {g.units} units)")
+            raise PlanMismatchError(f"plan group {gp.id} ({gp.seed}, {gp.units} units) does not match model "
+                                    f"group {g.id} ({g.seed}:{g.seed_axis}, {g.units} units)")
         rm = set(gp.removed)
         if rm and not g.prunable:
             raise PlanMismatchError(f"plan removes units of group {g.id}, which cannot be pruned: {g.reason}")

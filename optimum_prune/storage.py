@@ -294,7 +294,8 @@ def write_model(model: ir.Model, path: Path, *, external_data: bool,
         length = streamed[t.name].nbytes
         raw_key = _key(_TENSOR_RAW_DATA, 2) + _encode_varint(length)
         body_len = len(head) + len(raw_key) + length
-        records.append((t.name, _key(_GRAPH_INITIALIZER, 2) + _encode_varint(body_len) + head + raw_key, length))
+        prefix = _key(_GRAPH_INITIALIZER, 2) + _encode_varint(body_len) + head + raw_key
+        records.append((t.name, prefix, length))
     kept = [t for t in graph.initializer if t.name not in streamed]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -304,7 +305,8 @@ def write_model(model: ir.Model, path: Path, *, external_data: bool,
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         offset = 0
-        for chunk in (proto.SerializeToString(), _key(_MODEL_GRAPH, 2) + _encode_varint(graph_len), graph_bytes):
+        graph_key = _key(_MODEL_GRAPH, 2) + _encode_varint(graph_len)
+        for chunk in (proto.SerializeToString(), graph_key, graph_bytes):
             _write_all(fd, chunk)
             offset += len(chunk)
         for name, prefix, length in records:

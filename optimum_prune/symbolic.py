@@ -52,7 +52,8 @@ def _stub_aware_class() -> type:
             self._stubs = stubs
 
         def _try_get_value(self, node, idx):
-            if idx < len(node.input) and node.input[idx] in self._stubs and node.input[idx] not in self.sympy_data_:
+            name = node.input[idx] if idx < len(node.input) else None
+            if name is not None and name in self._stubs and name not in self.sympy_data_:
                 return None
             return super()._try_get_value(node, idx)
 

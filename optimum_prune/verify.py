@@ -63,7 +63,8 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
     pruned_dir = Path(pruned_dir)
     plan_path = pruned_dir / PLAN_FILE
     if not plan_path.is_file():
-        raise InvalidModelError(f"{plan_path} not found: {pruned_dir} is not a folder written by ORTPruner.prune")
+        raise InvalidModelError(f"{plan_path} not found: {pruned_dir} is not a folder written by "
+                                "ORTPruner.prune")
     plan = PruningPlan.load(plan_path)
     pruner = ORTPruner.from_pretrained(dense_dir, file_name=file_name)
     prep = pruner._prepare(tuple(plan.config.get("io_patterns", DEFAULT_IO_PATTERNS)))
@@ -123,7 +124,8 @@ def _zero_leaves(prep, groups: list[PruningGroup], removed: dict[int, set[int]])
             value.const_value = ir.tensor(arr, name=value.name)
 
 
-def _io_keep(groups: list[PruningGroup], removed: dict[int, set[int]]) -> dict[str, list[tuple[int, np.ndarray]]]:
+def _io_keep(groups: list[PruningGroup],
+             removed: dict[int, set[int]]) -> dict[str, list[tuple[int, np.ndarray]]]:
     keep: dict[str, list[tuple[int, np.ndarray]]] = {}
     for g in groups:
         for s in g.slices:

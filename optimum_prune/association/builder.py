@@ -40,7 +40,8 @@ class Walk:
     roots: list[tuple[str, int]] = field(default_factory=list)
     marks: set[str] = field(default_factory=set)
     non_exact_reasons: list[str] = field(default_factory=list)
-    patches: dict[tuple[str, str, int, str], np.ndarray | tuple[str, int, int, int]] = field(default_factory=dict)
+    patches: dict[tuple[str, str, int, str], np.ndarray | tuple[str, int, int, int]] = field(
+        default_factory=dict)
     deferred: list[tuple[str, int, str]] = field(default_factory=list)
     nodes: dict[str, None] = field(default_factory=dict)
     current: ir.Node | None = None
@@ -82,7 +83,8 @@ class Walk:
     def fail(self, reason: str) -> None:
         """Refuse the whole group, naming the node being processed."""
         node = self.current
-        where = f" at node '{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node is not None else ""
+        where = (f" at node '{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node is not None
+                 else "")
         raise Refusal(f"{reason}{where}")
 
     def mark(self, tag: str) -> None:
@@ -136,7 +138,8 @@ class Walk:
 
     def patch_shape_element(self, shape_value: ir.Value, index: int, owner: np.ndarray, node: ir.Node, *,
                             reshape_input: ir.Value | None = None, allowzero: bool = False,
-                            broadcast_ok: bool = False, source: tuple[ir.Value, int, int, int] | None = None) -> None:
+                            broadcast_ok: bool = False,
+                            source: tuple[ir.Value, int, int, int] | None = None) -> None:
         """Element ``index`` of the 1-D shape tensor ``shape_value`` counts the positions of ``owner``.
 
         Traces the element back to a constant (patched) or to a dimension read at run time with Shape
@@ -279,7 +282,8 @@ class Walk:
         rule = self.registry.get(node)
         if rule is None:
             raise Refusal(
-                f"no association rule for op {node.domain or 'ai.onnx'}::{node.op_type} (node '{node.name}'); "
+                f"no association rule for op {node.domain or 'ai.onnx'}::{node.op_type} "
+                f"(node '{node.name}'); "
                 "register one with RuleRegistry.register or exclude the group"
             )
         try:
@@ -421,16 +425,16 @@ def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> 
     for (name, axis), owner in walk.owners.items():
         value = walk.values[name]
         io = "input" if value.is_graph_input() else ("output" if value.is_graph_output() else None)
-        group.slices.append(TensorSlice(name=name, axis=axis, owner=renumber(owner), constant=is_constant(value),
-                                        leaf=(name, axis) in walk.leaves, io=io))
+        group.slices.append(TensorSlice(name=name, axis=axis, owner=renumber(owner),
+                                        constant=is_constant(value), leaf=(name, axis) in walk.leaves, io=io))
         if io and group.prunable and not any(p in name for p in io_patterns):
             group.prunable = False
             group.reason = f"would change the shape of graph {io} '{name}'"
     for (kind, target, idx, attribute), owner in walk.patches.items():
         if isinstance(owner, tuple) and (owner[0], owner[1]) not in walk.owners:
             continue  # the walk was refused before that axis was reached
-        group.patches.append(Patch(kind=kind, target=target, index=idx, owner=renumber(walk.patch_owner(owner)),
-                                   attribute=attribute))
+        group.patches.append(Patch(kind=kind, target=target, index=idx,
+                                   owner=renumber(walk.patch_owner(owner)), attribute=attribute))
     group.roots = [r for r in walk.roots if r in walk.owners]
     group.nodes = list(walk.nodes)
     group.exact = not walk.non_exact_reasons

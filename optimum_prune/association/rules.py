@@ -141,14 +141,8 @@ def _matmul_labels(ra: int, rb: int, ry: int, trans_a: bool = False, trans_b: bo
     def batch(r: int) -> list[tuple]:
         return [("b", i + nb - r) for i in range(r)]
 
-    if ra == 1:
-        la = ["K"]
-    else:
-        la = batch(ra - 2) + (["K", "M"] if trans_a else ["M", "K"])
-    if rb == 1:
-        lb = ["K"]
-    else:
-        lb = batch(rb - 2) + (["N", "K"] if trans_b else ["K", "N"])
+    la = ["K"] if ra == 1 else batch(ra - 2) + (["K", "M"] if trans_a else ["M", "K"])
+    lb = ["K"] if rb == 1 else batch(rb - 2) + (["N", "K"] if trans_b else ["K", "N"])
     ly = [("b", i) for i in range(nb)] + (["M"] if ra >= 2 else []) + (["N"] if rb >= 2 else [])
     return la, lb, ly
 
@@ -200,7 +194,8 @@ def matmul(node: ir.Node, entry: Entry, walk: Walk) -> None:
 def gemm(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Gemm: like MatMul on 2-D operands, with C broadcast onto [M, N]."""
     a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    c = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None
+    has_c = len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name
+    c = node.inputs[2] if has_c else None
     la = ["K", "M"] if _attr(node, "transA", 0) else ["M", "K"]
     lb = ["N", "K"] if _attr(node, "transB", 0) else ["K", "N"]
     operands = [(a, la), (b, lb), (y, ["M", "N"])]
@@ -683,7 +678,8 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
         out_axis = entry.axis if entry.is_output else carrier
         out_owner = entry.owner if entry.is_output else dst_owner
         walk.patch_shape_element(node.inputs[1], out_axis, out_owner, node, reshape_input=x,
-                                 allowzero=bool(_attr(node, "allowzero", 0)), source=(y, out_axis, 0, out_owner.size))
+                                 allowzero=bool(_attr(node, "allowzero", 0)),
+                                 source=(y, out_axis, 0, out_owner.size))
 
 
 def _solve_wildcard(sin: list, sout: list) -> tuple[list, list]:
@@ -786,8 +782,8 @@ def attention(node: ir.Node, entry: Entry, walk: Walk) -> None:
     else:
         parts = np.split(entry.owner, np.cumsum(sizes)[:-1])
         head_owner = _rows_owner(
-            np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1), heads, walk, "Attention"
-        )
+            np.concatenate([p.reshape(heads, -1) for p in parts], axis=1).reshape(-1), heads, walk,
+            "Attention")
     packed = np.concatenate([_repeat(head_owner, s // heads) for s in sizes])
     walk.link(w, 1, packed)
     walk.root(w, 1)

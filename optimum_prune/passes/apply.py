@@ -105,8 +105,8 @@ def _slice_lazily(holder: ir.Value, axes: list[tuple[int, np.ndarray]]) -> None:
     shape = list(source.shape)
     for axis, mask in axes:
         if shape[axis] != mask.size:
-            raise PlanMismatchError(f"tensor '{holder.name}' axis {axis} has size {shape[axis]}, plan expects "
-                                    f"{mask.size}: the plan was made for another model")
+            raise PlanMismatchError(f"tensor '{holder.name}' axis {axis} has size {shape[axis]}, plan "
+                                    f"expects {mask.size}: the plan was made for another model")
         shape[axis] = int(mask.sum())
     name = holder.name
     holder.const_value = ir.LazyTensor(lambda: ir.tensor(_sliced(source.numpy(), axes, name), name=name),

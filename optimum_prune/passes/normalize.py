@@ -65,7 +65,8 @@ def _copy_initializer(graph: ir.Graph, src: ir.Value, name: str) -> ir.Value:
     while new_name in graph.initializers:
         new_name += "_"
     arr = np.array(src.const_value.numpy())
-    new_value = ir.Value(name=new_name, const_value=ir.tensor(arr, name=new_name), type=src.type, shape=src.shape)
+    new_value = ir.Value(name=new_name, const_value=ir.tensor(arr, name=new_name), type=src.type,
+                         shape=src.shape)
     graph.register_initializer(new_value)
     return new_value
 

@@ -69,8 +69,8 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
         if "mask" in lname:
             arr = np.ones(shape, dtype=dtype)
         elif "position_ids" in lname:
-            arr = np.broadcast_to(np.arange(shape[-1], dtype=dtype) + (
-                _DIM_VALUES["past"] if any("past" in i.name for i in session.get_inputs()) else 0), shape).copy()
+            offset = _DIM_VALUES["past"] if any("past" in i.name for i in session.get_inputs()) else 0
+            arr = np.broadcast_to(np.arange(shape[-1], dtype=dtype) + offset, shape).copy()
         elif "token_type" in lname or "segment" in lname:
             arr = np.zeros(shape, dtype=dtype)
         elif np.issubdtype(dtype, np.integer):
