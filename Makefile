@@ -40,6 +40,8 @@ lint: venv
 
 bench: venv assets
 	$(PY) benchmarks/engine_speed.py
+	$(PY) benchmarks/zoo_table.py
+	$(PY) benchmarks/readme_tables.py
 
 clean:
 	rm -rf outputs build *.egg-info .pytest_cache .ruff_cache

@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from optimum_prune import ORTPruner, PruningConfig, verify  # noqa: E402
 from zoo import ZOO, export_zoo_model  # noqa: E402  (the zoo lives with the tests)
@@ -81,12 +82,14 @@ def main() -> None:
                 rows.append(row)
     import onnxruntime
     import transformers
+    from engine_speed import _git_state
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "benchmark": "zoo", "sparsity": args.sparsity, "scope": ["ffn", "heads", "conv"], "importance": "l2",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__, "rows": rows,
+        "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+        "git": _git_state(), "rows": rows,
     }, indent=1) + "\n")
     print(markdown(rows))
     print(f"\nresults: {args.output}")

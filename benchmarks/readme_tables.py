@@ -1,0 +1,72 @@
+"""Rewrite the README's result tables from the benchmark JSON files (never by hand).
+
+Each table sits between ``<!-- name -->`` and ``<!-- /name -->`` markers in README.md.
+
+    python benchmarks/readme_tables.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import engine_speed  # noqa: E402
+import zoo_table  # noqa: E402
+
+
+def _engine_speed() -> str | None:
+    path = RESULTS / "engine_speed.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    rows = data["models"]
+    lines = [engine_speed.markdown_table(rows), ""]
+    for r in rows:
+        if r.get("ok"):
+            runs = ", ".join(f"{run['prune_s']:.2f}" for run in r.get("runs", []) if "prune_s" in run)
+            lines.append(f"- {r['model']}: params {r['params_before'] / 1e6:.1f}M -> "
+                         f"{r['params_after'] / 1e6:.1f}M, units removed {r['units_removed']}; "
+                         f"prune s per run: {runs}")
+    git = data["machine"]["git"]["commit"][:7]
+    lines.append(f"- median of {data['repeat']} fresh processes, sparsity {data['sparsity']}, "
+                 f"{data['machine']['cpu_count']} cores, commit {git}, {data['created']}")
+    return "\n".join(lines)
+
+
+def _zoo() -> str | None:
+    path = RESULTS / "zoo.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    ok = [r for r in rows if r["ok"]]
+    worst = max((r["max_rel_error"] for r in ok), default=float("nan"))
+    head = (f"{len(ok)} of {len(rows)} variants pruned and verified; worst oracle relative error {worst:.1e} "
+            f"(sparsity {data['sparsity']}, scope {'+'.join(data['scope'])}, {data['importance']}, "
+            f"{data['created']}, commit {data.get('git', {}).get('commit', '?')[:7]}).")
+    return head + "\n\n" + zoo_table.markdown(rows)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo)):
+        body = render()
+        if body is None:
+            continue
+        pattern = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- {name} --> ... <!-- /{name} --> markers")
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()
