@@ -23,7 +23,7 @@ from optimum_prune.association.builder import build_groups
 from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
-from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError
+from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
 from optimum_prune.importance import get_importance
 from optimum_prune.metrics import count_flops, count_parameters
@@ -162,6 +162,8 @@ class ORTPruner:
             selected = (g.prunable and g.kind in config.scope
                         and not any(pat in g.seed for pat in config.exclude)
                         and (config.prune_kv_heads or not resizes_cache))
+            if selected and resizes_cache and g.kind == "heads":
+                self._check_cache_describable()
             if selected:
                 n_remove = units_to_remove(g.units, config.sparsity, config.min_units)
                 kept = select_kept(importance(g, prep.model), n_remove)
@@ -171,6 +173,19 @@ class ORTPruner:
                                    unit_size=g.unit_size, kept=kept,
                                    tensors=sorted({s.name for s in g.slices if s.constant})))
         return PruningPlan(groups=plans, config=config.to_dict(), source=str(self.model_path.name))
+
+    def _check_cache_describable(self) -> None:
+        """Raise :class:`ConfigError` unless config.json can record a pruned key/value-head count."""
+        path = self.folder / "config.json"
+        if not path.is_file():
+            return
+        cfg = json.loads(path.read_text())
+        if not any(isinstance(cfg.get(k), int) for k in _KV_KEYS):
+            raise ConfigError(
+                f"prune_kv_heads=True, but {path} has no key/value-head count ({', '.join(_KV_KEYS)}): "
+                f"runtimes size the cache of model_type {cfg.get('model_type')!r} from num_attention_heads, "
+                "so a model with pruned cache heads could not generate. Use prune_kv_heads=False (heads "
+                "are then pruned only where the cache is untouched) or export without past key/values.")
 
     def prune(self, config: PruningConfig | None = None, save_dir: str | os.PathLike | None = None, *,
               plan: PruningPlan | None = None, validate: bool = True) -> Path:
@@ -275,40 +290,48 @@ def _uniform_ratio(groups: list[PruningGroup], removed: dict[int, set[int]], kin
 def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
     """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
 
-    New head counts that no longer divide the hidden size are recorded (with ``head_dim``) only
-    when the pruned graph's key/value cache depends on them, and then only if the model's
-    transformers config class accepts them; otherwise the source counts stay (the graph does not
-    read them) and a note says so. Returns the notes.
+    When pruned head groups resize the key/value cache, only the KV-head count changes (with an
+    explicit ``head_dim``): Optimum's runtime sizes the cache as ``num_key_value_heads`` x
+    ``hidden_size // num_attention_heads``, so ``num_attention_heads`` keeps its source value.
+    Otherwise new head counts are recorded when they still divide the hidden size (some config
+    classes reject other values, and the graph does not read them). Returns notes on what was kept.
+    Raises :class:`PruningError` when the cache was resized unevenly (no config can describe it).
     """
     if not path.is_file():
         return []
     cfg = json.loads(path.read_text())
     notes: list[str] = []
     changed = False
+    cache_resized = any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
     heads = _uniform_ratio(groups, removed, "heads")
+    if cache_resized and heads is None:
+        raise PruningError("head groups that resize the key/value cache were pruned unevenly across layers; "
+                           "config.json cannot describe per-layer cache sizes. Prune every head group by the "
+                           "same share (uniform sparsity) or leave prune_kv_heads=False.")
     if heads is not None and heads < 1:
-        new = dict(cfg)
         n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
         hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
-        if n_heads and isinstance(hidden, int) and "head_dim" not in cfg:
+        new = dict(cfg)
+        if n_heads and isinstance(hidden, int) and cfg.get("head_dim") is None:
             new["head_dim"] = hidden // n_heads
-        for k in _HEAD_KEYS + _KV_KEYS:
-            if isinstance(cfg.get(k), int):
-                new[k] = int(round(cfg[k] * heads))
-        new_heads = next((new[k] for k in _HEAD_KEYS if isinstance(new.get(k), int)), None)
-        cache_resized = any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
-        if not isinstance(hidden, int) or not new_heads or hidden % new_heads == 0:
+        if cache_resized:
+            for k in _KV_KEYS:
+                if isinstance(cfg.get(k), int):
+                    new[k] = int(round(cfg[k] * heads))
+            notes.append(f"config.json keeps num_attention_heads={n_heads} (the graph has "
+                         f"{int(round((n_heads or 0) * heads))} query heads) so that runtimes computing "
+                         "head_dim as hidden_size // num_attention_heads size the key/value cache right")
             cfg, changed = new, True
-        elif not cache_resized:
-            notes.append(f"config.json keeps the source head counts: {new_heads} heads do not divide "
-                         f"hidden_size {hidden}, and the pruned graph does not read them")
         else:
-            problem = _config_rejects(new)
-            if problem is None:
+            for k in _HEAD_KEYS + _KV_KEYS:
+                if isinstance(cfg.get(k), int):
+                    new[k] = int(round(cfg[k] * heads))
+            new_heads = next((new[k] for k in _HEAD_KEYS if isinstance(new.get(k), int)), None)
+            if not isinstance(hidden, int) or not new_heads or hidden % new_heads == 0:
                 cfg, changed = new, True
             else:
-                notes.append(f"config.json keeps the source head counts; the key/value cache no longer "
-                             f"matches them and the config class rejects the new ones: {problem}")
+                notes.append(f"config.json keeps the source head counts: {new_heads} heads do not divide "
+                             f"hidden_size {hidden}, and the pruned graph does not read them")
     ffn = _uniform_ratio(groups, removed, "ffn")
     if ffn is not None and ffn < 1:
         for k in _FFN_KEYS:
@@ -318,19 +341,6 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
     if changed:
         path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return notes
-
-
-def _config_rejects(cfg: dict) -> str | None:
-    """Why transformers refuses ``cfg`` (imported only here: it costs seconds), or None."""
-    if "model_type" not in cfg:
-        return None
-    try:
-        from transformers import AutoConfig
-
-        AutoConfig.for_model(**cfg)
-    except Exception as e:  # config classes raise ValueError, KeyError, ...
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def _write_report(dest: Path, source: Path, stage: dict) -> None:

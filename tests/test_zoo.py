@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from optimum_prune import ORTPruner, PruningConfig, verify
+from optimum_prune.errors import ConfigError
 from optimum_prune.verify import RELATIVE_TOLERANCE
 from zoo import ZOO, dummy_inputs, export_zoo_model, load_ort_model
 
@@ -73,3 +74,34 @@ def test_zoo_model_prunes_exactly_and_loads(zoo_root, tmp_path, name, past, fuse
         outputs = model(**{k: torch.tensor(v) for k, v in feeds.items()})
         first = outputs[0] if isinstance(outputs, tuple) else next(iter(outputs.values()))
         assert np.isfinite(first.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "gemma"])
+def test_kv_group_pruning_keeps_generation_working(zoo_root, tmp_path, name):
+    """With past key/values, pruning whole KV groups (a KV head with its query heads) resizes the
+    cache; config.json must then describe it so that ORTModelForCausalLM.generate runs."""
+    src = export_zoo_model(name, zoo_root, with_past=True)
+    dense_cfg = json.loads((src / "config.json").read_text())
+    out = ORTPruner.from_pretrained(src).prune(
+        PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True), tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] > 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_key_value_heads"] == dense_cfg["num_key_value_heads"] // 2
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert head_dim == cfg["head_dim"] or cfg["model_type"] == "gemma"  # gemma's runtime reads head_dim
+    assert verify(src, out).max_rel_error <= RELATIVE_TOLERANCE
+    import torch
+
+    model = load_ort_model(name, out)
+    tokens = model.generate(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                            max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert tokens.shape == (1, 7)
+
+
+def test_kv_head_pruning_refused_when_the_config_cannot_describe_the_cache(zoo_root, tmp_path):
+    src = export_zoo_model("gpt2", zoo_root, with_past=True)
+    with pytest.raises(ConfigError, match="no key/value-head count"):
+        ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True),
+                                            tmp_path / "pruned")
+    assert not (tmp_path / "pruned").exists()
