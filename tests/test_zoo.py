@@ -102,6 +102,6 @@ def test_kv_group_pruning_keeps_generation_working(zoo_root, tmp_path, name):
 def test_kv_head_pruning_refused_when_the_config_cannot_describe_the_cache(zoo_root, tmp_path):
     src = export_zoo_model("gpt2", zoo_root, with_past=True)
     with pytest.raises(ConfigError, match="no key/value-head count"):
-        ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True),
-                                            tmp_path / "pruned")
+        config = PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True)
+        ORTPruner.from_pretrained(src).prune(config, tmp_path / "pruned")
     assert not (tmp_path / "pruned").exists()
