@@ -244,15 +244,42 @@ class ORTPruner:
                 shutil.copy2(item, dest / item.name)
 
 
+_ANOTHER_MODEL = ("the plan was made for another model; make one for this model with "
+                  "prune(PruningConfig(...), save_dir)")
+
+
+def _describe(kind: str, seed: str, units: int, unit_size: int) -> str:
+    return f"{kind}, seed {seed}, {units} units of {unit_size}"
+
+
 def _match_plan(plan: PruningPlan, groups: list[PruningGroup]) -> dict[int, set[int]]:
-    if len(plan.groups) != len(groups):
-        raise PlanMismatchError(f"the plan has {len(plan.groups)} groups, the model {len(groups)}: it was made "
-                                "for another model")
+    model_groups = [(g.kind, f"{g.seed}:{g.seed_axis}", g.units, g.unit_size) for g in groups]
+    plan_groups = [(gp.kind, gp.seed, gp.units, gp.unit_size) for gp in plan.groups]
+    if len(plan_groups) != len(model_groups):
+        n = min(len(plan_groups), len(model_groups))
+        first = next((i for i in range(n) if plan_groups[i] != model_groups[i]), n)
+        in_plan = _describe(*plan_groups[first]) if first < len(plan_groups) else "none"
+        in_model = _describe(*model_groups[first]) if first < len(model_groups) else "none"
+        raise PlanMismatchError(f"the plan has {len(plan_groups)} groups, the model {len(model_groups)}; "
+                                f"first difference at group {first}: plan ({in_plan}), model ({in_model}); "
+                                + _ANOTHER_MODEL)
     removed: dict[int, set[int]] = {}
-    for gp, g in zip(plan.groups, groups, strict=True):
-        if gp.seed != f"{g.seed}:{g.seed_axis}" or gp.units != g.units:
-            raise PlanMismatchError(f"plan group {gp.id} ({gp.seed}, {gp.units} units) does not match model group "
-                                    f"{g.id} ({g.seed}:{g.seed_axis}, {g.units} units)")
+    for gp, g, in_plan, in_model in zip(plan.groups, groups, plan_groups, model_groups, strict=True):
+        if in_plan != in_model:
+            raise PlanMismatchError(f"plan group {gp.id} ({_describe(*in_plan)}) does not match model group "
+                                    f"{g.id} ({_describe(*in_model)}): " + _ANOTHER_MODEL)
+        tensors = sorted({s.name for s in g.slices if s.constant})
+        if gp.tensors and list(gp.tensors) != tensors:
+            raise PlanMismatchError(
+                f"plan group {gp.id} (seed {gp.seed}) touches other tensors than model group {g.id}: only in "
+                f"the plan {sorted(set(gp.tensors) - set(tensors))}, only in the model "
+                f"{sorted(set(tensors) - set(gp.tensors))}: " + _ANOTHER_MODEL)
+        invalid = [u for u in gp.kept
+                   if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < g.units]
+        if invalid or len(set(gp.kept)) != len(gp.kept):
+            raise PlanMismatchError(f"plan group {gp.id} (seed {gp.seed}) keeps invalid units "
+                                    f"{invalid or sorted(gp.kept)}: kept must list distinct unit indices in "
+                                    f"[0, {g.units})")
         rm = set(gp.removed)
         if rm and not g.prunable:
             raise PlanMismatchError(f"plan removes units of group {g.id}, which cannot be pruned: {g.reason}")
