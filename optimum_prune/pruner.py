@@ -185,9 +185,11 @@ class ORTPruner:
         if config is None and plan is None:
             raise ConfigError("pass a PruningConfig or a PruningPlan")
         save_dir = Path(save_dir).resolve()
-        if save_dir == self.folder.resolve():
-            raise ConfigError(f"save_dir {save_dir} is the input folder; choose another folder (inputs are "
-                              "never modified)")
+        source = self.folder.resolve()
+        if save_dir == source or save_dir in source.parents:
+            what = "is the input folder" if save_dir == source else f"contains the input folder {source}"
+            raise ConfigError(f"save_dir {save_dir} {what}, which pruning would replace; choose a new folder "
+                              "outside it (inputs are never modified)")
         if save_dir.exists() and any(save_dir.iterdir()) and not (save_dir / PLAN_FILE).exists():
             raise ConfigError(f"save_dir {save_dir} exists and is not empty (and holds no earlier pruning "
                               "output); choose a new folder")
@@ -202,6 +204,7 @@ class ORTPruner:
         flops_before = count_flops(prep.model, prep.shapes)
         apply_removals(prep.model, prep.groups, removed)
         params_after = count_parameters(prep.model)
+        created = [p for p in (save_dir.parent, *save_dir.parent.parents) if not p.exists()]
         save_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}-", dir=save_dir.parent))
         try:
@@ -233,8 +236,14 @@ class ORTPruner:
             if save_dir.exists():
                 shutil.rmtree(save_dir)
             os.replace(tmp, save_dir)
-        finally:
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # innermost first: a failed run leaves no folder it made behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
         return save_dir
 
     def _copy_side_files(self, dest: Path) -> None:
