@@ -31,8 +31,10 @@ from optimum_prune.passes.apply import apply_removals
 from optimum_prune.passes.normalize import (
     explicit_split_sizes,
     name_nodes,
+    reshare_vectors,
     unshare_shape_constants,
     unshare_vectors,
+    unshared_elements,
 )
 from optimum_prune.passes.validate import validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
@@ -200,9 +202,10 @@ class ORTPruner:
         if plan is None:
             plan = self._plan(prep, config)
         removed = _match_plan(plan, prep.groups)
-        params_before = count_parameters(prep.model)
+        params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)
         apply_removals(prep.model, prep.groups, removed)
+        reshare_vectors(prep.model)
         params_after = count_parameters(prep.model)
         created = [p for p in (save_dir.parent, *save_dir.parent.parents) if not p.exists()]
         save_dir.parent.mkdir(parents=True, exist_ok=True)
