@@ -98,6 +98,18 @@ def test_replayed_plan_is_byte_identical_zoo(zoo_root, tmp_path, name):
     assert_same_output(out, again)
 
 
+def test_replayed_plan_is_byte_identical_external_data(tmp_path):
+    """model.onnx and its external data file are both reproduced byte for byte."""
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save_model(OP_GRAPHS["attention_block"](), src / "model.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=0)
+    out = ORTPruner.from_pretrained(src).prune(GRAPH_CASES["attention_block"], tmp_path / "first")
+    assert "model.onnx_data" in _model_files(out)
+    again = _replay(src, out, tmp_path / "second")
+    assert_same_output(out, again)
+
+
 def test_replay_in_another_process_is_byte_identical(tmp_path):
     """No dependence on str hashing (PYTHONHASHSEED) or other per-process state."""
     src = _write_graph(tmp_path, "attention_block")
