@@ -37,12 +37,28 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise InvalidModelError(f"ONNX file not found: {path}. Pass a folder that holds model.onnx or set "
                                 "file_name=.")
     try:
-        return load_lazily(path)
+        model = load_lazily(path)
     except Exception as e:  # onnx-ir raises DecodeError, OSError, ... on corrupt files
         raise InvalidModelError(
             f"Cannot parse {path} as an ONNX model ({type(e).__name__}: {e}). "
             "Re-export it with `optimum-cli export onnx` and try again."
         ) from e
+    problem = _structural_problem(model)
+    if problem:
+        raise InvalidModelError(
+            f"{path} is not a complete ONNX model ({problem}); the file is probably truncated or not an ONNX "
+            "model. Re-export it with `optimum-cli export onnx` and try again."
+        )
+    return model
+
+
+def _structural_problem(model: ir.Model) -> str | None:
+    """What a parsed protobuf lacks to be a model (a truncated file can still parse), or None."""
+    if not model.graph.outputs:
+        return "the graph has no outputs"
+    if "" not in model.opset_imports and any(n.domain in ("", "ai.onnx") for n in model.graph):
+        return "no opset is imported for the default ONNX domain"
+    return None
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:

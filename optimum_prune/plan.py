@@ -53,11 +53,16 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
         """Inverse of :meth:`to_dict`."""
-        if data.get("version") != PLAN_VERSION:
-            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; "
-                                    f"expected {PLAN_VERSION}")
-        return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
-                   source=data.get("source", ""))
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise PlanMismatchError(f"unsupported plan version {version!r}; expected {PLAN_VERSION}: pass a "
+                                    f"{PLAN_FILE} written by ORTPruner.prune")
+        try:
+            return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
+                       source=data.get("source", ""))
+        except (KeyError, TypeError) as e:
+            raise PlanMismatchError(f"malformed pruning plan ({type(e).__name__}: {e}): pass a {PLAN_FILE} "
+                                    "written by ORTPruner.prune") from e
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON (atomically)."""
@@ -71,4 +76,9 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
         """Read a plan written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise PlanMismatchError(f"{path} is not a pruning plan ({e}): pass a {PLAN_FILE} written by "
+                                    "ORTPruner.prune") from e
+        return cls.from_dict(data)

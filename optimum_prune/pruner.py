@@ -31,8 +31,10 @@ from optimum_prune.passes.apply import apply_removals
 from optimum_prune.passes.normalize import (
     explicit_split_sizes,
     name_nodes,
+    reshare_vectors,
     unshare_shape_constants,
     unshare_vectors,
+    unshared_elements,
 )
 from optimum_prune.passes.validate import validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
@@ -200,9 +202,11 @@ class ORTPruner:
         if config is None and plan is None:
             raise ConfigError("pass a PruningConfig or a PruningPlan")
         save_dir = Path(save_dir).resolve()
-        if save_dir == self.folder.resolve():
-            raise ConfigError(f"save_dir {save_dir} is the input folder; choose another folder (inputs are "
-                              "never modified)")
+        source = self.folder.resolve()
+        if save_dir == source or save_dir in source.parents:
+            what = "is the input folder" if save_dir == source else f"contains the input folder {source}"
+            raise ConfigError(f"save_dir {save_dir} {what}, which pruning would replace; choose a new folder "
+                              "outside it (inputs are never modified)")
         if save_dir.exists() and any(save_dir.iterdir()) and not (save_dir / PLAN_FILE).exists():
             raise ConfigError(f"save_dir {save_dir} exists and is not empty (and holds no earlier pruning "
                               "output); choose a new folder")
@@ -213,10 +217,12 @@ class ORTPruner:
         if plan is None:
             plan = self._plan(prep, config)
         removed = _match_plan(plan, prep.groups)
-        params_before = count_parameters(prep.model)
+        params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)
         apply_removals(prep.model, prep.groups, removed)
+        reshare_vectors(prep.model)
         params_after = count_parameters(prep.model)
+        created = [p for p in (save_dir.parent, *save_dir.parent.parents) if not p.exists()]
         save_dir.parent.mkdir(parents=True, exist_ok=True)
         # Not mkdtemp: its folder is private (0700) whatever the umask, and it becomes save_dir.
         tmp = save_dir.parent / f".{save_dir.name}-{uuid.uuid4().hex[:12]}"
@@ -250,8 +256,14 @@ class ORTPruner:
             if save_dir.exists():
                 shutil.rmtree(save_dir)
             os.replace(tmp, save_dir)
-        finally:
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # innermost first: a failed run leaves no folder it made behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
         return save_dir
 
     def _copy_side_files(self, dest: Path) -> None:
@@ -261,15 +273,42 @@ class ORTPruner:
                 shutil.copy2(item, dest / item.name)
 
 
+_ANOTHER_MODEL = ("the plan was made for another model; make one for this model with "
+                  "prune(PruningConfig(...), save_dir)")
+
+
+def _describe(kind: str, seed: str, units: int, unit_size: int) -> str:
+    return f"{kind}, seed {seed}, {units} units of {unit_size}"
+
+
 def _match_plan(plan: PruningPlan, groups: list[PruningGroup]) -> dict[int, set[int]]:
-    if len(plan.groups) != len(groups):
-        raise PlanMismatchError(f"the plan has {len(plan.groups)} groups, the model {len(groups)}: it was "
-                                "made for another model")
+    model_groups = [(g.kind, f"{g.seed}:{g.seed_axis}", g.units, g.unit_size) for g in groups]
+    plan_groups = [(gp.kind, gp.seed, gp.units, gp.unit_size) for gp in plan.groups]
+    if len(plan_groups) != len(model_groups):
+        n = min(len(plan_groups), len(model_groups))
+        first = next((i for i in range(n) if plan_groups[i] != model_groups[i]), n)
+        in_plan = _describe(*plan_groups[first]) if first < len(plan_groups) else "none"
+        in_model = _describe(*model_groups[first]) if first < len(model_groups) else "none"
+        raise PlanMismatchError(f"the plan has {len(plan_groups)} groups, the model {len(model_groups)}; "
+                                f"first difference at group {first}: plan ({in_plan}), model ({in_model}); "
+                                + _ANOTHER_MODEL)
     removed: dict[int, set[int]] = {}
-    for gp, g in zip(plan.groups, groups, strict=True):
-        if gp.seed != f"{g.seed}:{g.seed_axis}" or gp.units != g.units:
-            raise PlanMismatchError(f"plan group {gp.id} ({gp.seed}, {gp.units} units) does not match model "
-                                    f"group {g.id} ({g.seed}:{g.seed_axis}, {g.units} units)")
+    for gp, g, in_plan, in_model in zip(plan.groups, groups, plan_groups, model_groups, strict=True):
+        if in_plan != in_model:
+            raise PlanMismatchError(f"plan group {gp.id} ({_describe(*in_plan)}) does not match model group "
+                                    f"{g.id} ({_describe(*in_model)}): " + _ANOTHER_MODEL)
+        tensors = sorted({s.name for s in g.slices if s.constant})
+        if gp.tensors and list(gp.tensors) != tensors:
+            raise PlanMismatchError(
+                f"plan group {gp.id} (seed {gp.seed}) touches other tensors than model group {g.id}: only in "
+                f"the plan {sorted(set(gp.tensors) - set(tensors))}, only in the model "
+                f"{sorted(set(tensors) - set(gp.tensors))}: " + _ANOTHER_MODEL)
+        invalid = [u for u in gp.kept
+                   if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < g.units]
+        if invalid or len(set(gp.kept)) != len(gp.kept):
+            raise PlanMismatchError(f"plan group {gp.id} (seed {gp.seed}) keeps invalid units "
+                                    f"{invalid or sorted(gp.kept)}: kept must list distinct unit indices in "
+                                    f"[0, {g.units})")
         rm = set(gp.removed)
         if rm and not g.prunable:
             raise PlanMismatchError(f"plan removes units of group {g.id}, which cannot be pruned: {g.reason}")

@@ -159,7 +159,10 @@ def _link_labels(node: ir.Node, entry: Entry, walk: Walk, operands: list[tuple[i
     b_const = is_constant(operands[1][0])
     if labels == "K":
         if not (a_const or b_const):
-            walk.mark("attention")
+            # q.k^T summed over channels that are not whole heads (e.g. head_dim of a single head): a
+            # removed channel drops its term from every product, and no constant slice can be zeroed
+            # to match, so the result would not be exact.
+            walk.fail(f"{node.op_type} sums the channels of two activations (channels inside a head)")
         for value, lab in operands[:2]:
             for ax, lb in enumerate(lab):
                 if lb == "K" and not (value is entry.value and ax == entry.axis):

@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 _SMALL = 64
+_COPY_OF = "optimum_prune.copy_of"  # Value.meta key: the initializer an unshared vector was copied from
 
 
 def name_nodes(model: ir.Model) -> None:
@@ -46,7 +47,7 @@ def unshare_vectors(model: ir.Model) -> int:
         if any(u.node.graph is not graph for u in out.uses()):
             continue
         for use in list(out.uses()):
-            use.node.replace_input_with(use.idx, _copy_initializer(graph, src, out.name))
+            use.node.replace_input_with(use.idx, _copy_initializer(graph, src, out.name, copy_of=src.name))
             copies += 1
         graph.remove(node, safe=True)
     for name, value in list(graph.initializers.items()):
@@ -55,18 +56,59 @@ def unshare_vectors(model: ir.Model) -> int:
             continue
         uses = [u for u in value.uses() if u.node.graph is graph]
         for use in uses[1:]:
-            use.node.replace_input_with(use.idx, _copy_initializer(graph, value, f"{name}__{use.node.name}"))
+            copy = _copy_initializer(graph, value, f"{name}__{use.node.name}", copy_of=name)
+            use.node.replace_input_with(use.idx, copy)
             copies += 1
     return copies
 
 
-def _copy_initializer(graph: ir.Graph, src: ir.Value, name: str) -> ir.Value:
+def unshared_elements(model: ir.Model) -> int:
+    """Floating-point elements that :func:`unshare_vectors` added (not parameters of the input model)."""
+    return sum(v.const_value.size for v in model.graph.initializers.values()
+               if v.meta.get(_COPY_OF) is not None and v.const_value.dtype.is_floating_point())
+
+
+def reshare_vectors(model: ir.Model) -> int:
+    """Undo :func:`unshare_vectors` where the copies still hold equal values (after pruning, the
+    groups that own them removed nothing or the same positions), and drop the source vectors left
+    unused, so the written model never has more parameters than the input. Returns the vectors removed.
+    """
+    graph = model.graph
+    families: dict[str, list[ir.Value]] = {}
+    for value in graph.initializers.values():
+        origin = value.meta.get(_COPY_OF)
+        if origin is not None:
+            families.setdefault(origin, []).append(value)
+    removed = 0
+    for origin, copies in families.items():
+        source = graph.initializers.get(origin)
+        members = ([source] if source is not None else []) + copies
+        distinct: list[tuple[ir.Value, np.ndarray]] = []
+        for value in members:
+            arr = value.const_value.numpy()
+            same = next((v for v, a in distinct if a.dtype == arr.dtype and a.shape == arr.shape
+                         and np.array_equal(a, arr)), None)
+            if same is None:
+                distinct.append((value, arr))
+                continue
+            for use in list(value.uses()):
+                use.node.replace_input_with(use.idx, same)
+        for value in members:
+            if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                graph.initializers.pop(value.name)
+                removed += 1
+    return removed
+
+
+def _copy_initializer(graph: ir.Graph, src: ir.Value, name: str, copy_of: str | None = None) -> ir.Value:
     new_name = name
     while new_name in graph.initializers:
         new_name += "_"
     arr = np.array(src.const_value.numpy())
     new_value = ir.Value(name=new_name, const_value=ir.tensor(arr, name=new_name), type=src.type,
                          shape=src.shape)
+    if copy_of is not None:
+        new_value.meta[_COPY_OF] = copy_of
     graph.register_initializer(new_value)
     return new_value
 
