@@ -671,6 +671,142 @@ slice (float[B, S, 8] x) => (float[B, 3, 6] y) {
     return _build(text, inits)
 
 
+# torch.chunk(gu, 2, dim=-1) as the TorchScript exporter writes it: the split point is computed from
+# the tensor's own shape, half = ((Shape(gu)[-1] + 1) / 2) * 1, end of the second half = half * 2.
+_CHUNK_HALF = """
+  shp = Shape(gu)
+  d = Gather<axis = 0>(shp, im1)
+  d1 = Add(d, one)
+  half = Div(d1, two)
+  end0 = Mul(half, one)
+  end1 = Mul(half, two)
+"""
+_CHUNK_INITS = {"im1": _i64(-1), "one": _i64(1), "two": _i64(2), "zero": _i64(0)}
+
+
+# x[B,S,8] -> MatMul(Wgu[8,24]) = gu -> chunk(2, -1) by computed Slices -> g, u [B,S,12]
+#   -> Mul(g, Sigmoid(g)) * u -> MatMul(Wd[12,6]) -> y        (fused gate/up SwiGLU: phi3 gate_up_proj)
+def chunk_computed_glu(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        """
+chunk (float[B, S, 8] x) => (float[B, S, 6] y) {
+  gu = MatMul(x, Wgu)
+"""
+        + _CHUNK_HALF
+        + """
+  g = Slice(gu, zero, end0, im1)
+  u = Slice(gu, end0, end1, im1)
+  gs = Sigmoid(g)
+  sg = Mul(g, gs)
+  a = Mul(sg, u)
+  y = MatMul(a, Wd)
+}
+"""
+    )
+    return _build(text, {"Wgu": _mat(rng, 8, 24), "Wd": _mat(rng, 12, 6), **_CHUNK_INITS})
+
+
+# x[B,S,8] -> MatMul(Wg[8,12]) -+-> Concat(-1) = gu [B,S,24] -> chunk(2, -1), the split point computed in
+# x[B,S,8] -> MatMul(Wu[8,12]) -+   float: Cast(Ceil(Cast<float>(Shape(gu)[-1:]) / 2)); the second half
+#   ends at INT64_MAX -> Gelu(g) * u -> MatMul(Wd[12,6]) -> y   (the walk from Wg reaches the up half's
+#   Slice from its output, through the Mul: the ownership of gu grows after the Slice rule ran)
+def chunk_computed_concat(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+chunk (float[B, S, 8] x) => (float[B, S, 6] y) {
+  g0 = MatMul(x, Wg)
+  u0 = MatMul(x, Wu)
+  gu = Concat<axis = -1>(g0, u0)
+  shp = Shape<start = -1>(gu)
+  df = Cast<to = 1>(shp)
+  hf = Div(df, twof)
+  hc = Ceil(hf)
+  half = Cast<to = 7>(hc)
+  g = Slice(gu, zero, half, im1)
+  u = Slice(gu, half, big, im1)
+  gg = Gelu(g)
+  a = Mul(gg, u)
+  y = MatMul(a, Wd)
+}
+"""
+    inits = {"Wg": _mat(rng, 8, 12), "Wu": _mat(rng, 8, 12), "Wd": _mat(rng, 12, 6),
+             "twof": np.array([2.0], np.float32), "big": _i64(2**63 - 1), **_CHUNK_INITS}
+    return _build(text, inits, opset=20)
+
+
+# x[B,S,8] -> MatMul(W[8,24]) = gu -> chunk(3, -1): size = (Shape(gu)[-1] + 2) / 3, Slices [0:s], [s:2s],
+#   [2s:3s] -> a * Sigmoid(b) * c -> MatMul(Wd[8,6]) -> y          (three parts pruned together)
+def chunk_computed_three(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+chunk (float[B, S, 8] x) => (float[B, S, 6] y) {
+  gu = MatMul(x, W)
+  shp = Shape(gu)
+  d = Gather<axis = 0>(shp, im1)
+  d2 = Add(d, two)
+  s1 = Div(d2, three)
+  s2 = Mul(s1, two)
+  s3 = Mul(s1, three)
+  p = Slice(gu, zero, s1, im1)
+  q = Slice(gu, s1, s2, im1)
+  r = Slice(gu, s2, s3, im1)
+  qs = Sigmoid(q)
+  pq = Mul(p, qs)
+  a = Mul(pq, r)
+  y = MatMul(a, Wd)
+}
+"""
+    inits = {"W": _mat(rng, 8, 24), "Wd": _mat(rng, 8, 6), "three": _i64(3), **_CHUNK_INITS}
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(Wgu[8,24]) = gu -> Slices split at the computed Shape(gu)[-1] - 12 (= 12 dense):
+#   the halves are pruned together (g * u) but the offset does not scale with the pruned width
+def chunk_computed_offset(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+chunk (float[B, S, 8] x) => (float[B, S, 6] y) {
+  gu = MatMul(x, Wgu)
+  shp = Shape(gu)
+  d = Gather<axis = 0>(shp, im1)
+  split = Sub(d, twelve)
+  g = Slice(gu, zero, split, im1)
+  u = Slice(gu, split, d, im1)
+  gs = Sigmoid(g)
+  a = Mul(gs, u)
+  y = MatMul(a, Wd)
+}
+"""
+    inits = {"Wgu": _mat(rng, 8, 24), "Wd": _mat(rng, 12, 6), "twelve": _i64(12), **_CHUNK_INITS}
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W[8,24]) = gu -> chunk(2, -1) by computed Slices -> g [B,S,12] -> Relu
+#   -> MatMul(Wa[12,6]); u [B,S,12] -> MatMul(Wb[12,6]); Add -> y    (halves of unequal pruning: a
+#   channel of one half can go without its partner, which the recomputed split point cannot follow)
+def chunk_computed_unpaired(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        """
+chunk (float[B, S, 8] x) => (float[B, S, 6] y) {
+  gu = MatMul(x, W)
+"""
+        + _CHUNK_HALF
+        + """
+  g = Slice(gu, zero, end0, im1)
+  u = Slice(gu, end0, end1, im1)
+  a = Relu(g)
+  ya = MatMul(a, Wa)
+  yb = MatMul(u, Wb)
+  y = Add(ya, yb)
+}
+"""
+    )
+    inits = {"W": _mat(rng, 8, 24), "Wa": _mat(rng, 12, 6), "Wb": _mat(rng, 12, 6), **_CHUNK_INITS}
+    return _build(text, inits)
+
+
 # ids int64[B,S] -> Gather(E[20,12], ids) -> [B,S,12] -> MatMul(W[12,6]) -> y     (root: E axis -1)
 def gather_embedding(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
@@ -1385,6 +1521,11 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("concat_seq_axis", concat_seq_axis, "ffn"),
     ("split_uneven", split_uneven, "ffn"),
     ("slice_seq", slice_seq, "ffn"),
+    ("chunk_computed_glu", chunk_computed_glu, "ffn"),
+    ("chunk_computed_concat", chunk_computed_concat, "ffn"),
+    ("chunk_computed_three", chunk_computed_three, "ffn"),
+    ("chunk_computed_offset", chunk_computed_offset, "ffn"),
+    ("chunk_computed_unpaired", chunk_computed_unpaired, "ffn"),
     ("gather_embedding", gather_embedding, "ffn"),
     ("gather_token", gather_token, "ffn"),
     ("reduce_mean_seq", reduce_mean_seq, "ffn"),
@@ -1423,6 +1564,13 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "softmax_channel_axis",
     "reduce_mean_channel_axis",
     "graph_output_channels",
+    "chunk_computed_offset",
+    "chunk_computed_unpaired",
+}
+# Part of the refusal reason of the group that exercises the op, where it matters which check refused.
+EXPECTED_REASON: dict[str, str] = {
+    "chunk_computed_offset": "does not follow pruning",
+    "chunk_computed_unpaired": "do not all own the same share",
 }
 
 

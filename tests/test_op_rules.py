@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphs import EXPECTED_KIND, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
+from graphs import EXPECTED_KIND, EXPECTED_REASON, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
 from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.verify import RELATIVE_TOLERANCE
 
@@ -53,6 +53,8 @@ def test_rule_refuses_unsafe_group(tmp_path, key):
     refused = [g for g in report.groups if not g.prunable and g.kind == EXPECTED_KIND[key]]
     assert refused, str(report)
     assert all(g.reason for g in refused)
+    if key in EXPECTED_REASON:
+        assert any(EXPECTED_REASON[key] in g.reason for g in refused), [g.reason for g in refused]
 
 
 def test_oracle_detects_a_missed_consumer(tmp_path):

@@ -23,10 +23,6 @@ KNOWN_GAPS = {
     ("squeezebert", False, False): "Conv1d projections with grouped convs couple every channel",
     ("squeezebert", False, True): "Conv1d projections with grouped convs couple every channel",
 }
-_PHI3_CHUNK = ("phi3 gate_up Slice bounds are computed from the shape (torch.chunk); KV heads left alone "
-               "with past")
-KNOWN_GAPS[("phi3", True, False)] = _PHI3_CHUNK
-KNOWN_GAPS[("phi3", True, True)] = _PHI3_CHUNK
 MIN_PARAM_CUT = 0.04  # the smallest share a 30% cut of FFN/heads/filters removes in these tiny models
 
 

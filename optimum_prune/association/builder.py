@@ -8,6 +8,7 @@ axis changes. What it collects is the group: every tensor axis that shrinks, wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,8 @@ class Walk:
     patches: dict[tuple[str, str, int, str], np.ndarray | tuple[str, int, int, int]] = field(
         default_factory=dict)
     deferred: list[tuple[str, int, str]] = field(default_factory=list)
+    end_checks: dict[tuple, tuple[ir.Node, Callable[[], None]]] = field(default_factory=dict)
+    claims: set[tuple] = field(default_factory=set)
     nodes: dict[str, None] = field(default_factory=dict)
     current: ir.Node | None = None
     _source: tuple[str, int, int, int] | None = None
@@ -131,6 +134,18 @@ class Walk:
             self.owners[key] = merged
             if grew:
                 self._stack.append(key)
+
+    def check_at_end(self, key: tuple, node: ir.Node, check: Callable[[], None]) -> None:
+        """Run ``check`` once the walk reaches its fixpoint (final owners and units), as if at ``node``.
+
+        For conditions on the final ownership of an axis, which can still grow while the walk runs;
+        ``check`` calls :meth:`fail` to refuse the group. One check per ``key``.
+        """
+        self.end_checks.setdefault(key, (node, check))
+
+    def claim(self, key: tuple) -> None:
+        """Mark something that only one prunable group may depend on (like a patched shape element)."""
+        self.claims.add(key)
 
     def patch_attribute(self, node: ir.Node, attribute: str, index: int, owner: np.ndarray) -> None:
         """Element ``index`` of ``node.attribute`` counts positions of ``owner``."""
@@ -270,6 +285,10 @@ class Walk:
                 self._apply(producer, Entry(value, ax, owner, True, value.index() or 0))
             for use in value.uses():
                 self._apply(use.node, Entry(value, ax, owner, False, use.idx))
+        for node, check in list(self.end_checks.values()):
+            self.current = node
+            check()
+        self.current = None
         for name, ax, why in self.deferred:
             if (name, ax) not in self.owners:
                 self.current = None
@@ -380,6 +399,7 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
     groups: list[PruningGroup] = []
     claimed: set[tuple[str, int]] = set()
     patch_owner: dict[tuple[str, str, int, str], int] = {}
+    claim_owner: dict[tuple, int] = {}
     for seed, axis in find_seeds(model, shapes):
         if (seed.name, axis) in claimed:
             continue
@@ -402,8 +422,16 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
                                     f"{patch_owner[key]}")
                     break
             else:
-                for p in group.patches:
-                    patch_owner[(p.kind, p.target, p.index, p.attribute)] = group.id
+                for key in sorted(walk.claims, key=repr):
+                    if key in claim_owner:
+                        group.prunable = False
+                        group.reason = f"shares {key[0]} '{key[1]}' with group {claim_owner[key]}"
+                        break
+                else:
+                    for p in group.patches:
+                        patch_owner[(p.kind, p.target, p.index, p.attribute)] = group.id
+                    for key in walk.claims:
+                        claim_owner[key] = group.id
         groups.append(group)
     return groups
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from optimum_prune.association.shape_expr import DimExpr, ShapeExprError, evaluate_dim_expr
 from optimum_prune.graph import const_array, is_constant
 
 if TYPE_CHECKING:
@@ -526,33 +527,55 @@ def split(node: ir.Node, entry: Entry, walk: Walk) -> None:
 
 
 def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Slice: along another axis the channels pass; along the channel axis (constant bounds, step 1)
-    the output takes its range of positions and the bounds are patched (fused QKV / gate-up splits)."""
+    """Slice: along another axis the channels pass; along the channel axis (step 1) the output takes its
+    range of positions (fused QKV / gate-up splits). Constant bounds are patched; bounds computed from
+    the channel dimension itself (``torch.chunk``) are evaluated and must follow the pruning unpatched."""
     x, y = node.inputs[0], node.outputs[0]
     rank = walk.rank(x)
-    starts_v, ends_v, axes_v = _optional(node, 1), _optional(node, 2), _optional(node, 3)
+    starts_v, ends_v, axes_v, steps_v = (_optional(node, i) for i in (1, 2, 3, 4))
     starts, ends = const_array(starts_v), const_array(ends_v)
-    steps = const_array(_optional(node, 4))
     axes = const_array(axes_v) if axes_v is not None else None
     if axes_v is not None and axes is None:
         walk.fail("Slice with computed axes")
-    n_axes = len(axes.reshape(-1)) if axes is not None else (starts.size if starts is not None else None)
-    if n_axes is None:
-        walk.fail("Slice with computed starts and no axes")
+    if axes is not None:
+        n_axes = axes.size
+    elif starts is not None:
+        n_axes = starts.size
+    else:
+        n_axes = walk.dim(starts_v, 0)
+        if not isinstance(n_axes, int):
+            walk.fail("Slice with computed starts and no axes")
     axes_list = [_norm_axis(int(a), rank) for a in (axes.reshape(-1) if axes is not None else range(n_axes))]
     if entry.axis not in axes_list:
         walk.link(x if entry.is_output else y, entry.axis, entry.owner)
         return
     i = axes_list.index(entry.axis)
     size = walk.dim(x, entry.axis)
-    if starts is None or ends is None or not isinstance(size, int):
-        walk.fail("Slice along the channel axis with computed bounds")
+    if not isinstance(size, int):
+        walk.fail("Slice along a channel axis of unknown size")
+    steps = const_array(steps_v)
+    if steps_v is not None and steps is None:
+        walk.fail("Slice along the channel axis with a computed step")
     if steps is not None and int(steps.reshape(-1)[i]) != 1:
         walk.fail("Slice along the channel axis with a step")
-    start, end = int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i])
-    if start < 0 or end < 0:
-        walk.fail("Slice along the channel axis with negative bounds")
-    end = min(end, size)
+    bounds = []
+    for which, bound_v, arr in (("start", starts_v, starts), ("end", ends_v, ends)):
+        if arr is not None:
+            b = int(arr.reshape(-1)[i])
+            if b < 0:
+                walk.fail("Slice along the channel axis with negative bounds")
+            bounds.append((min(b, size) if which == "end" else b, None))
+            continue
+        try:
+            expr = evaluate_dim_expr(bound_v, i, x, entry.axis, np.arange(size + 1), walk.shape)
+        except ShapeExprError as e:
+            walk.fail(f"Slice along the channel axis with a computed {which} that is not a function of the "
+                      f"channel dimension alone ({e})")
+        f = _clamp_bound(expr.values, expr.dims)
+        if not expr.known[size]:
+            walk.fail(f"Slice along the channel axis: the computed {which} is undefined at {size} channels")
+        bounds.append((int(f[size]), (which, expr, f)))
+    (start, start_expr), (end, end_expr) = bounds
     if entry.is_output:
         full = np.full(size, -1, dtype=np.int64)
         full[start:end] = entry.owner
@@ -563,10 +586,68 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
         part = entry.owner[start:end]
         if (part >= 0).any():
             walk.link(y, entry.axis, part)
-    if start > 0:
+    if start > 0 and start_expr is None:
         walk.patch_shape_element(starts_v, i, in_owner[:start], node, source=(x, entry.axis, 0, start))
-    if end < size:
+    if end < size and end_expr is None:
         walk.patch_shape_element(ends_v, i, in_owner[:end], node, source=(x, entry.axis, 0, end))
+    for b, computed in ((start, start_expr), (end, end_expr)):
+        if computed is not None:
+            which, expr, f = computed
+            walk.claim(("the computed bounds of Slice", node.name))
+            walk.check_at_end(("slice", node.name, which), node,
+                              lambda b=b, which=which, expr=expr, f=f: _check_computed_bound(
+                                  walk, x, entry.axis, which, b, expr, f))
+
+
+def _clamp_bound(values: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """ONNX Slice bounds for step 1: negative counts from the end, then clamped to [0, dim]."""
+    v = np.where(values < 0, values + dims, values)
+    return np.clip(v, 0, dims)
+
+
+def _check_computed_bound(walk: Walk, x: ir.Value, axis: int, which: str, b: int, expr: DimExpr,
+                          f: np.ndarray) -> None:
+    """A Slice bound ``f(D)`` recomputed from the pruned channel dimension must land where the positions
+    before it went.
+
+    Removing units R deletes ``t = |pos(R)|`` positions, ``|pos(R) & [0, b)|`` of them before the bound,
+    so the pruned bound must be ``b - |pos(R) & [0, b)|`` and it is ``f(D - t)``. Sufficient: every unit
+    has the same share ``c = a_u / n_u`` of its ``n_u`` positions before ``b`` (then any R has ``c * t`` of
+    its positions there), and ``f(D - t) == b - c * t`` for every ``t`` that is a multiple of the gcd of
+    the ``n_u`` up to their sum (a superset of the reachable totals). Read at the end of the walk, when the
+    ownership of ``x`` and the units are final.
+    """
+    for k in expr.reads:
+        if (x.name, k) in walk.owners:
+            walk.fail(f"the computed Slice {which} reads axis {k} of '{x.name}', which shrinks with the "
+                      "group")
+    owner = walk.units.find(walk.owners[(x.name, axis)])
+    size = owner.size
+    owned = np.nonzero(owner >= 0)[0]
+    if owned.size == 0:
+        return
+    ids = owner[owned]
+    n_u = np.bincount(ids, minlength=walk.n_units)
+    a_u = np.bincount(ids[owned < b], minlength=walk.n_units)
+    units = np.nonzero(n_u)[0]
+    n, a = n_u[units], a_u[units]
+    if not (a * n[0] == n * a[0]).all():
+        walk.fail(f"Slice along the channel axis whose {which} is computed from the channel dimension: the "
+                  f"group's units do not all own the same share of their positions before the bound "
+                  f"({b} of {size}), so the recomputed bound cannot follow every pruning (e.g. chunk halves "
+                  "that are not pruned together)")
+    g = int(np.gcd.reduce(n))
+    t = np.arange(0, int(n.sum()) + 1, g, dtype=np.int64)
+    num = t * int(a[0])
+    expected = b - num // int(n[0])
+    dims = size - t
+    ok = (num % int(n[0]) == 0) & expr.known[dims] & (f[dims] == expected)
+    if not ok.all():
+        k = int(np.argmin(ok))
+        got = int(f[dims[k]]) if expr.known[dims[k]] else "undefined"
+        walk.fail(f"Slice along the channel axis whose {which} is computed from the channel dimension but "
+                  f"does not follow pruning: at {int(dims[k])} of {size} channels it evaluates to {got}, but "
+                  f"the kept positions before it number {int(expected[k])}")
 
 
 def gather(node: ir.Node, entry: Entry, walk: Walk) -> None:
