@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from optimum_prune.errors import ConfigError
 from optimum_prune.graph import Shape, infer_shapes, load_model
-from optimum_prune.runtime import complete_feeds, ort_session
+from optimum_prune.runtime import complete_feeds, generate_feeds, ort_session
 
 _TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "question", "prompt")
 _IMAGE_COLUMNS = ("image", "img", "pixel_values")
@@ -202,10 +202,8 @@ class CalibrationData:
     @classmethod
     def generated(cls, model: ir.Model | str | os.PathLike, config: CalibrationConfig | None = None
                   ) -> CalibrationData:
-        """Data-free: random feeds shaped like the model's declared inputs (ids in a small range, masks
-        of ones), ``config.batch_size`` rows by ``config.max_length`` tokens per batch."""
-        from optimum_prune.passes.validate import generated_inputs
-
+        """Data-free: random feeds shaped like the model's declared inputs (token ids drawn over the
+        embedding table, masks of ones), ``config.batch_size`` rows by ``config.max_length`` tokens."""
         config = config or CalibrationConfig()
         model = load_model(model) if isinstance(model, str | os.PathLike) else model
         batches = []
@@ -213,15 +211,8 @@ class CalibrationData:
             done = 0
             while done < config.num_samples:
                 rows = min(config.batch_size, config.num_samples - done)
-                dims = {}
-                for inp in session.get_inputs():
-                    for d in inp.shape:
-                        if isinstance(d, str):
-                            low = d.lower()
-                            dims[low] = rows if "batch" in low else config.max_length if (
-                                "seq" in low or "length" in low) else dims.get(low)
-                dims = {k: v for k, v in dims.items() if v is not None}
-                batches.append(generated_inputs(session, seed=config.seed + len(batches), dims=dims))
+                batches.append(generate_feeds(session, model, rows=rows, length=config.max_length,
+                                              seed=config.seed + len(batches)))
                 done += rows
         return cls(batches, config, source="generated")
 

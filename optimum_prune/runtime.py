@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimum_prune.errors import ConfigError
-from optimum_prune.graph import model_bytes
+from optimum_prune.graph import const_array, model_bytes
 
 _BYTES_LIMIT = 1_500_000_000  # serialised in memory below this, through a temporary file above
 
@@ -110,4 +110,51 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
         raise ConfigError(f"the calibration feeds lack the model inputs {missing} (feeds have "
                           f"{sorted(feeds)}); pass feed dicts with every input, or a dataset the folder's "
                           "tokenizer/processor turns into them")
+    return out
+
+
+def generate_feeds(session, model: ir.Model, *, rows: int, length: int, seed: int = 0,
+                   skip: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Random feeds for ``session``: ``rows`` examples of ``length`` tokens (symbolic batch / sequence dims).
+
+    Masks are ones, token types zeros, positions ``0..S-1``; token ids are drawn uniformly over the rows
+    of the embedding table they index in ``model`` (not just the first few ids, which are special
+    tokens), other integers in a small range, floats from a standard normal. Inputs in ``skip`` are
+    left out.
+    """
+    from optimum_prune.passes.validate import generated_inputs
+
+    dims: dict[str, int] = {}
+    for inp in session.get_inputs():
+        for d in inp.shape:
+            if isinstance(d, str):
+                low = d.lower()
+                if "batch" in low:
+                    dims[low] = rows
+                elif "seq" in low or "length" in low:
+                    dims[low] = length
+    feeds = generated_inputs(session, seed=seed, dims=dims)
+    rng = np.random.default_rng(seed + 1)
+    tables = _table_rows(model)
+    for name, arr in feeds.items():
+        lname = name.lower()
+        if (name in tables and np.issubdtype(arr.dtype, np.integer)
+                and not any(k in lname for k in ("mask", "position", "token_type", "segment"))):
+            feeds[name] = rng.integers(0, tables[name], size=arr.shape).astype(arr.dtype)
+    return {k: v for k, v in feeds.items() if k not in skip}
+
+
+def _table_rows(model: ir.Model) -> dict[str, int]:
+    """For each graph input used as Gather indices into a constant table: the smallest table's row count."""
+    out: dict[str, int] = {}
+    for v in model.graph.inputs:
+        for node, index in v.uses():
+            if node.op_type != "Gather" or index != 1:
+                continue
+            table = const_array(node.inputs[0])
+            if table is None:
+                continue
+            axis = node.attributes["axis"].value if "axis" in node.attributes else 0
+            n = int(table.shape[axis])
+            out[v.name] = min(out.get(v.name, n), n)
     return out

@@ -375,3 +375,29 @@ def test_criteria_rank_differently_on_tiny_bert(tiny_bert):
                            calibration=calibration if name == "activation" else None)
         plans[name] = tuple(tuple(g.kept) for g in plan.groups if g.kind == "ffn")
     assert len(set(plans.values())) >= 4, plans
+
+
+def test_generated_calibration_draws_ids_over_the_vocabulary(tiny_bert):
+    config = CalibrationConfig(num_samples=5, batch_size=2, max_length=30)
+    data = CalibrationData.generated(tiny_bert / "model.onnx", config)
+    batches = list(data.batches())
+    assert [b["input_ids"].shape for b in batches] == [(2, 30), (2, 30), (1, 30)]
+    ids = np.concatenate([b["input_ids"].ravel() for b in batches])
+    assert ids.min() >= 0 and ids.max() < 100 and len(np.unique(ids)) > 30  # the zoo BERT has 100 tokens
+    assert all((b["attention_mask"] == 1).all() and (b["token_type_ids"] == 0).all() for b in batches)
+
+
+@pytest.mark.slow
+def test_activation_prunes_real_minilm_exactly(minilm_onnx_dir, tmp_path):
+    import pandas as pd
+
+    from optimum_prune.assets import fetch_rotten_tomatoes
+
+    reviews = pd.read_csv(fetch_rotten_tomatoes())
+    texts = reviews[reviews.category != "plot"].text.astype(str).tolist()[:32]
+    calibration = CalibrationData.from_texts(texts, minilm_onnx_dir, CalibrationConfig(batch_size=16))
+    config = PruningConfig(sparsity=0.3, scope=("ffn", "heads"), importance="activation")
+    pruner = ORTPruner.from_pretrained(minilm_onnx_dir)
+    out = pruner.prune(config, tmp_path / "pruned", calibration=calibration)
+    result = verify(minilm_onnx_dir, out)
+    assert result.exact, result.outputs

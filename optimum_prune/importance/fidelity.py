@@ -13,8 +13,9 @@ consumer's data input (``x * m`` before ``x @ W``, the same as zeroing rows of `
 stacked along the batch axis, many per ONNX Runtime run. Where a consumer input has no batch axis at
 position 0 the mask goes on the weight itself and trials run one by one.
 
-Cost: about ``units * rounds`` trials per group, each a forward pass on ``num_inputs`` sequences of
-``sequence_length`` tokens; other groups stay dense while a group is measured.
+Cost: ``units`` trials in the first round, then ``pool_factor`` x (units still to remove) per round,
+each trial a forward pass on ``num_inputs`` sequences of ``sequence_length`` tokens; other groups stay
+dense while a group is measured. Units left out of a round's pool keep their earlier measurement.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from optimum_prune.graph import Shape, infer_shapes
 from optimum_prune.importance.activation import require_calibration
 from optimum_prune.importance.base import Importance, leaf_inputs, values_by_name
 from optimum_prune.passes.apply import removed_mask
-from optimum_prune.runtime import complete_feeds, ort_session
+from optimum_prune.runtime import complete_feeds, generate_feeds, ort_session
 
 _ROWS = "fidelity_rows"
 
@@ -59,8 +60,9 @@ class FidelityImportance(Importance):
 
     Args:
         calibration: when given, its first batch (``num_inputs`` rows) replaces the generated inputs.
-        rounds: greedy rounds per group; each re-measures every remaining unit (more: closer to
-            PAODING's one-at-a-time iteration, slower).
+        rounds: greedy rounds per group (more: closer to PAODING's one-at-a-time iteration, slower).
+        pool_factor: after the first round, only the ``pool_factor`` x (units still to remove) units
+            with the smallest last effect are measured again (0: every remaining unit, every round).
         num_inputs: generated sequences (or images) the outputs are compared on.
         sequence_length: tokens per generated sequence.
         seed: seed of the generated inputs.
@@ -72,7 +74,8 @@ class FidelityImportance(Importance):
     name: ClassVar[str] = "fidelity"
     uses_calibration: ClassVar[bool] = True
     calibration: CalibrationData | None = None
-    rounds: int = 2
+    rounds: int = 4
+    pool_factor: float = 2.0
     num_inputs: int = 2
     sequence_length: int = 8
     seed: int = 0
@@ -87,6 +90,9 @@ class FidelityImportance(Importance):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"FidelityImportance.{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.pool_factor, bool) or not isinstance(self.pool_factor, int | float) or (
+                self.pool_factor != 0 and self.pool_factor < 1):
+            raise ConfigError(f"FidelityImportance.pool_factor must be 0 or >= 1, got {self.pool_factor!r}")
         if not 0.0 < float(self.default_fraction) < 1.0:
             raise ConfigError("FidelityImportance.default_fraction must be in (0, 1), got "
                               f"{self.default_fraction!r}")
@@ -106,7 +112,7 @@ class FidelityImportance(Importance):
         clone, masks = _masked_clone(model, groups, shapes)
         with ort_session(clone, threads=self.threads) as session:
             mask_names = frozenset(m.input_name for gm in masks.values() for m in gm.masks)
-            feeds = self._feeds(session, mask_names)
+            feeds = self._feeds(session, clone, mask_names)
             tiled = _batch_inputs(session, mask_names)
             outputs = [o.name for o in session.get_outputs()]
             ones = {m.input_name: _mask_array(m, 1, []) for gm in masks.values() for m in gm.masks}
@@ -114,7 +120,8 @@ class FidelityImportance(Importance):
             for g in groups:
                 budget = (n_remove or {}).get(g.id) or math.ceil(self.default_fraction * g.units)
                 trial = _Trials(session, outputs, feeds, tiled, ref, ones, masks[g.id], self.max_rows_per_run)
-                self._scores[g.id] = _greedy(g.units, min(budget, g.units - 1), self.rounds, trial)
+                self._scores[g.id] = _greedy(g.units, min(budget, g.units - 1), self.rounds, trial,
+                                             self.pool_factor)
 
     def __call__(self, group: PruningGroup, model: ir.Model) -> np.ndarray:
         """One score per unit of ``group`` (higher is more important)."""
@@ -124,24 +131,13 @@ class FidelityImportance(Importance):
             return np.ones(group.units)
         return self._scores[group.id].copy()
 
-    def _feeds(self, session, skip: frozenset[str]) -> dict[str, np.ndarray]:
+    def _feeds(self, session, model: ir.Model, skip: frozenset[str]) -> dict[str, np.ndarray]:
         if self.calibration is not None:
             batch = next(self.calibration.batches())
             batch = {k: np.asarray(v)[: self.num_inputs] for k, v in batch.items()}
             return complete_feeds(session, batch, skip=skip)
-        from optimum_prune.passes.validate import generated_inputs
-
-        dims = {}
-        for inp in session.get_inputs():
-            for d in inp.shape:
-                if isinstance(d, str) and d != _ROWS:
-                    low = d.lower()
-                    if "batch" in low:
-                        dims[low] = self.num_inputs
-                    elif "seq" in low or "length" in low:
-                        dims[low] = self.sequence_length
-        feeds = generated_inputs(session, seed=self.seed, dims=dims)
-        return {k: v for k, v in feeds.items() if k not in skip}
+        return generate_feeds(session, model, rows=self.num_inputs, length=self.sequence_length,
+                              seed=self.seed, skip=skip)
 
 
 def _masked_clone(model: ir.Model, groups: list[PruningGroup], shapes: dict[str, Shape]
@@ -272,7 +268,7 @@ class _Trials:
         return d
 
 
-def _greedy(units: int, budget: int, rounds: int, trials: _Trials) -> np.ndarray:
+def _greedy(units: int, budget: int, rounds: int, trials: _Trials, pool_factor: float = 0.0) -> np.ndarray:
     """Greedy removal order over ``rounds`` rounds; returns removal ranks (lowest removed first)."""
     removed: list[int] = []
     chosen: set[int] = set()
@@ -282,7 +278,9 @@ def _greedy(units: int, budget: int, rounds: int, trials: _Trials) -> np.ndarray
         if left <= 0:
             break
         take = math.ceil(left / (rounds - r))
-        candidates = [u for u in range(units) if u not in chosen]
+        candidates = sorted((u for u in range(units) if u not in chosen), key=lambda u: (last[u], u))
+        if r and pool_factor:
+            candidates = candidates[:max(take, math.ceil(pool_factor * left))]
         d = trials.distances([chosen | {u} for u in candidates])
         last[candidates] = d
         for i in np.argsort(d, kind="stable")[:take]:

@@ -13,9 +13,11 @@ when its weights are large. Each leaf's saliency is divided by the layer's outpu
 ``H`` comes from the calibration data (the Gram matrix of the consumer's input) when it is given.
 Data-free (as OBSPA in the SPA paper), ``H`` is a proxy built from weights: the consumer input is traced
 back to the root weight ``R`` that produces it and ``H ~ R R^T`` (the covariance of ``x`` if the root's own
-input were white), with ``nonlinear_diag * diag(R R^T)`` added when a non-linearity (GELU, ReLU, a
-product of activations) lies between, since it decorrelates channels. Where no single root produces the
-input (a residual stream, packed QKV weights), ``H = I`` and the saliency is the leaf rows' energy.
+input were white). A non-linearity on the way (GELU, ReLU) decorrelates channels; ``nonlinear_diag``
+adds that much of ``diag(R R^T)`` there (0 by default: on all-MiniLM-L6-v2 the pure proxy ranked
+better). Where no single root produces the input (a residual stream, packed QKV weights), ``H = I``
+and the saliency is the leaf rows' energy. ``CalibrationData.generated`` gives another data-free
+option: the Gram matrices of random token inputs.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class OBSImportance(Importance):
     Args:
         calibration: calibration data; when None the data-free weight proxy is used.
         damp: ridge damping added to ``H``, relative to its mean diagonal.
-        nonlinear_diag: data-free only: weight of the diagonal added to ``R R^T`` across a non-linearity.
+        nonlinear_diag: data-free only: share of ``diag(R R^T)`` added across a non-linearity.
         max_tensors_per_run: tensors captured per ONNX Runtime run (with calibration).
     """
 
@@ -57,7 +59,7 @@ class OBSImportance(Importance):
     uses_calibration: ClassVar[bool] = True
     calibration: CalibrationData | None = None
     damp: float = 0.01
-    nonlinear_diag: float = 0.5
+    nonlinear_diag: float = 0.0
     max_tensors_per_run: int = 16
     notes: list[str] = field(default_factory=list)
     _cache: StatsCache | None = field(default=None, init=False, repr=False)
@@ -142,7 +144,7 @@ def obs_saliency(w: np.ndarray, h: np.ndarray, owner: np.ndarray, units: int, da
         hinv = np.linalg.inv(hd)
     except np.linalg.LinAlgError:
         hinv = np.linalg.pinv(hd)
-    energy = float(np.einsum("km,kl,lm->", w, h, w))
+    energy = float(np.sum(w * (h @ w)))
     scale = 1.0 / energy if energy > 0 else 1.0
     owned = owner >= 0
     counts = np.bincount(owner[owned], minlength=units)
