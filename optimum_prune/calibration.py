@@ -334,7 +334,10 @@ class ChannelStats:
         if valid is not None:
             x = x[valid]
         channels = x.shape[-1]
-        x = x.reshape(-1, channels).astype(np.float64, copy=False)
+        x = x.reshape(-1, channels)
+        # one batch's Gram product in float32 (BLAS speed), accumulated over batches in float64
+        xg = x if x.dtype == np.float32 else x.astype(np.float64)
+        x = x.astype(np.float64, copy=False)
         if self.sum is None:
             self.sum = np.zeros(channels)
             self.sumsq = np.zeros(channels)
@@ -347,7 +350,7 @@ class ChannelStats:
         self.sum += x.sum(axis=0)
         self.sumsq += np.einsum("ij,ij->j", x, x)
         if want_gram:
-            self.gram += x.T @ x
+            self.gram += xg.T @ xg
 
 
 def capture_activations(model: ir.Model | str | os.PathLike, calibration: CalibrationData,

@@ -80,8 +80,9 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
     """``feeds`` matched to ``session``'s inputs: extra keys dropped, types cast, common inputs filled.
 
     A missing ``attention_mask`` is filled with ones, ``token_type_ids`` with zeros and
-    ``position_ids`` with ``0..S-1``, shaped like ``input_ids``. Inputs named in ``skip`` are left to
-    the caller. Any other missing input raises :class:`ConfigError`.
+    ``position_ids`` with ``0..S-1``, shaped like ``input_ids``; a missing KV cache
+    (``past_key_values.*``) is empty (past length 0, as in a first generation step). Inputs named in
+    ``skip`` are left to the caller. Any other missing input raises :class:`ConfigError`.
     """
     out: dict[str, np.ndarray] = {}
     reference = next((np.asarray(v) for k, v in feeds.items() if k == "input_ids"), None)
@@ -105,6 +106,11 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
                 positions = np.arange(reference.shape[1], dtype=dtype)
                 out[inp.name] = np.broadcast_to(positions, reference.shape).copy()
                 continue
+            if "past" in lname and inp.shape:
+                shape = [d if isinstance(d, int) else (reference.shape[0] if i == 0 else 0)
+                         for i, d in enumerate(inp.shape)]
+                out[inp.name] = np.zeros(shape, dtype=dtype)
+                continue
         missing.append(inp.name)
     if missing:
         raise ConfigError(f"the calibration feeds lack the model inputs {missing} (feeds have "
@@ -124,6 +130,7 @@ def generate_feeds(session, model: ir.Model, *, rows: int, length: int, seed: in
     """
     from optimum_prune.passes.validate import generated_inputs
 
+    past = 1  # a KV cache of random values is not data: keep it as short as possible
     dims: dict[str, int] = {}
     for inp in session.get_inputs():
         for d in inp.shape:
@@ -131,6 +138,10 @@ def generate_feeds(session, model: ir.Model, *, rows: int, length: int, seed: in
                 low = d.lower()
                 if "batch" in low:
                     dims[low] = rows
+                elif "past" in low and "+" not in low:
+                    dims[low] = past
+                elif "total" in low or ("past" in low and "+" in low):
+                    dims[low] = past + length
                 elif "seq" in low or "length" in low:
                     dims[low] = length
     feeds = generated_inputs(session, seed=seed, dims=dims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -11,7 +12,7 @@ import onnx_ir as ir
 from optimum_prune.association.tree import PruningGroup
 from optimum_prune.calibration import CalibrationData, ChannelStats, StatRequest, capture_activations
 from optimum_prune.errors import ConfigError
-from optimum_prune.graph import Shape, const_array
+from optimum_prune.graph import Shape, const_array, infer_shapes
 from optimum_prune.importance.base import Importance, leaf_inputs, per_unit, rows, values_by_name
 from optimum_prune.importance.magnitude import MagnitudeImportance
 
@@ -34,18 +35,24 @@ class StatsCache:
     calibration: CalibrationData
     max_tensors_per_run: int = 16
     stats: dict[tuple[str, int], ChannelStats] = field(default_factory=dict)
-    _model_id: int | None = None
+    _model: weakref.ref | None = field(default=None, init=False, repr=False)
+    _shapes: dict[str, Shape] | None = field(default=None, init=False, repr=False)
 
     def ensure(self, model: ir.Model, requests: list[StatRequest],
                shapes: dict[str, Shape] | None = None) -> None:
         """Capture whatever of ``requests`` is not cached yet (one pass over the calibration data)."""
-        if self._model_id != id(model):
+        if self._model is None or self._model() is not model:
             self.stats.clear()
-            self._model_id = id(model)
+            self._shapes = None
+            self._model = weakref.ref(model)
+        if shapes is not None:
+            self._shapes = shapes
         todo = [r for r in requests if (r.name, r.axis) not in self.stats
                 or (r.gram and self.stats[(r.name, r.axis)].gram is None)]
         if todo:
-            self.stats.update(capture_activations(model, self.calibration, todo, shapes=shapes,
+            if self._shapes is None:
+                self._shapes = infer_shapes(model)
+            self.stats.update(capture_activations(model, self.calibration, todo, shapes=self._shapes,
                                                   max_tensors_per_run=self.max_tensors_per_run))
 
 

@@ -21,6 +21,7 @@ dense while a group is measured. Units left out of a round's pool keep their ear
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -83,7 +84,7 @@ class FidelityImportance(Importance):
     max_rows_per_run: int = 512
     threads: int = 0
     _scores: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
-    _model_id: int | None = field(default=None, init=False, repr=False)
+    _model: weakref.ref | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "num_inputs", "sequence_length", "max_rows_per_run"):
@@ -102,9 +103,9 @@ class FidelityImportance(Importance):
     def prepare(self, model: ir.Model, groups: list[PruningGroup], *, shapes: dict[str, Shape] | None = None,
                 n_remove: dict[int, int] | None = None) -> None:
         """Rank the units of every group in ``groups`` (one masked clone, one session)."""
-        if self._model_id != id(model):
+        if self._model is None or self._model() is not model:
             self._scores.clear()
-            self._model_id = id(model)
+            self._model = weakref.ref(model)
         groups = [g for g in groups if g.units > 1 and g.id not in self._scores]
         if not groups:
             return
@@ -125,7 +126,7 @@ class FidelityImportance(Importance):
 
     def __call__(self, group: PruningGroup, model: ir.Model) -> np.ndarray:
         """One score per unit of ``group`` (higher is more important)."""
-        if self._model_id != id(model) or group.id not in self._scores:
+        if self._model is None or self._model() is not model or group.id not in self._scores:
             self.prepare(model, [group])
         if group.units <= 1:
             return np.ones(group.units)
