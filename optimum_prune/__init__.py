@@ -3,8 +3,10 @@
 Public API::
 
     from optimum_prune import ORTPruner, PruningConfig, verify
+    from optimum_prune import CalibrationData, CalibrationConfig  # for data-driven criteria
 """
 
+from optimum_prune.calibration import CalibrationConfig, CalibrationData
 from optimum_prune.configuration import PruningConfig
 from optimum_prune.errors import (
     ConfigError,
@@ -20,6 +22,8 @@ from optimum_prune.verify import VerificationResult, verify
 
 __all__ = [
     "AnalysisReport",
+    "CalibrationConfig",
+    "CalibrationData",
     "ConfigError",
     "InvalidModelError",
     "ORTPruner",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from optimum_prune.association.tree import KINDS
 from optimum_prune.errors import ConfigError
 
-IMPORTANCE_CRITERIA = ("l1", "l2")
+IMPORTANCE_CRITERIA = ("l1", "l2", "tree", "activation", "obs", "fidelity")
 DEFAULT_IO_PATTERNS = ("past_key_values", "present", "past_key", "past_value")
 
 
@@ -19,8 +19,11 @@ class PruningConfig:
         sparsity: fraction of the units removed in every group of the chosen kinds, in [0, 1).
         scope: group kinds to prune, from ``("ffn", "heads", "conv", "hidden")``. ``hidden`` (the
             LayerNorm-coupled residual width) is never exact and must be asked for explicitly.
-        importance: criterion that ranks units: ``"l2"`` (L2 norm of the root weights; ties keep the
-            lower index) or ``"l1"``.
+        importance: criterion that ranks units (ties keep the lower index): ``"l2"`` / ``"l1"`` (norm of
+            the root weights), ``"tree"`` (normalised magnitudes of every tensor of the group),
+            ``"activation"`` (Wanda-style, needs calibration data), ``"obs"`` (OBS saliency of the
+            consumer rows; calibration optional) or ``"fidelity"`` (PAODING-style greedy output
+            fidelity on generated inputs). See :mod:`optimum_prune.importance`.
         min_units: units always kept per group (at least one).
         exclude: substrings of seed tensor names whose groups are left alone.
         io_patterns: substrings of graph input/output names a group may resize (the KV cache).

@@ -22,6 +22,7 @@ from optimum_prune.allocation import select_kept, units_to_remove
 from optimum_prune.association.builder import build_groups
 from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
+from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
 from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
@@ -151,24 +152,31 @@ class ORTPruner:
         return AnalysisReport(prep.groups, count_parameters(prep.model), count_flops(prep.model, prep.shapes),
                               time.perf_counter() - start)
 
-    def plan(self, config: PruningConfig) -> PruningPlan:
-        """Choose the kept units of every group in ``config.scope`` (uniform sparsity per group)."""
-        prep = self._prepare(config.io_patterns)
-        return self._plan(prep, config)
+    def plan(self, config: PruningConfig, *, calibration: CalibrationData | None = None) -> PruningPlan:
+        """Choose the kept units of every group in ``config.scope`` (uniform sparsity per group).
 
-    def _plan(self, prep: _Prepared, config: PruningConfig) -> PruningPlan:
-        importance = get_importance(config.importance)
-        plans = []
+        ``calibration`` feeds the data-driven criteria (required by ``importance="activation"``).
+        """
+        prep = self._prepare(config.io_patterns)
+        return self._plan(prep, config, calibration)
+
+    def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None
+              ) -> PruningPlan:
+        importance = get_importance(config.importance, calibration=calibration)
+        n_remove: dict[int, int] = {}
         for g in prep.groups:
             resizes_cache = any(s.io for s in g.slices)
-            selected = (g.prunable and g.kind in config.scope
-                        and not any(pat in g.seed for pat in config.exclude)
-                        and (config.prune_kv_heads or not resizes_cache))
-            if selected and resizes_cache and g.kind == "heads":
-                self._check_cache_describable()
-            if selected:
-                n_remove = units_to_remove(g.units, config.sparsity, config.min_units)
-                kept = select_kept(importance(g, prep.model), n_remove)
+            if (g.prunable and g.kind in config.scope and not any(pat in g.seed for pat in config.exclude)
+                    and (config.prune_kv_heads or not resizes_cache)):
+                if resizes_cache and g.kind == "heads":
+                    self._check_cache_describable()
+                n_remove[g.id] = units_to_remove(g.units, config.sparsity, config.min_units)
+        active = [g for g in prep.groups if n_remove.get(g.id)]
+        importance.prepare(prep.model, active, shapes=prep.shapes, n_remove=n_remove)
+        plans = []
+        for g in prep.groups:
+            if n_remove.get(g.id):
+                kept = select_kept(importance(g, prep.model), n_remove[g.id])
             else:
                 kept = list(range(g.units))
             plans.append(GroupPlan(id=g.id, kind=g.kind, seed=f"{g.seed}:{g.seed_axis}", units=g.units,
@@ -190,12 +198,14 @@ class ORTPruner:
                 "are then pruned only where the cache is untouched) or export without past key/values.")
 
     def prune(self, config: PruningConfig | None = None, save_dir: str | os.PathLike | None = None, *,
-              plan: PruningPlan | None = None, validate: bool = True) -> Path:
+              plan: PruningPlan | None = None, validate: bool = True,
+              calibration: CalibrationData | None = None) -> Path:
         """Prune with ``config`` (or apply a saved ``plan``) and write an Optimum-loadable folder.
 
         The folder holds ``model.onnx``, the source folder's config/tokenizer/processor files,
         ``pruning_plan.json`` and ``report.json``. The model is validated (ONNX checker and an ONNX
-        Runtime run) before anything is written; the input folder is never modified.
+        Runtime run) before anything is written; the input folder is never modified. ``calibration``
+        feeds the data-driven criteria (required by ``importance="activation"``).
         """
         if save_dir is None:
             raise ConfigError("save_dir is required: the folder to write the pruned model to")
@@ -215,7 +225,7 @@ class ORTPruner:
             else config.io_patterns
         prep = self._prepare(io_patterns)
         if plan is None:
-            plan = self._plan(prep, config)
+            plan = self._plan(prep, config, calibration)
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)

@@ -1,0 +1,73 @@
+"""Importance criteria: small callables that score each unit of a pruning group (higher = keep).
+
+=============  =======================================================================  ===========
+name           what it measures                                                         data
+=============  =======================================================================  ===========
+``l1``/``l2``  Lp norm of the unit's root weights                                       none
+``tree``       ONNXPruner tree-level: normalised magnitudes of every tensor of the group  none
+``activation`` Wanda: ``|W|`` of the consumer rows times their input activation RMS      required
+``obs``        OBS group saliency of the consumer rows, compensation assumed             optional
+``fidelity``   PAODING: greedy removal by least change of the model outputs              optional
+=============  =======================================================================  ===========
+
+``get_importance(name, calibration)`` builds one with its defaults; construct the classes directly to
+change their options.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from optimum_prune.calibration import CalibrationData
+from optimum_prune.configuration import IMPORTANCE_CRITERIA
+from optimum_prune.errors import ConfigError
+from optimum_prune.importance.activation import ActivationImportance
+from optimum_prune.importance.base import Importance, LeafInput, leaf_inputs, producer_root
+from optimum_prune.importance.fidelity import FidelityImportance
+from optimum_prune.importance.magnitude import MagnitudeImportance, TreeImportance
+from optimum_prune.importance.obs import OBSImportance, obs_saliency
+
+__all__ = [
+    "ActivationImportance",
+    "FidelityImportance",
+    "Importance",
+    "LeafInput",
+    "MagnitudeImportance",
+    "OBSImportance",
+    "TreeImportance",
+    "get_importance",
+    "leaf_inputs",
+    "obs_saliency",
+    "producer_root",
+]
+
+
+def get_importance(name: str, calibration: CalibrationData | None = None) -> Importance:
+    """The criterion called ``name`` with its default options.
+
+    Args:
+        name: one of ``"l1"``, ``"l2"``, ``"tree"``, ``"activation"``, ``"obs"``, ``"fidelity"``.
+        calibration: calibration data, required by ``activation``, used by ``obs`` (Gram matrices
+            instead of the weight proxy) and ``fidelity`` (its first batch instead of generated inputs).
+
+    Raises:
+        ConfigError: unknown name, or ``activation`` without calibration data.
+    """
+    if name == "l2":
+        criterion: Importance = MagnitudeImportance(p=2)
+    elif name == "l1":
+        criterion = MagnitudeImportance(p=1)
+    elif name == "tree":
+        criterion = TreeImportance()
+    elif name == "activation":
+        criterion = ActivationImportance(calibration=calibration)
+    elif name == "obs":
+        criterion = OBSImportance(calibration=calibration)
+    elif name == "fidelity":
+        criterion = FidelityImportance(calibration=calibration)
+    else:
+        raise ConfigError(f"unknown importance criterion {name!r}; allowed: {IMPORTANCE_CRITERIA}")
+    if calibration is not None and not criterion.uses_calibration:
+        warnings.warn(f"importance {name!r} is data-free: the calibration data is not used for scoring",
+                      stacklevel=2)
+    return criterion
