@@ -103,6 +103,21 @@ def is_constant(value: ir.Value | None) -> bool:
     return False
 
 
+# Ops that only move, cast or reshape data: their output is a weight when every input is one.
+_LAYOUT_OPS = frozenset({"Transpose", "Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def is_weight(value: ir.Value | None, _depth: int = 0) -> bool:
+    """Whether ``value`` is a constant or computed from constants by layout ops only (a tied
+    embedding transposed for the LM head, a weight cast to another dtype)."""
+    if is_constant(value):
+        return True
+    node = value.producer() if value is not None else None
+    if node is None or node.domain != "" or node.op_type not in _LAYOUT_OPS or _depth > 8:
+        return False
+    return all(inp is None or is_weight(inp, _depth + 1) for inp in node.inputs)
+
+
 def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
     """Nodes of the main graph in order (subgraphs are not entered: their ops make groups unprunable)."""
     yield from model.graph

@@ -819,6 +819,24 @@ emb (int64[B, S] ids) => (float[B, S, 6] y) {
     return _build(text, {"E": _vec(rng, 20, 12, scale=1.0), "W": _mat(rng, 12, 6)})
 
 
+# ids -> Gather(E[20,12]) -> e; r = e + MatMul(e, W); LayerNorm; logits = MatMul(n, Transpose(E))
+#   (a tied LM head: the embedding, transposed, is the output projection; hidden group)
+def tied_lm_head(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+tied (int64[B, S] ids) => (float[B, S, 20] y) {
+  e = Gather<axis = 0>(E, ids)
+  h = MatMul(e, W)
+  r = Add(e, h)
+  n = LayerNormalization<axis = -1, epsilon = 1e-5>(r, g, b)
+  Et = Transpose<perm = [1, 0]>(E)
+  y = MatMul(n, Et)
+}
+"""
+    return _build(text, {"E": _vec(rng, 20, 12, scale=1.0), "W": _mat(rng, 12, 12), "g": _pos(rng, 12),
+                         "b": _vec(rng, 12)})
+
+
 # x[B,S,8] -> MatMul(W1[8,12]) -> Add(b1) -> Gather(axis=1, index 0 scalar) -> [B,12] -> Relu
 #   -> MatMul(W2[12,6]) -> y[B,6]                  (Gather on a non-channel axis, drops it)
 def gather_token(seed: int = 0) -> onnx.ModelProto:
@@ -1535,6 +1553,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("layernorm", layernorm, "hidden"),
     ("rmsnorm_reciprocal", rmsnorm_reciprocal, "hidden"),
     ("rmsnorm_div", rmsnorm_div, "hidden"),
+    ("tied_lm_head", tied_lm_head, "hidden"),
     ("reshape_heads_const", reshape_heads_const, "heads"),
     ("reshape_heads_dynamic", reshape_heads_dynamic, "heads"),
     ("transpose_heads", transpose_heads, "heads"),

@@ -126,6 +126,8 @@ class Walk:
             return
         if cur.size != owner.size:
             self.fail(f"'{value.name}' axis {axis} reached with two different sizes")
+        if np.array_equal(cur, owner):
+            return  # nothing new: the same positions, the same units
         a, b = self.units.find(cur), self.units.find(owner)
         self.units.union_pairs(a, b)
         merged = self.units.find(np.where(a >= 0, a, b))

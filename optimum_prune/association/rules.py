@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimum_prune.association.shape_expr import DimExpr, ShapeExprError, evaluate_dim_expr
-from optimum_prune.graph import const_array, is_constant
+from optimum_prune.graph import const_array, is_constant, is_weight
 
 if TYPE_CHECKING:
     from optimum_prune.association.builder import Walk
@@ -159,7 +159,7 @@ def _link_labels(node: ir.Node, entry: Entry, walk: Walk, operands: list[tuple[i
     a_const = is_constant(operands[0][0])
     b_const = is_constant(operands[1][0])
     if labels == "K":
-        if not (a_const or b_const):
+        if not (is_weight(operands[0][0]) or is_weight(operands[1][0])):
             # q.k^T summed over channels that are not whole heads (e.g. head_dim of a single head): a
             # removed channel drops its term from every product, and no constant slice can be zeroed
             # to match, so the result would not be exact.

@@ -21,12 +21,14 @@ class UnitSets:
         ids = np.asarray(ids, dtype=np.int64)
         out = ids.copy()
         mask = out >= 0
-        cur = out[mask]
+        start = cur = out[mask]
         while True:
             nxt = self.parent[cur]
             if np.array_equal(nxt, cur):
                 break
             cur = nxt
+        if cur is not start:
+            self.parent[start] = cur  # path compression: the next find is one step
         out[mask] = cur
         return out
 
