@@ -27,11 +27,12 @@ Unknown keys anywhere are a :class:`~optimum_prune.errors.ConfigError` that list
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,11 +198,12 @@ class Pipeline:
             + "\n"
         )
         width = len(str(len(stages)))
-        bar = tqdm(stages, desc=self.name, disable=not progress, unit="stage")
-        for i, stage in enumerate(bar, 1):
-            bar.set_postfix_str(stage.name)
-            logger.info("stage %d/%d: %s", i, len(stages), stage.name)
-            current = stage.run(current, output_dir / f"{i:0{width}d}-{stage.name}")
+        with _progress_bars(progress):
+            bar = tqdm(stages, desc=self.name, disable=not progress, unit="stage")
+            for i, stage in enumerate(bar, 1):
+                bar.set_postfix_str(stage.name)
+                logger.info("stage %d/%d: %s", i, len(stages), stage.name)
+                current = stage.run(current, output_dir / f"{i:0{width}d}-{stage.name}")
         final = output_dir / FINAL_DIR
         tmp = output_dir / f".{FINAL_DIR}-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,6 +220,23 @@ class Pipeline:
 
         write_reports(report, output_dir, title=f"{self.name}: {Path(str(model)).name}")
         return final
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Without progress, also silence the bars inside stages (tqdm reads ``TQDM_DISABLE``)."""
+    if enabled:
+        yield
+        return
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def _parse_stages(items: Any, registry: StageRegistry, overrides: dict[str, dict], where: str) -> list[Stage]:

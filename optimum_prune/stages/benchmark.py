@@ -71,7 +71,8 @@ class BenchmarkStage(Stage):
         )
         latency: dict[str, dict[str, float]] = {}
         total = len(cfg.batch_sizes) * (cfg.warmup + cfg.repeats)
-        with tqdm(total=total, desc="benchmark", disable=not cfg.progress, leave=False) as bar:
+        quiet = {} if cfg.progress else {"disable": True}  # unset: tqdm honours TQDM_DISABLE
+        with tqdm(total=total, desc="benchmark", leave=False, **quiet) as bar:
             for batch in cfg.batch_sizes:
                 feeds = synthetic_inputs(session, input_dir, batch=batch, sequence=cfg.sequence_length)
                 times = []

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +104,15 @@ class QuantizeStage(Stage):
 
     def _run(self, input_dir: Path, output_dir: Path) -> dict[str, Any]:
         model = find_model_file(input_dir)
-        if self.config.backend == "onnxruntime":
-            metrics = self._onnxruntime(input_dir, model, output_dir)
-        else:
-            metrics = self._neural_compressor(input_dir, model, output_dir)
+        scratch = Path(tempfile.mkdtemp(prefix=".quantize-", dir=output_dir.parent))
+        try:
+            model = _without_initializer_value_info(model, scratch)
+            if self.config.backend == "onnxruntime":
+                metrics = self._onnxruntime(input_dir, model, output_dir)
+            else:
+                metrics = self._neural_compressor(input_dir, model, output_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         produced = [p for p in output_dir.glob("*.onnx")]
         if len(produced) != 1:
             raise ConfigError(f"quantization wrote {[p.name for p in produced]} in {output_dir}")
@@ -131,7 +138,7 @@ class QuantizeStage(Stage):
         if cfg.nodes_to_exclude:
             kwargs["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
         qconfig = getattr(AutoQuantizationConfig, cfg.preset)(**kwargs)
-        quantizer = ORTQuantizer.from_pretrained(input_dir, file_name=model.name)
+        quantizer = ORTQuantizer.from_pretrained(model.parent, file_name=model.name)
         ranges = None
         metrics: dict[str, Any] = {"format": str(qconfig.format.name), "per_channel": qconfig.per_channel}
         if cfg.mode == "static":
@@ -185,6 +192,34 @@ class QuantizeStage(Stage):
         reader = _Reader(feeds, cfg.batch_size)
         inc_quantize(str(model), str(out), inc_config.StaticQuantConfig(reader))
         return {"format": "QOperator", "calibration_samples": len(next(iter(feeds.values())))}
+
+
+def _without_initializer_value_info(model: Path, scratch: Path) -> Path:
+    """``model``, or a copy in ``scratch`` without ``value_info`` entries for initializers.
+
+    onnx-ir writes shape annotations for initializers. ONNX Runtime's dynamic quantizer rewrites
+    ``Gemm(transB=1)`` into ``MatMul`` by transposing the weight in place and then re-runs shape
+    inference, which fails on the stale annotation of the transposed weight ("Inferred shape and
+    existing shape differ"). The annotations carry nothing the initializers do not, so they are dropped.
+    """
+    import onnx
+
+    header = onnx.load(str(model), load_external_data=False)
+    names = {t.name for t in header.graph.initializer}
+    if not any(v.name in names for v in header.graph.value_info):
+        return model
+    full = onnx.load(str(model))
+    kept = [v for v in full.graph.value_info if v.name not in names]
+    del full.graph.value_info[:]
+    full.graph.value_info.extend(kept)
+    out = scratch / model.name
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
+    onnx.save(
+        full, str(out), save_as_external_data=external, location=f"{model.name}_data" if external else None
+    )
+    if (model.parent / "config.json").is_file():
+        shutil.copy2(model.parent / "config.json", scratch / "config.json")
+    return out
 
 
 class _Reader:
