@@ -329,3 +329,23 @@ def test_output_folder_must_be_new_or_an_earlier_run(bert_hf, tmp_path):
     with pytest.raises(ConfigError, match="not an earlier pipeline run"):
         Pipeline([ExportStage()]).run(bert_hf, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_bert_recipe_on_real_minilm(minilm_dir, tmp_path):
+    """The bert recipe as shipped (default model all-MiniLM-L6-v2, Rotten Tomatoes, batch 1 and 32)."""
+    pipeline = Pipeline.from_recipe(RECIPES / "bert-prune30-int8-dynamic.yaml")
+    final = pipeline.run(None, tmp_path / "run", progress=False)
+    report = read_report(final)
+    rows = [e for e in report if e["stage"] == "evaluate"]
+    assert rows[0]["quality"]["value"] == pytest.approx(1.0)
+    assert rows[-1]["quality"]["value"] > 0.5
+    sizes = [e["size_bytes"] for e in report if e["produces_model"]]
+    assert sizes[2] < sizes[1] < sizes[0]
+
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForFeatureExtraction.from_pretrained(final)
+    features = pipeline("feature-extraction", model=model, tokenizer=AutoTokenizer.from_pretrained(final))
+    assert np.asarray(features("a fine film")).shape[-1] == 384
