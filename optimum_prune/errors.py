@@ -30,3 +30,11 @@ class PlanMismatchError(PruningError):
 
 class ValidationError(PruningError):
     """A pruned model failed validation (ONNX checker or an ONNX Runtime run); nothing was written."""
+
+
+class BackendUnavailableError(PruningError):
+    """A stage or backend needs a package that is not installed (the message names it and the fix)."""
+
+
+class StageError(PruningError):
+    """A pipeline stage failed on its input folder (the message names the stage and the folder)."""

@@ -1,0 +1,1 @@
+"""Command-line interface: ``optimum-cli prune ...`` (Optimum plugin) and the ``optimum-prune`` script."""

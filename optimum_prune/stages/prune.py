@@ -1,0 +1,116 @@
+"""``prune``: structured pruning with :class:`~optimum_prune.ORTPruner` and a ``PruningConfig``."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from optimum_prune.configuration import PruningConfig
+from optimum_prune.errors import ConfigError
+from optimum_prune.stages.base import Stage, StageConfig, check_keys, find_model_file
+
+_PRUNE_RESERVED = {"self", "config", "save_dir", "plan"}
+
+
+def _pruning_keys() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(PruningConfig) if f.init)
+
+
+def _prune_call_keys() -> tuple[str, ...]:
+    """Keyword arguments of ``ORTPruner.prune`` beyond config/save_dir/plan (e.g. ``validate``)."""
+    from optimum_prune.pruner import ORTPruner
+
+    params = inspect.signature(ORTPruner.prune).parameters.values()
+    return tuple(
+        p.name
+        for p in params
+        if p.name not in _PRUNE_RESERVED and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+
+
+@dataclasses.dataclass
+class PruneStageConfig(StageConfig):
+    """Options of the ``prune`` stage.
+
+    Recipe keys are the fields of :class:`~optimum_prune.PruningConfig` (``sparsity``, ``scope``,
+    ``importance``, ``min_units``, ``exclude``, ``io_patterns``, ``prune_kv_heads``, and whatever fields
+    it gains), the keyword arguments of ``ORTPruner.prune`` (such as ``validate``), and:
+
+    Args:
+        pruning: the :class:`PruningConfig` (built from the recipe keys).
+        prune_options: extra keyword arguments for ``ORTPruner.prune``.
+        verify: run the exactness oracle (:func:`~optimum_prune.verify`) and record its errors.
+    """
+
+    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
+    prune_options: dict = dataclasses.field(default_factory=dict)
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pruning, Mapping):
+            self.pruning = PruningConfig(**self.pruning)
+        if not isinstance(self.pruning, PruningConfig):
+            raise ConfigError(f"prune: pruning must be a PruningConfig; got {type(self.pruning).__name__}")
+        unknown = sorted(set(self.prune_options) - set(_prune_call_keys()))
+        if unknown:
+            raise ConfigError(
+                f"prune: {unknown} are not options of ORTPruner.prune; valid: {_prune_call_keys()}"
+            )
+
+    @classmethod
+    def valid_keys(cls) -> tuple[str, ...]:
+        """PruningConfig fields, ORTPruner.prune keyword arguments and ``verify``."""
+        return (*_pruning_keys(), *_prune_call_keys(), "verify")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, *, where: str = "") -> PruneStageConfig:
+        """Split a flat recipe mapping into PruningConfig fields, prune() options and stage keys."""
+        data = dict(data or {})
+        check_keys(data, cls.valid_keys(), where or "stage 'prune'")
+        pruning = {k: data.pop(k) for k in list(data) if k in _pruning_keys()}
+        for key in ("scope", "exclude", "io_patterns"):
+            if isinstance(pruning.get(key), list):
+                pruning[key] = tuple(pruning[key])
+        options = {k: data.pop(k) for k in list(data) if k in _prune_call_keys()}
+        return cls(pruning=PruningConfig(**pruning), prune_options=options, **data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat form, as a recipe writes it."""
+        return {**self.pruning.to_dict(), **self.prune_options, "verify": self.verify}
+
+
+class PruneStage(Stage):
+    """Prune the folder's model; the output holds ``model.onnx``, ``pruning_plan.json`` and the side files.
+
+    ``PruneStage(sparsity=0.3, scope=("ffn", "heads"))`` or ``PruneStage(PruningConfig(...))``.
+    """
+
+    name = "prune"
+    config_class = PruneStageConfig
+
+    def __init__(self, config: PruneStageConfig | PruningConfig | None = None, /, **kwargs: Any) -> None:
+        if isinstance(config, PruningConfig):
+            config = (
+                PruneStageConfig(pruning=config, **kwargs) if kwargs else PruneStageConfig(pruning=config)
+            )
+            kwargs = {}
+        super().__init__(config, **kwargs)
+
+    def _run(self, input_dir: Path, output_dir: Path) -> dict[str, Any]:
+        from optimum_prune.pruner import ORTPruner
+
+        model = find_model_file(input_dir)
+        pruner = ORTPruner.from_pretrained(input_dir, file_name=model.name)
+        pruner.prune(self.config.pruning, output_dir, **self.config.prune_options)
+        metrics: dict[str, Any] = {}
+        if self.config.verify:
+            from optimum_prune.verify import verify
+
+            result = verify(input_dir, output_dir, file_name=model.name)
+            metrics["verify"] = {k: v for k, v in result.to_dict().items() if k != "outputs"}
+        if model.name != "model.onnx":  # keep one name for every folder of a pipeline
+            (output_dir / model.name).rename(output_dir / "model.onnx")
+        return metrics

@@ -1,0 +1,351 @@
+"""Pipeline stages, recipes and reports on tiny zoo models (offline, fast).
+
+Every recipe in recipes/ runs on a tiny model of its architecture (the model and the data are
+overridden; the stages are the recipe's), and its final folder must load with its ORTModel class and
+run in a transformers pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from optimum_prune.errors import BackendUnavailableError, ConfigError
+from optimum_prune.pipeline import Pipeline
+from optimum_prune.stages import (
+    BenchmarkStage,
+    EvaluateStage,
+    ExportStage,
+    OptimizeStage,
+    PruneStage,
+    QuantizeStage,
+    read_report,
+)
+from tiny_folders import TEXTS, text_dataset, tiny_hf_folder
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+FAST_BENCH = {"repeats": 2, "warmup": 0, "batch_sizes": [1, 32], "sequence_length": 16, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="module")
+def bert_hf(work) -> Path:
+    return tiny_hf_folder("bert", work / "zoo", work)
+
+
+@pytest.fixture(scope="module")
+def dataset(work) -> Path:
+    return text_dataset(work)
+
+
+def _text_data(dataset: Path, split: str = "train") -> dict:
+    return {"name": str(dataset), "split": split, "num_samples": 16, "max_length": 32}
+
+
+def _outputs(folder: Path, feeds: dict) -> np.ndarray:
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def _stage_names(folder: Path) -> list[str]:
+    return [e["stage"] for e in read_report(folder)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Recipes on tiny models
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_bert_recipe_on_tiny_bert(bert_hf, dataset, work):
+    overrides = {"evaluate": {"dataset": _text_data(dataset, "train")}, "benchmark": FAST_BENCH}
+    pipeline = Pipeline.from_recipe(RECIPES / "bert-prune30-int8-dynamic.yaml", overrides=overrides)
+    before = _tree_digest(bert_hf)
+    out = work / "bert30"
+    final = pipeline.run(bert_hf, out, progress=False)
+
+    assert _tree_digest(bert_hf) == before, "the input folder was modified"
+    assert final == out / "final"
+    names = _stage_names(final)
+    assert names == [
+        "export",
+        "evaluate",
+        "benchmark",
+        "prune",
+        "evaluate",
+        "benchmark",
+        "quantize",
+        "evaluate",
+        "benchmark",
+    ]
+    report = read_report(final)
+    assert json.loads((out / "report.json").read_text())["stages"] == report
+    prune = report[3]
+    assert prune["params_after"] < prune["params_before"] and prune["verify"]["exact"]
+    assert prune["config"]["sparsity"] == 0.3 and prune["config"]["scope"] == ["ffn", "heads"]
+    for entry in (report[2], report[5], report[8]):
+        assert set(entry["latency"]) == {"1", "32"}
+        assert entry["latency"]["32"]["p90_ms"] >= entry["latency"]["32"]["p50_ms"] > 0
+    assert report[1]["quality"]["value"] == pytest.approx(1.0)  # the baseline against itself
+    assert 0.9 < report[7]["fidelity"]["cosine_mean"] <= 1.0 + 1e-6
+    assert report[6]["size_bytes"] < report[3]["size_bytes"] < report[0]["size_bytes"]
+    md = (out / "report.md").read_text()
+    assert "| 1 | export |" in md and "quantize" in md and "report.png" in md
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (final / "model.safetensors").exists()  # PyTorch weights are not carried into ONNX folders
+
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForFeatureExtraction.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    features = pipeline("feature-extraction", model=model, tokenizer=tokenizer)(TEXTS[0])
+    assert np.asarray(features).shape[-1] == 32
+
+    # the quantized pruned model stays close to the pruned FP32 model
+    enc = dict(tokenizer(TEXTS, padding=True, return_tensors="np"))
+    pruned, quantized = out / "4-prune", final
+    assert _cosine(_outputs(pruned, enc), _outputs(quantized, enc)) > 0.98
+
+
+def test_pruned_int8_is_smaller_than_int8_alone(bert_hf, work):
+    quant_only = Pipeline([ExportStage(task="feature-extraction"), QuantizeStage(mode="dynamic")])
+    pruned_quant = Pipeline(
+        [
+            ExportStage(task="feature-extraction"),
+            PruneStage(sparsity=0.3, verify=False),
+            QuantizeStage(mode="dynamic"),
+        ]
+    )
+    a = quant_only.run(bert_hf, work / "int8", progress=False)
+    b = pruned_quant.run(bert_hf, work / "pruned-int8", progress=False)
+    size_a, size_b = read_report(a)[-1]["size_bytes"], read_report(b)[-1]["size_bytes"]
+    assert size_b < size_a
+
+
+def test_minilm_static_recipe_on_tiny_bert(bert_hf, dataset, work):
+    overrides = {
+        "quantize": {"calibration": _text_data(dataset, "train")},
+        "evaluate": {"dataset": _text_data(dataset, "train")},
+        "benchmark": FAST_BENCH,
+    }
+    pipeline = Pipeline.from_recipe(RECIPES / "minilm-prune50-repair-int8-static.yaml", overrides=overrides)
+    final = pipeline.run(bert_hf, work / "minilm50", progress=False)
+    report = read_report(final)
+    quant = next(e for e in report if e["stage"] == "quantize")
+    assert quant["config"]["mode"] == "static" and quant["calibration_samples"] == 16
+    prune = next(e for e in report if e["stage"] == "prune")
+    assert prune["units_removed"]["ffn"] == 2 * 24  # half of 48 neurons in each of 2 layers
+    assert report[-2]["fidelity"]["cosine_mean"] > 0.5
+
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+
+    ORTModelForFeatureExtraction.from_pretrained(final)
+
+
+def test_llama_gqa_recipe_on_tiny_llama(dataset, work):
+    hf = tiny_hf_folder("llama", work / "zoo", work)
+    overrides = {"evaluate": {"dataset": _text_data(dataset, "train")}, "benchmark": FAST_BENCH}
+    pipeline = Pipeline.from_recipe(RECIPES / "llama-gqa-prune25.yaml", overrides=overrides)
+    final = pipeline.run(hf, work / "llama", progress=False)
+    report = read_report(final)
+    assert report[0]["task"] == "text-generation-with-past"
+    ppl = [e["perplexity"] for e in report if e["stage"] == "evaluate"]
+    assert len(ppl) == 2 and all(np.isfinite(p) and p > 1 for p in ppl)
+    prune = next(e for e in report if e["stage"] == "prune")
+    assert prune["units_removed"]["ffn"] > 0 and prune["config"]["prune_kv_heads"] is True
+
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForCausalLM.from_pretrained(final, use_cache=True)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    text = pipeline("text-generation", model=model, tokenizer=tokenizer)(
+        "good film", max_new_tokens=3, do_sample=False
+    )
+    assert text[0]["generated_text"].startswith("good film")
+
+
+def test_vit_recipe_on_tiny_vit(work):
+    hf = tiny_hf_folder("vit", work / "zoo", work)
+    pipeline = Pipeline.from_recipe(
+        RECIPES / "vit-prune40-int8.yaml", overrides={"benchmark": {**FAST_BENCH, "batch_sizes": [1, 4]}}
+    )
+    final = pipeline.run(hf, work / "vit", progress=False)
+    report = read_report(final)
+    assert [e["stage"] for e in report if e["produces_model"]] == ["export", "prune", "quantize"]
+    assert report[-2]["fidelity"]["top1_agreement"] >= 0.0 and report[-2]["data"] == "random inputs"
+
+    from optimum.onnxruntime import ORTModelForImageClassification
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    model = ORTModelForImageClassification.from_pretrained(final)
+    classify = pipeline(
+        "image-classification", model=model, image_processor=AutoImageProcessor.from_pretrained(final)
+    )
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    assert len(classify(image, top_k=3)) == 3
+
+
+@pytest.mark.parametrize("order", ["optimize-then-prune", "prune-then-optimize"])
+def test_optimize_before_or_after_prune(bert_hf, work, order):
+    prune, optimize = PruneStage(sparsity=0.3), OptimizeStage(level="O2")
+    stages = [prune, optimize] if order == "prune-then-optimize" else [optimize, prune]
+    final = Pipeline([ExportStage(task="feature-extraction"), *stages]).run(
+        bert_hf, work / order, progress=False
+    )
+    report = read_report(final)
+    opt = next(e for e in report if e["stage"] == "optimize")
+    assert opt["fused_ops"].get("SkipLayerNormalization", 0) > 0
+    pr = next(e for e in report if e["stage"] == "prune")
+    assert pr["verify"]["exact"] and pr["units_removed"]["ffn"] > 0
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+
+    ORTModelForFeatureExtraction.from_pretrained(final)
+
+
+def test_onnx_folder_input_passes_through_export(bert_hf, work, dataset):
+    onnx_dir = Pipeline([ExportStage(task="feature-extraction")]).run(
+        bert_hf, work / "exported", progress=False
+    )
+    final = Pipeline(
+        [
+            ExportStage(),
+            PruneStage(sparsity=0.2),
+            EvaluateStage(dataset=_text_data(dataset)),
+            BenchmarkStage(**FAST_BENCH),
+        ]
+    ).run(onnx_dir, work / "from-onnx", progress=False)
+    report = read_report(final)
+    # the passed-through export keeps the earlier run's entries
+    assert [e["stage"] for e in report] == ["export", "export", "prune", "evaluate", "benchmark"]
+    assert "skipped" in report[1]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Configuration errors
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_recipe_key_lists_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - prune: {sparsity: 0.3}\nmodle: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'modle'; valid keys: description, measure, model"):
+        Pipeline.from_recipe(bad)
+
+
+def test_unknown_stage_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_recipe({"stages": [{"prune": {"sparsity": 0.3, "sparsty": 0.5}}]})
+    message = str(e.value)
+    assert (
+        "'sparsty'" in message and "sparsity" in message and "importance" in message and "verify" in message
+    )
+    with pytest.raises(ConfigError, match="unknown key 'batch'.*batch_sizes"):
+        Pipeline.from_recipe({"stages": [{"benchmark": {"batch": 3}}]})
+    with pytest.raises(ConfigError, match="unknown key 'splt'.*split"):
+        QuantizeStage(mode="static", calibration={"name": "rotten_tomatoes", "splt": "train"})
+
+
+def test_unknown_stage_name_lists_stages():
+    with pytest.raises(ConfigError, match="unknown stage 'prun'; known stages: benchmark, evaluate, export"):
+        Pipeline.from_recipe({"stages": ["prun"]})
+
+
+def test_invalid_values_are_config_errors():
+    with pytest.raises(ConfigError, match="sparsity must be in"):
+        PruneStage(sparsity=1.5)
+    with pytest.raises(ConfigError, match="mode must be one of 'dynamic', 'static'"):
+        QuantizeStage(mode="fast")
+    with pytest.raises(ConfigError, match="needs calibration"):
+        QuantizeStage(mode="static")
+    with pytest.raises(ConfigError, match="level must be one of"):
+        OptimizeStage(level="O4")
+    with pytest.raises(ConfigError, match="needs a dataset"):
+        EvaluateStage(metric="accuracy")
+    with pytest.raises(ConfigError, match="overrides for stages \\['quantize'\\]"):
+        Pipeline.from_recipe({"stages": ["export"]}, overrides={"quantize": {"mode": "dynamic"}})
+
+
+def test_every_recipe_parses():
+    recipes = sorted(RECIPES.glob("*.yaml"))
+    assert {p.name for p in recipes} >= {
+        "bert-prune30-int8-dynamic.yaml",
+        "minilm-prune50-repair-int8-static.yaml",
+        "llama-gqa-prune25.yaml",
+        "vit-prune40-int8.yaml",
+    }
+    for path in recipes:
+        pipeline = Pipeline.from_recipe(path)
+        assert pipeline.stages[0].name == "export"
+
+
+def test_neural_compressor_backend_names_the_missing_package():
+    import importlib.util
+
+    if importlib.util.find_spec("onnx_neural_compressor") is not None:
+        pytest.skip("onnx-neural-compressor is installed")
+    with pytest.raises(
+        BackendUnavailableError, match=r"onnx-neural-compressor.*numpy<2.*backend: onnxruntime"
+    ):
+        QuantizeStage(backend="neural-compressor", mode="dynamic")
+
+
+def test_stage_refuses_overlapping_folders(bert_hf, work):
+    with pytest.raises(ConfigError, match="overlap"):
+        ExportStage().run(bert_hf, bert_hf / "out")
+
+
+def test_hf_folder_needs_an_export_stage(bert_hf, tmp_path):
+    with pytest.raises(ConfigError, match="start the pipeline with an export stage"):
+        Pipeline([PruneStage(sparsity=0.3)]).run(bert_hf, tmp_path / "out", progress=False)
+
+
+def test_output_folder_must_be_new_or_an_earlier_run(bert_hf, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not an earlier pipeline run"):
+        Pipeline([ExportStage()]).run(bert_hf, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_bert_recipe_on_real_minilm(minilm_dir, tmp_path):
+    """The bert recipe as shipped (default model all-MiniLM-L6-v2, Rotten Tomatoes, batch 1 and 32)."""
+    pipeline = Pipeline.from_recipe(RECIPES / "bert-prune30-int8-dynamic.yaml")
+    final = pipeline.run(None, tmp_path / "run", progress=False)
+    report = read_report(final)
+    rows = [e for e in report if e["stage"] == "evaluate"]
+    assert rows[0]["quality"]["value"] == pytest.approx(1.0)
+    assert rows[-1]["quality"]["value"] > 0.5
+    sizes = [e["size_bytes"] for e in report if e["produces_model"]]
+    assert sizes[2] < sizes[1] < sizes[0]
+
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForFeatureExtraction.from_pretrained(final)
+    features = pipeline("feature-extraction", model=model, tokenizer=AutoTokenizer.from_pretrained(final))
+    assert np.asarray(features("a fine film")).shape[-1] == 384
