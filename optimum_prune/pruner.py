@@ -37,7 +37,7 @@ from optimum_prune.passes.normalize import (
     unshare_vectors,
     unshared_elements,
 )
-from optimum_prune.passes.validate import validate_model_file
+from optimum_prune.passes.validate import check_generates, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
 
 REPORT_FILE = "report.json"
@@ -245,6 +245,8 @@ class ORTPruner:
             flops_after = count_flops(prep.model, infer_shapes(prep.model))
             self._copy_side_files(tmp)
             config_notes = _update_config(tmp / "config.json", prep.groups, removed)
+            if validate and _cache_resized(prep.groups, removed) and (tmp / "config.json").is_file():
+                check_generates(tmp, model_file.name)
             plan.save(tmp / PLAN_FILE)
             report = {
                 "stage": "prune",
@@ -336,6 +338,10 @@ def _uniform_ratio(groups: list[PruningGroup], removed: dict[int, set[int]], kin
     return ratios.pop() if len(ratios) == 1 else None
 
 
+def _cache_resized(groups: list[PruningGroup], removed: dict[int, set[int]]) -> bool:
+    return any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
+
+
 def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
     """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
 
@@ -351,7 +357,7 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
     cfg = json.loads(path.read_text())
     notes: list[str] = []
     changed = False
-    cache_resized = any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
+    cache_resized = _cache_resized(groups, removed)
     heads = _uniform_ratio(groups, removed, "heads")
     if cache_resized and heads is None:
         raise PruningError("head groups that resize the key/value cache were pruned unevenly across layers; "

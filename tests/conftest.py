@@ -36,3 +36,9 @@ def minilm_onnx_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("minilm-onnx")
     main_export(str(minilm_dir), out, task="feature-extraction", library_name="transformers")
     return out
+
+
+@pytest.fixture(scope="session")
+def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Cache folder for tiny zoo exports (tests/zoo.py), shared by the tests of one worker."""
+    return tmp_path_factory.mktemp("zoo")

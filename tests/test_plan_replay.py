@@ -42,11 +42,6 @@ def _write_graph(root: Path, key: str) -> Path:
     return src
 
 
-@pytest.fixture(scope="module")
-def zoo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo")
-
-
 def _model_files(folder: Path) -> dict[str, bytes]:
     """model.onnx and any external data file next to it."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())

