@@ -60,7 +60,16 @@ def _minilm() -> Path:
     return fetch_minilm()
 
 
-BUILTIN_MODELS: dict[str, Callable[[], Path]] = {"all-MiniLM-L6-v2": _minilm}
+def _smollm2() -> Path:
+    from optimum_prune.assets import fetch_smollm2
+
+    return fetch_smollm2()
+
+
+BUILTIN_MODELS: dict[str, Callable[[], Path]] = {
+    "all-MiniLM-L6-v2": _minilm,
+    "SmolLM2-135M-Instruct": _smollm2,
+}
 """Model names a recipe or ``--model`` may use instead of a folder (fetched into the local asset cache)."""
 
 
