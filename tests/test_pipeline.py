@@ -146,6 +146,7 @@ def test_pruned_int8_is_smaller_than_int8_alone(bert_hf, work):
 
 def test_minilm_static_recipe_on_tiny_bert(bert_hf, dataset, work):
     overrides = {
+        "prune": {"calibration": _text_data(dataset, "train")},
         "quantize": {"calibration": _text_data(dataset, "train")},
         "evaluate": {"dataset": _text_data(dataset, "train")},
         "benchmark": FAST_BENCH,
@@ -349,3 +350,17 @@ def test_bert_recipe_on_real_minilm(minilm_dir, tmp_path):
     model = ORTModelForFeatureExtraction.from_pretrained(final)
     features = pipeline("feature-extraction", model=model, tokenizer=AutoTokenizer.from_pretrained(final))
     assert np.asarray(features("a fine film")).shape[-1] == 384
+
+
+def test_prune_stage_with_calibration_uses_a_data_driven_criterion(bert_hf, dataset, work):
+    stage = PruneStage(sparsity=0.5, scope=("ffn",), importance="activation",
+                       calibration=_text_data(dataset, "train"))
+    pipeline = Pipeline([ExportStage(task="feature-extraction"), stage])
+    final = pipeline.run(bert_hf, work / "act", progress=False)
+    prune = next(e for e in read_report(final) if e["stage"] == "prune")
+    assert prune["config"]["importance"] == "activation"
+    assert prune["calibration"]["num_samples"] == 16
+    assert prune["verify"]["max_rel_error"] <= 1e-4
+    with pytest.raises(ConfigError, match="activation"):
+        Pipeline([ExportStage(task="feature-extraction"), PruneStage(sparsity=0.5, importance="activation")]
+                 ).run(bert_hf, work / "no-data", progress=False)

@@ -11,6 +11,7 @@ from typing import Any
 from optimum_prune.configuration import PruningConfig
 from optimum_prune.errors import ConfigError
 from optimum_prune.stages.base import Stage, StageConfig, check_keys, find_model_file
+from optimum_prune.stages.data import DatasetConfig
 
 _PRUNE_RESERVED = {"self", "config", "save_dir", "plan"}
 
@@ -43,13 +44,17 @@ class PruneStageConfig(StageConfig):
         pruning: the :class:`PruningConfig` (built from the recipe keys).
         prune_options: extra keyword arguments for ``ORTPruner.prune``.
         verify: run the exactness oracle (:func:`~optimum_prune.verify`) and record its errors.
+        calibration: a dataset split (a :class:`DatasetConfig` mapping) for data-driven criteria
+            (``activation``, ``obs``): tokenised with the folder's own tokenizer (or image processor).
     """
 
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
     prune_options: dict = dataclasses.field(default_factory=dict)
     verify: bool = True
+    calibration: DatasetConfig | dict | str | None = None
 
     def __post_init__(self) -> None:
+        self.calibration = DatasetConfig.coerce(self.calibration, "prune calibration")
         if isinstance(self.pruning, Mapping):
             self.pruning = PruningConfig(**self.pruning)
         if not isinstance(self.pruning, PruningConfig):
@@ -62,8 +67,9 @@ class PruneStageConfig(StageConfig):
 
     @classmethod
     def valid_keys(cls) -> tuple[str, ...]:
-        """PruningConfig fields, ORTPruner.prune keyword arguments and ``verify``."""
-        return (*_pruning_keys(), *_prune_call_keys(), "verify")
+        """PruningConfig fields, ORTPruner.prune keyword arguments, ``verify`` and ``calibration``."""
+        return (*_pruning_keys(), *(k for k in _prune_call_keys() if k != "calibration"), "verify",
+                "calibration")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *, where: str = "") -> PruneStageConfig:
@@ -74,12 +80,27 @@ class PruneStageConfig(StageConfig):
         for key in ("scope", "exclude", "io_patterns"):
             if isinstance(pruning.get(key), list):
                 pruning[key] = tuple(pruning[key])
-        options = {k: data.pop(k) for k in list(data) if k in _prune_call_keys()}
+        options = {k: data.pop(k) for k in list(data) if k in _prune_call_keys() and k != "calibration"}
         return cls(pruning=PruningConfig(**pruning), prune_options=options, **data)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat form, as a recipe writes it."""
-        return {**self.pruning.to_dict(), **self.prune_options, "verify": self.verify}
+        out = {**self.pruning.to_dict(), **self.prune_options, "verify": self.verify}
+        if self.calibration is not None:
+            out["calibration"] = dataclasses.asdict(self.calibration)
+        return out
+
+
+def _calibration(folder: Path, cfg: DatasetConfig):
+    """CalibrationData from a dataset split, processed with the folder's own tokenizer/processor."""
+    from optimum_prune.calibration import CalibrationConfig, CalibrationData
+    from optimum_prune.stages.data import load_split
+
+    dataset = load_split(cfg)
+    column = cfg.text_column if cfg.text_column in dataset.column_names else cfg.image_column
+    config = CalibrationConfig(num_samples=min(cfg.num_samples, len(dataset)), max_length=cfg.max_length,
+                               column=column)
+    return CalibrationData.from_dataset(dataset, folder, config=config)
 
 
 class PruneStage(Stage):
@@ -104,8 +125,12 @@ class PruneStage(Stage):
 
         model = find_model_file(input_dir)
         pruner = ORTPruner.from_pretrained(input_dir, file_name=model.name)
-        pruner.prune(self.config.pruning, output_dir, **self.config.prune_options)
+        options = dict(self.config.prune_options)
         metrics: dict[str, Any] = {}
+        if self.config.calibration is not None:
+            options["calibration"] = _calibration(input_dir, self.config.calibration)
+            metrics["calibration"] = options["calibration"].describe()
+        pruner.prune(self.config.pruning, output_dir, **options)
         if self.config.verify:
             from optimum_prune.verify import verify
 
