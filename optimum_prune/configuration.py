@@ -9,6 +9,74 @@ from optimum_prune.errors import ConfigError
 
 IMPORTANCE_CRITERIA = ("l1", "l2", "tree", "activation", "obs", "fidelity")
 DEFAULT_IO_PATTERNS = ("past_key_values", "present", "past_key", "past_value")
+RECOVERY_METHODS = ("lstsq", "mask", "bias")
+RIDGES = ("identity", "diagonal")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """How the consumers of pruned groups are repaired (``PruningConfig(recover=...)``).
+
+    For every consumer ``y = x @ W (+ b)`` of a pruned group (the MatMul/Gemm whose input rows are the
+    group's leaf slices), the kept rows ``W_S`` and the bias are refitted on calibration activations so
+    the pruned layer reproduces the dense layer's output. See :mod:`optimum_prune.recovery`.
+
+    Args:
+        method: ``"lstsq"``: ridge least squares over the kept rows and the bias (Kwon et al.'s mask
+            tuning, solved from Gram matrices); ``"bias"``: only the bias absorbs the mean contribution
+            of the removed channels (FLAP's bias compensation, the one-column special case).
+        damp: ridge strength relative to the mean diagonal of the kept channels' Gram matrix.
+        prior: what the ridge pulls the kept rows towards: ``"kept"`` (their dense values, so weak data
+            changes them little) or ``"zero"`` (plain ridge, ``lambda ||W'||^2``).
+        sequential: fit each consumer on the inputs of the model pruned and repaired so far (layer by
+            layer, as Kwon et al.), with the dense model's output as the target; else on the dense
+            model's inputs (one capture pass, faster, usually less accurate).
+        bias: refit the bias too (an ``Add`` is created after a consumer that has none).
+        residual: sequential only: when the consumer's output is added to a residual stream, also
+            absorb the difference between the dense and the pruned model's residual input (the layer
+            then corrects the error carried from upstream, not only its own).
+        max_tensors_per_run: tensors captured per ONNX Runtime run (non-sequential capture).
+    """
+
+    method: str = "lstsq"
+    damp: float = 0.01
+    prior: str = "kept"
+    ridge: str = "identity"
+    sequential: bool = True
+    bias: bool = True
+    residual: bool = True
+    max_tensors_per_run: int = 16
+
+    def __post_init__(self) -> None:
+        if self.method not in RECOVERY_METHODS:
+            raise ConfigError(f"RecoveryConfig.method must be one of {RECOVERY_METHODS}, got {self.method!r}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, int | float) or not self.damp >= 0:
+            raise ConfigError(f"RecoveryConfig.damp must be a number >= 0, got {self.damp!r}")
+        if self.ridge not in RIDGES:
+            raise ConfigError(f"RecoveryConfig.ridge must be one of {RIDGES}, got {self.ridge!r}")
+        if self.prior not in ("kept", "zero"):
+            raise ConfigError(f"RecoveryConfig.prior must be 'kept' or 'zero', got {self.prior!r}")
+        for name in ("sequential", "bias", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"RecoveryConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if (isinstance(self.max_tensors_per_run, bool) or not isinstance(self.max_tensors_per_run, int)
+                or self.max_tensors_per_run < 1):
+            raise ConfigError("RecoveryConfig.max_tensors_per_run must be an integer >= 1, got "
+                              f"{self.max_tensors_per_run!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {"method": self.method, "damp": self.damp, "prior": self.prior, "ridge": self.ridge,
+                "sequential": self.sequential,
+                "bias": self.bias, "residual": self.residual, "max_tensors_per_run": self.max_tensors_per_run}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RecoveryConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are rejected)."""
+        unknown = sorted(set(d) - set(cls().to_dict()))
+        if unknown:
+            raise ConfigError(f"unknown RecoveryConfig keys {unknown}; allowed: {sorted(cls().to_dict())}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -30,6 +98,12 @@ class PruningConfig:
         prune_kv_heads: also prune head groups that resize the KV cache (past/present). Off by default:
             optimum-onnx sizes the cache as ``hidden_size // num_attention_heads`` for most decoders,
             so such a folder would not ``generate`` with ``ORTModelForCausalLM``.
+        recover: repair the consumers of pruned groups by least squares on calibration data: ``True``
+            (default :class:`RecoveryConfig`), a :class:`RecoveryConfig` (or its dict), or
+            ``False``/``None``. Without calibration data the pruner uses generated inputs. A repaired
+            model no longer equals the dense model with the removed consumer rows zeroed;
+            :func:`optimum_prune.verify` then puts the repaired consumer weights into the zeroed dense
+            model before comparing.
     """
 
     sparsity: float = 0.3
@@ -39,8 +113,15 @@ class PruningConfig:
     exclude: tuple[str, ...] = ()
     io_patterns: tuple[str, ...] = field(default=DEFAULT_IO_PATTERNS)
     prune_kv_heads: bool = False
+    recover: bool | RecoveryConfig = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.recover, dict):
+            object.__setattr__(self, "recover", RecoveryConfig.from_dict(self.recover))
+        if self.recover is True or self.recover is None:
+            object.__setattr__(self, "recover", RecoveryConfig() if self.recover else False)
+        if not (self.recover is False or isinstance(self.recover, RecoveryConfig)):
+            raise ConfigError(f"recover must be True, False or a RecoveryConfig, got {self.recover!r}")
         if isinstance(self.scope, str):
             object.__setattr__(self, "scope", tuple(s.strip() for s in self.scope.split(",") if s.strip()))
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float):
@@ -62,4 +143,10 @@ class PruningConfig:
         """JSON-friendly form, stored in the plan and the report."""
         return {"sparsity": self.sparsity, "scope": list(self.scope), "importance": self.importance,
                 "min_units": self.min_units, "exclude": list(self.exclude),
-                "io_patterns": list(self.io_patterns), "prune_kv_heads": self.prune_kv_heads}
+                "io_patterns": list(self.io_patterns), "prune_kv_heads": self.prune_kv_heads,
+                "recover": self.recover.to_dict() if self.recover else False}
+
+    @property
+    def recovery(self) -> RecoveryConfig | None:
+        """The repair settings, or None when ``recover`` is off."""
+        return self.recover or None

@@ -23,7 +23,7 @@ from optimum_prune.association.builder import build_groups
 from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
 from optimum_prune.calibration import CalibrationData
-from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
+from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig, RecoveryConfig
 from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
 from optimum_prune.importance import get_importance
@@ -39,6 +39,7 @@ from optimum_prune.passes.normalize import (
 )
 from optimum_prune.passes.validate import validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
+from optimum_prune.recovery import repair
 
 REPORT_FILE = "report.json"
 _MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
@@ -205,7 +206,9 @@ class ORTPruner:
         The folder holds ``model.onnx``, the source folder's config/tokenizer/processor files,
         ``pruning_plan.json`` and ``report.json``. The model is validated (ONNX checker and an ONNX
         Runtime run) before anything is written; the input folder is never modified. ``calibration``
-        feeds the data-driven criteria (required by ``importance="activation"``).
+        feeds the data-driven criteria (required by ``importance="activation"``) and the repair step
+        (``recover``; generated inputs are used when it is None). A saved ``plan`` whose config has
+        ``recover`` is repaired again on ``calibration``.
         """
         if save_dir is None:
             raise ConfigError("save_dir is required: the folder to write the pruned model to")
@@ -229,6 +232,16 @@ class ORTPruner:
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)
+        recovery = config.recovery if config is not None else None
+        if config is None and plan.config.get("recover"):
+            recovery = RecoveryConfig.from_dict(plan.config["recover"])
+        repair_report = None
+        if recovery is not None and any(removed.values()):
+            calib = calibration if calibration is not None else CalibrationData.generated(prep.model)
+            repair_report = repair(prep.model, prep.groups, removed, calib, recovery, shapes=prep.shapes)
+            plan = PruningPlan(groups=plan.groups, config=plan.config, source=plan.source,
+                               repairs=[{k: v for k, v in r.to_dict().items() if not k.startswith("error")}
+                                        for r in repair_report.records])
         apply_removals(prep.model, prep.groups, removed)
         reshare_vectors(prep.model)
         params_after = count_parameters(prep.model)
@@ -259,6 +272,7 @@ class ORTPruner:
                                   for k in KINDS},
                 "seconds": round(time.perf_counter() - start, 3),
                 "config_notes": config_notes,
+                **({"repair": repair_report.to_dict()} if repair_report is not None else {}),
                 "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                            for g, g_plan in zip(prep.groups, plan.groups, strict=True)],
             }
