@@ -10,6 +10,8 @@ from optimum_prune.errors import ConfigError
 IMPORTANCE_CRITERIA = ("l1", "l2", "tree", "activation", "obs", "fidelity")
 DEFAULT_IO_PATTERNS = ("past_key_values", "present", "past_key", "past_value")
 RECOVERY_METHODS = ("lstsq", "mask", "bias")
+ALLOCATIONS = ("uniform", "global")
+TARGETS = ("units", "params", "flops")
 RIDGES = ("identity", "diagonal")
 
 
@@ -84,7 +86,9 @@ class PruningConfig:
     """What to prune and how.
 
     Args:
-        sparsity: fraction of the units removed in every group of the chosen kinds, in [0, 1).
+        sparsity: fraction removed, in [0, 1): of the units of every group (``target="units"``,
+            uniform), of every kind's units (``"units"``, global), or of the whole model's parameters
+            or FLOPs (``"params"`` / ``"flops"``; FLOPs at batch 1 x 128 tokens, MatMul/Gemm/Conv).
         scope: group kinds to prune, from ``("ffn", "heads", "conv", "hidden")``. ``hidden`` (the
             LayerNorm-coupled residual width) is never exact and must be asked for explicitly.
         importance: criterion that ranks units (ties keep the lower index): ``"l2"`` / ``"l1"`` (norm of
@@ -92,7 +96,13 @@ class PruningConfig:
             ``"activation"`` (Wanda-style, needs calibration data), ``"obs"`` (OBS saliency of the
             consumer rows; calibration optional) or ``"fidelity"`` (PAODING-style greedy output
             fidelity on generated inputs). See :mod:`optimum_prune.importance`.
-        min_units: units always kept per group (at least one).
+        min_units: units always kept per group (at least one, so every layer keeps a head / KV group).
+        allocation: ``"uniform"`` (every group loses the same share) or ``"global"`` (units of every
+            layer ranked together by their score normalised per kind, divided by their normalised cost
+            for params/FLOPs targets; see :mod:`optimum_prune.allocation`).
+        target: what ``sparsity`` measures: ``"units"``, ``"params"`` or ``"flops"``.
+        round_to: kept units per group rounded to a multiple of this (an int for every kind, or a dict
+            by kind, e.g. ``{"ffn": 8}``); a budget is then met within one rounding step per group.
         exclude: substrings of seed tensor names whose groups are left alone.
         io_patterns: substrings of graph input/output names a group may resize (the KV cache).
         prune_kv_heads: also prune head groups that resize the KV cache (past/present). Off by default:
@@ -114,8 +124,23 @@ class PruningConfig:
     io_patterns: tuple[str, ...] = field(default=DEFAULT_IO_PATTERNS)
     prune_kv_heads: bool = False
     recover: bool | RecoveryConfig = False
+    allocation: str = "uniform"
+    target: str = "units"
+    round_to: int | dict[str, int] = 1
 
     def __post_init__(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {TARGETS}, got {self.target!r}")
+        round_to = self.round_to if isinstance(self.round_to, dict) else {k: self.round_to for k in KINDS}
+        bad = {k: v for k, v in round_to.items()
+               if k not in KINDS or isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ConfigError(f"round_to must be an integer >= 1 or a dict {{kind: integer >= 1}} with kinds "
+                              f"from {KINDS}; bad entries: {bad}")
+        if isinstance(self.round_to, dict):
+            object.__setattr__(self, "round_to", dict(self.round_to))
         if isinstance(self.recover, dict):
             object.__setattr__(self, "recover", RecoveryConfig.from_dict(self.recover))
         if self.recover is True or self.recover is None:
@@ -144,7 +169,12 @@ class PruningConfig:
         return {"sparsity": self.sparsity, "scope": list(self.scope), "importance": self.importance,
                 "min_units": self.min_units, "exclude": list(self.exclude),
                 "io_patterns": list(self.io_patterns), "prune_kv_heads": self.prune_kv_heads,
-                "recover": self.recover.to_dict() if self.recover else False}
+                "recover": self.recover.to_dict() if self.recover else False,
+                "allocation": self.allocation, "target": self.target, "round_to": self.round_to}
+
+    def multiple(self, kind: str) -> int:
+        """The rounding multiple of ``kind``'s kept units."""
+        return self.round_to.get(kind, 1) if isinstance(self.round_to, dict) else self.round_to
 
     @property
     def recovery(self) -> RecoveryConfig | None:

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.allocation import select_kept, units_to_remove
+from optimum_prune.allocation import (
+    global_allocation,
+    round_removal,
+    select_kept,
+    uniform_for_cost,
+    unit_costs,
+    units_to_remove,
+)
 from optimum_prune.association.builder import build_groups
 from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
@@ -164,22 +171,54 @@ class ORTPruner:
     def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None
               ) -> PruningPlan:
         importance = get_importance(config.importance, calibration=calibration)
-        n_remove: dict[int, int] = {}
+        eligible: list[PruningGroup] = []
         for g in prep.groups:
             resizes_cache = any(s.io for s in g.slices)
             if (g.prunable and g.kind in config.scope and not any(pat in g.seed for pat in config.exclude)
                     and (config.prune_kv_heads or not resizes_cache)):
                 if resizes_cache and g.kind == "heads":
                     self._check_cache_describable()
-                n_remove[g.id] = units_to_remove(g.units, config.sparsity, config.min_units)
+                eligible.append(g)
+        multiples = {g.id: config.multiple(g.kind) for g in eligible}
+        scores: dict[int, np.ndarray] = {}
+        if config.target == "units":
+            costs = {g.id: np.ones(g.units) for g in eligible}
+        else:
+            costs = {g.id: unit_costs(g, prep.model, prep.shapes, config.target) for g in eligible}
+        total = 0.0
+        if config.target == "params":
+            total = float(count_parameters(prep.model) - unshared_elements(prep.model))
+        elif config.target == "flops":
+            total = float(count_flops(prep.model, prep.shapes))
+        if config.allocation == "uniform":
+            if config.target == "units":
+                n_remove = {g.id: round_removal(g.units, units_to_remove(g.units, config.sparsity,
+                                                                         config.min_units),
+                                                multiples[g.id], config.min_units) for g in eligible}
+            else:
+                n_remove = uniform_for_cost(eligible, costs, config.sparsity * total, config.min_units,
+                                            multiples) if eligible and config.sparsity > 0 else {}
+        else:
+            importance.prepare(prep.model, eligible, shapes=prep.shapes, n_remove=None)
+            scores = {g.id: importance(g, prep.model) for g in eligible}
+            if config.target == "units":
+                target: float | dict[str, float] = {
+                    k: config.sparsity * sum(g.units for g in eligible if g.kind == k)
+                    for k in {g.kind for g in eligible}}
+            else:
+                target = config.sparsity * total
+            n_remove = global_allocation(eligible, scores, costs, target, config.min_units, multiples) \
+                if eligible and config.sparsity > 0 else {}
+            if getattr(importance, "budget_aware", False):  # its ranking depends on the budget: rescore
+                scores = {}
         active = [g for g in prep.groups if n_remove.get(g.id)]
-        importance.prepare(prep.model, active, shapes=prep.shapes, n_remove=n_remove)
+        missing = [g for g in active if g.id not in scores]
+        if missing:
+            importance.prepare(prep.model, missing, shapes=prep.shapes, n_remove=n_remove)
+            scores.update({g.id: importance(g, prep.model) for g in missing})
         plans = []
         for g in prep.groups:
-            if n_remove.get(g.id):
-                kept = select_kept(importance(g, prep.model), n_remove[g.id])
-            else:
-                kept = list(range(g.units))
+            kept = select_kept(scores[g.id], n_remove[g.id]) if n_remove.get(g.id) else list(range(g.units))
             plans.append(GroupPlan(id=g.id, kind=g.kind, seed=f"{g.seed}:{g.seed_axis}", units=g.units,
                                    unit_size=g.unit_size, kept=kept,
                                    tensors=sorted({s.name for s in g.slices if s.constant})))
