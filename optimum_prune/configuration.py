@@ -27,12 +27,15 @@ class RecoveryConfig:
         method: ``"lstsq"``: ridge least squares over the kept rows and the bias (Kwon et al.'s mask
             tuning, solved from Gram matrices); ``"bias"``: only the bias absorbs the mean contribution
             of the removed channels (FLAP's bias compensation, the one-column special case).
-        damp: ridge strength relative to the mean diagonal of the kept channels' Gram matrix.
+        damp: ridge strength relative to the mean diagonal of the kept channels' Gram matrix (0.3 was
+            best of 0.001-1 on all-MiniLM-L6-v2 with 128 calibration sentences).
         prior: what the ridge pulls the kept rows towards: ``"kept"`` (their dense values, so weak data
             changes them little) or ``"zero"`` (plain ridge, ``lambda ||W'||^2``).
         sequential: fit each consumer on the inputs of the model pruned and repaired so far (layer by
-            layer, as Kwon et al.), with the dense model's output as the target; else on the dense
-            model's inputs (one capture pass, faster, usually less accurate).
+            layer, as Kwon et al.), with the dense model's output as the target; else (default) on the
+            dense model's inputs, one capture pass. On all-MiniLM-L6-v2 with 128 calibration sentences
+            the dense-statistics fit generalised as well or better to held-out text and ran 4x faster
+            (the sequential fit matches the calibration set more closely: it overfits).
         bias: refit the bias too (an ``Add`` is created after a consumer that has none).
         residual: sequential only: when the consumer's output is added to a residual stream, also
             absorb the difference between the dense and the pruned model's residual input (the layer
@@ -41,10 +44,10 @@ class RecoveryConfig:
     """
 
     method: str = "lstsq"
-    damp: float = 0.01
+    damp: float = 0.3
     prior: str = "kept"
     ridge: str = "identity"
-    sequential: bool = True
+    sequential: bool = False
     bias: bool = True
     residual: bool = True
     max_tensors_per_run: int = 16
@@ -96,6 +99,8 @@ class PruningConfig:
             ``"activation"`` (Wanda-style, needs calibration data), ``"obs"`` (OBS saliency of the
             consumer rows; calibration optional) or ``"fidelity"`` (PAODING-style greedy output
             fidelity on generated inputs). See :mod:`optimum_prune.importance`.
+        importance_options: keyword arguments of the criterion's class, e.g. ``{"rounds": 1}`` for a
+            one-shot ``fidelity`` or ``{"iterative": False}`` for ``obs``.
         min_units: units always kept per group (at least one, so every layer keeps a head / KV group).
         allocation: ``"uniform"`` (every group loses the same share) or ``"global"`` (units of every
             layer ranked together by their score normalised per kind, divided by their normalised cost
@@ -119,6 +124,7 @@ class PruningConfig:
     sparsity: float = 0.3
     scope: tuple[str, ...] = ("ffn", "heads")
     importance: str = "l2"
+    importance_options: dict = field(default_factory=dict)
     min_units: int = 1
     exclude: tuple[str, ...] = ()
     io_patterns: tuple[str, ...] = field(default=DEFAULT_IO_PATTERNS)
@@ -159,6 +165,9 @@ class PruningConfig:
             raise ConfigError(f"scope has unknown kinds {unknown or self.scope!r}; allowed: {KINDS}")
         if self.importance not in IMPORTANCE_CRITERIA:
             raise ConfigError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
+        if not isinstance(self.importance_options, dict):
+            raise ConfigError(f"importance_options must be a dict, got {self.importance_options!r}")
+        object.__setattr__(self, "importance_options", dict(self.importance_options))
         if not isinstance(self.min_units, int) or self.min_units < 1:
             raise ConfigError(f"min_units must be an integer >= 1, got {self.min_units!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -167,6 +176,7 @@ class PruningConfig:
     def to_dict(self) -> dict:
         """JSON-friendly form, stored in the plan and the report."""
         return {"sparsity": self.sparsity, "scope": list(self.scope), "importance": self.importance,
+                **({"importance_options": self.importance_options} if self.importance_options else {}),
                 "min_units": self.min_units, "exclude": list(self.exclude),
                 "io_patterns": list(self.io_patterns), "prune_kv_heads": self.prune_kv_heads,
                 "recover": self.recover.to_dict() if self.recover else False,

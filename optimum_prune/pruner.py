@@ -170,7 +170,7 @@ class ORTPruner:
 
     def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None
               ) -> PruningPlan:
-        importance = get_importance(config.importance, calibration=calibration)
+        importance = get_importance(config.importance, calibration=calibration, **config.importance_options)
         eligible: list[PruningGroup] = []
         for g in prep.groups:
             resizes_cache = any(s.io for s in g.slices)
