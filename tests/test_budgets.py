@@ -99,3 +99,20 @@ def test_unreachable_budget_is_an_error(tiny_bert):  # noqa: F811
 def test_budget_options_are_validated(bad):
     with pytest.raises(ConfigError):
         PruningConfig(**bad)
+
+
+def test_importance_options_reach_the_criterion_and_are_validated(tiny_bert, tmp_path):  # noqa: F811
+    from optimum_prune.importance import FidelityImportance, get_importance
+
+    assert get_importance("fidelity", rounds=1).rounds == 1
+    with pytest.raises(ConfigError, match="bad importance_options"):
+        get_importance("l2", rounds=1)
+    with pytest.raises(ConfigError, match="cannot set"):
+        get_importance("l2", p=1)
+    config = PruningConfig(sparsity=0.3, importance="fidelity", importance_options={"rounds": 1})
+    assert config.to_dict()["importance_options"] == {"rounds": 1}
+    plan = ORTPruner.from_pretrained(tiny_bert).plan(config)
+    assert plan.config["importance_options"] == {"rounds": 1}
+    assert isinstance(get_importance("fidelity"), FidelityImportance)
+    with pytest.raises(ConfigError):
+        PruningConfig(importance_options=[("rounds", 1)])
