@@ -4,10 +4,11 @@ Public API::
 
     from optimum_prune import ORTPruner, PruningConfig, verify
     from optimum_prune import CalibrationData, CalibrationConfig  # for data-driven criteria
+    from optimum_prune import RecoveryConfig  # least-squares repair options (PruningConfig(recover=...))
 """
 
 from optimum_prune.calibration import CalibrationConfig, CalibrationData
-from optimum_prune.configuration import PruningConfig
+from optimum_prune.configuration import PruningConfig, RecoveryConfig
 from optimum_prune.errors import (
     ConfigError,
     InvalidModelError,
@@ -31,6 +32,7 @@ __all__ = [
     "PruningConfig",
     "PruningError",
     "PruningPlan",
+    "RecoveryConfig",
     "UnsupportedOpError",
     "ValidationError",
     "VerificationResult",
