@@ -17,6 +17,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import engine_speed  # noqa: E402
+import quality  # noqa: E402
 import zoo_table  # noqa: E402
 
 
@@ -66,10 +67,38 @@ def _decoder() -> str | None:
     return head + "\n\n" + decoder.markdown(data["rows"])
 
 
+def _quality() -> str | None:
+    path = RESULTS / "quality.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    dense = data["dense"]
+    peer = data.get("peer", {})
+    lines = [quality.markdown(data), "",
+             f"- dense: {dense['params'] / 1e6:.1f}M params, {dense['flops'] / 1e9:.2f} GFLOPs, "
+             f"{dense['latency_ms']:.0f} ms per batch"]
+    lines += [f"- {line}" for line in data.get("summary", [])]
+    if peer.get("available"):
+        lines.append(f"- peer: onnxsim {peer.get('version')} on the fused graph (fused dense "
+                     f"{peer['fused_latency_ms']:.0f} ms, cosine {peer['fused_cos_mean']:.4f} to the raw "
+                     "export)")
+    else:
+        lines.append(f"- peer not run: {peer.get('reason')}")
+    lines += [f"- {note}" for note in data.get("notes", [])]
+    split = data["split"]
+    lines.append(f"- split: {split['held_out']} held out / {split['calibration']} calibration "
+                 f"of {data['split']['pool']} reviews; {data['seconds']:.0f} s in all; "
+                 f"commit {data['machine']['git']['commit'][:7]}, {data['created']}")
+    lines.append("")
+    lines.append("![quality](benchmarks/results/quality.png)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("decoder", _decoder)):
+    for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
+                         ("decoder", _decoder)):
         body = render()
         if body is None:
             continue

@@ -4,6 +4,7 @@ Public API::
 
     from optimum_prune import ORTPruner, PruningConfig, verify
     from optimum_prune import CalibrationData, CalibrationConfig  # for data-driven criteria
+    from optimum_prune import RecoveryConfig  # least-squares repair options (PruningConfig(recover=...))
     from optimum_prune import Pipeline  # export -> prune -> optimize -> quantize -> evaluate -> benchmark
 
 Names are imported on first use (PEP 562), so ``optimum-cli``, which imports every registered command
@@ -21,6 +22,7 @@ _EXPORTS = {
     "AnalysisReport": "optimum_prune.pruner",
     "ORTPruner": "optimum_prune.pruner",
     "PruningConfig": "optimum_prune.configuration",
+    "RecoveryConfig": "optimum_prune.configuration",
     "PruningPlan": "optimum_prune.plan",
     "VerificationResult": "optimum_prune.verify",
     "verify": "optimum_prune.verify",
@@ -39,7 +41,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from optimum_prune.calibration import CalibrationConfig, CalibrationData
-    from optimum_prune.configuration import PruningConfig
+    from optimum_prune.configuration import PruningConfig, RecoveryConfig
     from optimum_prune.errors import (
         BackendUnavailableError,
         ConfigError,
@@ -69,6 +71,7 @@ __all__ = [
     "PruningConfig",
     "PruningError",
     "PruningPlan",
+    "RecoveryConfig",
     "Stage",
     "StageError",
     "StageRegistry",

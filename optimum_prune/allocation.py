@@ -1,10 +1,25 @@
-"""Turn scores and a target into the units each group keeps."""
+"""Turn scores and a target into the units each group keeps.
+
+Targets (``PruningConfig.target``): ``"units"`` removes ``sparsity`` of the units of every group (uniform)
+or of every kind (global); ``"params"`` / ``"flops"`` remove ``sparsity`` of the whole model's parameters
+or FLOPs (as :func:`optimum_prune.metrics.count_parameters` / ``count_flops`` count them), spending the
+budget on the groups in scope. Allocation is ``"uniform"`` (one share for every group) or ``"global"``
+(units ranked across layers by their score normalised per kind, and per cost for params/FLOPs
+targets). Removal counts are rounded so each group keeps a multiple of ``round_to`` (per kind) and at
+least ``min_units`` (so every layer keeps at least one head / KV group).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.association.tree import PruningGroup
+from optimum_prune.errors import ConfigError
+from optimum_prune.graph import Shape
 
 
 def units_to_remove(units: int, sparsity: float, min_units: int = 1) -> int:
@@ -13,8 +28,177 @@ def units_to_remove(units: int, sparsity: float, min_units: int = 1) -> int:
     return max(0, min(n, units - max(1, min_units)))
 
 
+def round_removal(units: int, n_remove: int, multiple: int = 1, min_units: int = 1) -> int:
+    """``n_remove`` adjusted so the kept count is the nearest multiple of ``multiple`` (ties keep more),
+    never below ``min_units`` (rounded up to a multiple when possible) and never above ``units``."""
+    if multiple <= 1:
+        return max(0, min(n_remove, units - max(1, min_units)))
+    kept = units - n_remove
+    kept = int(math.floor(kept / multiple + 0.5)) * multiple
+    floor_kept = max(1, min_units)
+    floor_kept = min(int(math.ceil(floor_kept / multiple)) * multiple, units)
+    kept = min(max(kept, floor_kept), units)
+    return units - kept
+
+
 def select_kept(scores: np.ndarray, n_remove: int) -> list[int]:
     """Indices kept after removing the ``n_remove`` lowest scores (ties remove the higher index)."""
     order = np.lexsort((-np.arange(scores.size), scores))  # ascending score, then descending index
     removed = set(order[:n_remove].tolist())
     return [i for i in range(scores.size) if i not in removed]
+
+
+# ----------------------------------------------------------------------------------------------
+# costs
+
+
+def _numel(shape: Shape | None, sequence: int) -> int | None:
+    if shape is None:
+        return None
+    n = 1
+    for d in shape:
+        if isinstance(d, int):
+            n *= d
+        elif d is None:
+            return None
+        else:
+            n *= 1 if "batch" in str(d) else sequence
+    return n
+
+
+def unit_costs(group: PruningGroup, model: ir.Model, shapes: dict[str, Shape], measure: str, *,
+               sequence: int = 128) -> np.ndarray:
+    """What removing each unit of ``group`` saves: parameters, or FLOPs at batch 1 x ``sequence`` tokens
+    (weights of MatMul/Gemm/Conv, as ``count_flops`` counts them), one entry per unit."""
+    values: dict[str, ir.Value] = dict(model.graph.initializers)
+    for node in model.graph:
+        for out in node.outputs:
+            values.setdefault(out.name, out)
+    cost = np.zeros(group.units)
+    seen: set[tuple[str, int]] = set()
+    for s in group.slices:
+        if not s.constant or (s.name, s.axis) in seen:
+            continue
+        seen.add((s.name, s.axis))
+        value = values.get(s.name)
+        tensor = value.const_value if value is not None else None
+        if tensor is None or not tensor.dtype.is_floating_point():
+            continue
+        dims = [int(d) for d in tensor.shape]
+        if not dims or dims[s.axis] != s.owner.size:
+            continue
+        per_position = math.prod(dims) / dims[s.axis]
+        if measure == "flops":
+            per_position *= _flops_per_weight(value, shapes, sequence)
+        owned = s.owner >= 0
+        cost += np.bincount(s.owner[owned], minlength=group.units) * per_position
+    return cost
+
+
+def _flops_per_weight(value: ir.Value, shapes: dict[str, Shape], sequence: int) -> float:
+    """FLOPs per element of a weight: ``2 x tokens`` for a MatMul/Gemm weight, ``2 x output positions``
+    for a Conv filter, 0 for anything else (biases, norms)."""
+    total = 0.0
+    for node, idx in value.uses():
+        if node.domain not in ("", "ai.onnx") or idx != 1:
+            continue
+        out = _numel(shapes.get(node.outputs[0].name), sequence)
+        out_shape = shapes.get(node.outputs[0].name)
+        if out is None or not out_shape:
+            continue
+        if node.op_type in ("MatMul", "Gemm") and isinstance(out_shape[-1], int) and out_shape[-1]:
+            total += 2.0 * out / out_shape[-1]
+        elif (node.op_type in ("Conv", "ConvTranspose") and len(out_shape) > 2
+              and isinstance(out_shape[1], int)):
+            total += 2.0 * out / max(out_shape[1], 1)
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# allocation
+
+
+def uniform_for_cost(groups: Sequence[PruningGroup], costs: dict[int, np.ndarray], target: float,
+                     min_units: int, multiples: dict[int, int]) -> dict[int, int]:
+    """One sparsity for every group, the smallest whose removal (of average-cost units) reaches
+    ``target``; found by bisection. Raises :class:`ConfigError` when no sparsity reaches it."""
+
+    def plan(s: float) -> tuple[dict[int, int], float]:
+        n = {g.id: round_removal(g.units, units_to_remove(g.units, s, min_units), multiples.get(g.id, 1),
+                                 min_units) for g in groups}
+        return n, sum(n[g.id] * float(costs[g.id].mean()) for g in groups)
+
+    best, reached = plan(0.999999)
+    if reached < target:
+        raise ConfigError(f"the groups in scope can remove at most {reached:.4g} of the {target:.4g} asked; "
+                          "lower sparsity, widen scope, or lower min_units")
+    lo, hi = 0.0, 0.999999
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        n, c = plan(mid)
+        if c >= target:
+            hi, best = mid, n
+        else:
+            lo = mid
+    return best
+
+
+def normalise_per_kind(groups: Sequence[PruningGroup], scores: dict[int, np.ndarray]
+                       ) -> dict[int, np.ndarray]:
+    """Scores divided by the mean score of their kind (over every unit of every group of that kind), so
+    units of different layers and kinds can be ranked together; non-positive means fall back to ranks."""
+    out: dict[int, np.ndarray] = {}
+    kinds = sorted({g.kind for g in groups})
+    for kind in kinds:
+        gs = [g for g in groups if g.kind == kind]
+        allv = np.concatenate([np.asarray(scores[g.id], dtype=np.float64) for g in gs])
+        mean = float(np.mean(allv)) if allv.size else 0.0
+        if not np.all(np.isfinite(allv)) or mean <= 0 or np.any(allv < 0):
+            ranks = np.argsort(np.argsort(allv, kind="stable"), kind="stable").astype(np.float64) + 1.0
+            allv, mean = ranks, float(ranks.mean())
+        start = 0
+        for g in gs:
+            out[g.id] = allv[start:start + g.units] / mean
+            start += g.units
+    return out
+
+
+def global_allocation(groups: Sequence[PruningGroup], scores: dict[int, np.ndarray],
+                      costs: dict[int, np.ndarray], target: float | dict[str, float], min_units: int,
+                      multiples: dict[int, int]) -> dict[int, int]:
+    """Units removed per group by ranking every unit of ``groups`` together.
+
+    Units are taken in ascending order of (normalised score) / (cost / mean cost of the kind) until the
+    removed cost reaches ``target`` (a number, over all kinds; or per kind, a dict), never leaving a
+    group with fewer than ``min_units``; each group's count is then rounded to its multiple.
+    """
+    norm = normalise_per_kind(groups, scores)
+    keys, gids, costs_flat = [], [], []
+    mean_cost = {k: float(np.mean(np.concatenate([costs[g.id] for g in groups if g.kind == k])))
+                 for k in {g.kind for g in groups}}
+    for g in groups:
+        c = np.maximum(costs[g.id], 1e-30)
+        keys.append(norm[g.id] / (c / max(mean_cost[g.kind], 1e-30)))
+        gids.append(np.full(g.units, g.id))
+        costs_flat.append(costs[g.id])
+    key, gid, cost = np.concatenate(keys), np.concatenate(gids), np.concatenate(costs_flat)
+    kind_of = {g.id: g.kind for g in groups}
+    cap = {g.id: g.units - max(1, min_units) for g in groups}
+    n_remove = {g.id: 0 for g in groups}
+    per_kind = isinstance(target, dict)
+    spent: dict[str, float] = {k: 0.0 for k in mean_cost}
+    total = 0.0
+    for i in np.argsort(key, kind="stable"):
+        g = int(gid[i])
+        kind = kind_of[g]
+        if n_remove[g] >= cap[g]:
+            continue
+        if per_kind:
+            if spent[kind] >= target.get(kind, 0.0):
+                continue
+        elif total >= target:
+            break
+        n_remove[g] += 1
+        spent[kind] += float(cost[i])
+        total += float(cost[i])
+    return {g.id: round_removal(g.units, n_remove[g.id], multiples.get(g.id, 1), min_units) for g in groups}

@@ -35,11 +35,17 @@ class GroupPlan:
 
 @dataclass
 class PruningPlan:
-    """Kept units per group, with the config that chose them; JSON round trip."""
+    """Kept units per group, with the config that chose them; JSON round trip.
+
+    ``repairs`` lists the consumers whose weights the repair step refitted (written by
+    :meth:`ORTPruner.prune` with ``recover``): node, weight, leaf axis, bias tensor and whether the bias
+    ``Add`` was created. It describes the written model; replaying a plan repairs again from its config.
+    """
 
     groups: list[GroupPlan]
     config: dict = field(default_factory=dict)
     source: str = ""
+    repairs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""
@@ -48,6 +54,7 @@ class PruningPlan:
             "source": self.source,
             "config": self.config,
             "groups": [g.__dict__ for g in self.groups],
+            **({"repairs": self.repairs} if self.repairs else {}),
         }
 
     @classmethod
@@ -59,7 +66,7 @@ class PruningPlan:
                                     f"{PLAN_FILE} written by ORTPruner.prune")
         try:
             return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
-                       source=data.get("source", ""))
+                       source=data.get("source", ""), repairs=list(data.get("repairs", [])))
         except (KeyError, TypeError) as e:
             raise PlanMismatchError(f"malformed pruning plan ({type(e).__name__}: {e}): pass a {PLAN_FILE} "
                                     "written by ORTPruner.prune") from e

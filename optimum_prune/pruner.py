@@ -18,12 +18,19 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.allocation import select_kept, units_to_remove
+from optimum_prune.allocation import (
+    global_allocation,
+    round_removal,
+    select_kept,
+    uniform_for_cost,
+    unit_costs,
+    units_to_remove,
+)
 from optimum_prune.association.builder import build_groups
 from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
 from optimum_prune.calibration import CalibrationData
-from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
+from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig, RecoveryConfig
 from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
 from optimum_prune.importance import get_importance
@@ -39,6 +46,7 @@ from optimum_prune.passes.normalize import (
 )
 from optimum_prune.passes.validate import check_generates, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
+from optimum_prune.recovery import repair
 
 REPORT_FILE = "report.json"
 _MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
@@ -162,23 +170,55 @@ class ORTPruner:
 
     def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None
               ) -> PruningPlan:
-        importance = get_importance(config.importance, calibration=calibration)
-        n_remove: dict[int, int] = {}
+        importance = get_importance(config.importance, calibration=calibration, **config.importance_options)
+        eligible: list[PruningGroup] = []
         for g in prep.groups:
             resizes_cache = any(s.io for s in g.slices)
             if (g.prunable and g.kind in config.scope and not any(pat in g.seed for pat in config.exclude)
                     and (config.prune_kv_heads or not resizes_cache)):
                 if resizes_cache and g.kind == "heads":
                     self._check_cache_describable()
-                n_remove[g.id] = units_to_remove(g.units, config.sparsity, config.min_units)
+                eligible.append(g)
+        multiples = {g.id: config.multiple(g.kind) for g in eligible}
+        scores: dict[int, np.ndarray] = {}
+        if config.target == "units":
+            costs = {g.id: np.ones(g.units) for g in eligible}
+        else:
+            costs = {g.id: unit_costs(g, prep.model, prep.shapes, config.target) for g in eligible}
+        total = 0.0
+        if config.target == "params":
+            total = float(count_parameters(prep.model) - unshared_elements(prep.model))
+        elif config.target == "flops":
+            total = float(count_flops(prep.model, prep.shapes))
+        if config.allocation == "uniform":
+            if config.target == "units":
+                n_remove = {g.id: round_removal(g.units, units_to_remove(g.units, config.sparsity,
+                                                                         config.min_units),
+                                                multiples[g.id], config.min_units) for g in eligible}
+            else:
+                n_remove = uniform_for_cost(eligible, costs, config.sparsity * total, config.min_units,
+                                            multiples) if eligible and config.sparsity > 0 else {}
+        else:
+            importance.prepare(prep.model, eligible, shapes=prep.shapes, n_remove=None)
+            scores = {g.id: importance(g, prep.model) for g in eligible}
+            if config.target == "units":
+                target: float | dict[str, float] = {
+                    k: config.sparsity * sum(g.units for g in eligible if g.kind == k)
+                    for k in {g.kind for g in eligible}}
+            else:
+                target = config.sparsity * total
+            n_remove = global_allocation(eligible, scores, costs, target, config.min_units, multiples) \
+                if eligible and config.sparsity > 0 else {}
+            if getattr(importance, "budget_aware", False):  # its ranking depends on the budget: rescore
+                scores = {}
         active = [g for g in prep.groups if n_remove.get(g.id)]
-        importance.prepare(prep.model, active, shapes=prep.shapes, n_remove=n_remove)
+        missing = [g for g in active if g.id not in scores]
+        if missing:
+            importance.prepare(prep.model, missing, shapes=prep.shapes, n_remove=n_remove)
+            scores.update({g.id: importance(g, prep.model) for g in missing})
         plans = []
         for g in prep.groups:
-            if n_remove.get(g.id):
-                kept = select_kept(importance(g, prep.model), n_remove[g.id])
-            else:
-                kept = list(range(g.units))
+            kept = select_kept(scores[g.id], n_remove[g.id]) if n_remove.get(g.id) else list(range(g.units))
             plans.append(GroupPlan(id=g.id, kind=g.kind, seed=f"{g.seed}:{g.seed_axis}", units=g.units,
                                    unit_size=g.unit_size, kept=kept,
                                    tensors=sorted({s.name for s in g.slices if s.constant})))
@@ -205,7 +245,9 @@ class ORTPruner:
         The folder holds ``model.onnx``, the source folder's config/tokenizer/processor files,
         ``pruning_plan.json`` and ``report.json``. The model is validated (ONNX checker and an ONNX
         Runtime run) before anything is written; the input folder is never modified. ``calibration``
-        feeds the data-driven criteria (required by ``importance="activation"``).
+        feeds the data-driven criteria (required by ``importance="activation"``) and the repair step
+        (``recover``; generated inputs are used when it is None). A saved ``plan`` whose config has
+        ``recover`` is repaired again on ``calibration``.
         """
         if save_dir is None:
             raise ConfigError("save_dir is required: the folder to write the pruned model to")
@@ -229,6 +271,16 @@ class ORTPruner:
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)
+        recovery = config.recovery if config is not None else None
+        if config is None and plan.config.get("recover"):
+            recovery = RecoveryConfig.from_dict(plan.config["recover"])
+        repair_report = None
+        if recovery is not None and any(removed.values()):
+            calib = calibration if calibration is not None else CalibrationData.generated(prep.model)
+            repair_report = repair(prep.model, prep.groups, removed, calib, recovery, shapes=prep.shapes)
+            plan = PruningPlan(groups=plan.groups, config=plan.config, source=plan.source,
+                               repairs=[{k: v for k, v in r.to_dict().items() if not k.startswith("error")}
+                                        for r in repair_report.records])
         apply_removals(prep.model, prep.groups, removed)
         reshare_vectors(prep.model)
         params_after = count_parameters(prep.model)
@@ -261,6 +313,7 @@ class ORTPruner:
                                   for k in KINDS},
                 "seconds": round(time.perf_counter() - start, 3),
                 "config_notes": config_notes,
+                **({"repair": repair_report.to_dict()} if repair_report is not None else {}),
                 "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                            for g, g_plan in zip(prep.groups, plan.groups, strict=True)],
             }

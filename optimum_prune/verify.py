@@ -4,6 +4,12 @@ channels' consumer slices set to zero.
 For groups whose channels are not normalised together (FFN neurons, heads, conv filters) the two
 outputs agree to float32 round-off; a missed consumer or a wrong index map breaks this at once.
 Groups coupled through a normalisation (``hidden``) cannot be exact: they are reported as such.
+
+A model pruned with ``recover`` (least-squares repair) has refitted consumer rows and biases, so it no
+longer equals the zeroed dense model. The oracle then also copies the repaired consumer tensors listed in
+the plan (``repairs``) from the pruned model into the zeroed dense model (kept rows in place, removed rows
+zero, created bias ``Add`` nodes inserted the same way): the comparison checks that the repair changed
+nothing but those consumers, and that the cut is still exact around them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class VerificationResult:
     exact_groups: bool
     outputs: dict[str, dict[str, float]] = field(default_factory=dict)
     tolerance: float = RELATIVE_TOLERANCE
+    repaired: int = 0
 
     @property
     def exact(self) -> bool:
@@ -47,7 +54,7 @@ class VerificationResult:
     def to_dict(self) -> dict:
         """JSON-friendly form."""
         return {"max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error, "exact": self.exact,
-                "exact_groups": self.exact_groups, "outputs": self.outputs}
+                "exact_groups": self.exact_groups, "outputs": self.outputs, "repaired": self.repaired}
 
 
 def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_name: str = "model.onnx",
@@ -71,6 +78,9 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
     removed = _match_plan(plan, prep.groups)
     active = [g for g in prep.groups if removed.get(g.id)]
     _zero_leaves(prep, active, removed)
+    copied = True
+    if plan.repairs:
+        copied = _copy_repairs(prep, active, removed, plan.repairs, pruned_dir / file_name)
     tmp = Path(tempfile.mkdtemp(prefix="optimum-prune-verify-"))
     try:
         zeroed_path = tmp / "zeroed.onnx"
@@ -102,7 +112,58 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
             rel = err / max(scale, 1e-12)
         outputs[name] = {"max_abs_error": err, "max_rel_error": rel}
         max_abs, max_rel = max(max_abs, err), max(max_rel, rel)
-    return VerificationResult(max_abs, max_rel, all(g.exact for g in active), outputs)
+    return VerificationResult(max_abs, max_rel, copied and all(g.exact for g in active), outputs,
+                              repaired=len(plan.repairs))
+
+
+def _copy_repairs(prep, groups: list[PruningGroup], removed: dict[int, set[int]], repairs: list[dict],
+                  pruned_file: Path) -> bool:
+    """Put the pruned model's repaired consumer weights and biases into the zeroed dense model.
+
+    Returns False when a tensor could not be placed (its other axes were also cut), so the comparison
+    cannot be exact."""
+    from optimum_prune.graph import load_model
+    from optimum_prune.recovery import insert_bias
+
+    pruned = load_model(pruned_file)
+    inits = pruned.graph.initializers
+    values = dict(prep.model.graph.initializers)
+    nodes = {n.name: n for n in prep.model.graph}
+    ok = True
+    for rec in repairs:
+        name, axis = rec["weight"], int(rec["axis"])
+        keep = None
+        for g in groups:
+            for s in g.leaf_slices():
+                if s.name == name and s.axis == axis:
+                    mask = ~removed_mask(s.owner, removed[g.id])
+                    keep = mask if keep is None else keep & mask
+        if name not in values or name not in inits or keep is None:
+            ok = False
+            continue
+        dense = np.array(values[name].const_value.numpy())
+        new = inits[name].const_value.numpy()
+        index = [slice(None)] * dense.ndim
+        index[axis] = keep
+        if dense[tuple(index)].shape != new.shape:
+            ok = False
+            continue
+        dense[tuple(index)] = new
+        values[name].const_value = ir.tensor(dense, name=name)
+        bias = rec.get("bias")
+        if not bias or bias not in inits:
+            continue
+        arr = inits[bias].const_value.numpy()
+        if rec.get("bias_created"):
+            if rec["node"] not in nodes:
+                ok = False
+                continue
+            insert_bias(prep.model, nodes[rec["node"]], bias, arr)
+        elif bias in values and tuple(values[bias].const_value.shape) == arr.shape:
+            values[bias].const_value = ir.tensor(np.array(arr), name=bias)
+        else:
+            ok = False
+    return ok
 
 
 def _zero_leaves(prep, groups: list[PruningGroup], removed: dict[int, set[int]]) -> None:

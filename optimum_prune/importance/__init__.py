@@ -42,31 +42,36 @@ __all__ = [
 ]
 
 
-def get_importance(name: str, calibration: CalibrationData | None = None) -> Importance:
+def get_importance(name: str, calibration: CalibrationData | None = None, **options) -> Importance:
     """The criterion called ``name`` with its default options.
 
     Args:
         name: one of ``"l1"``, ``"l2"``, ``"tree"``, ``"activation"``, ``"obs"``, ``"fidelity"``.
         calibration: calibration data, required by ``activation``, used by ``obs`` (Gram matrices
             instead of the weight proxy) and ``fidelity`` (its first batch instead of generated inputs).
+        options: keyword arguments of the criterion's class (e.g. ``rounds=1`` for ``fidelity``).
 
     Raises:
         ConfigError: unknown name, or ``activation`` without calibration data.
     """
-    if name == "l2":
-        criterion: Importance = MagnitudeImportance(p=2)
-    elif name == "l1":
-        criterion = MagnitudeImportance(p=1)
-    elif name == "tree":
-        criterion = TreeImportance()
-    elif name == "activation":
-        criterion = ActivationImportance(calibration=calibration)
-    elif name == "obs":
-        criterion = OBSImportance(calibration=calibration)
-    elif name == "fidelity":
-        criterion = FidelityImportance(calibration=calibration)
-    else:
+    classes: dict[str, tuple[type, dict]] = {
+        "l2": (MagnitudeImportance, {"p": 2}), "l1": (MagnitudeImportance, {"p": 1}),
+        "tree": (TreeImportance, {}),
+        "activation": (ActivationImportance, {"calibration": calibration}),
+        "obs": (OBSImportance, {"calibration": calibration}),
+        "fidelity": (FidelityImportance, {"calibration": calibration}),
+    }
+    if name not in classes:
         raise ConfigError(f"unknown importance criterion {name!r}; allowed: {IMPORTANCE_CRITERIA}")
+    cls, defaults = classes[name]
+    clash = sorted(set(options) & set(defaults))
+    if clash:
+        raise ConfigError(f"importance_options cannot set {clash} for {name!r} (chosen by the name / the "
+                          "calibration argument)")
+    try:
+        criterion: Importance = cls(**defaults, **options)
+    except TypeError as e:
+        raise ConfigError(f"bad importance_options {options} for {name!r} ({cls.__name__}): {e}") from e
     if calibration is not None and not criterion.uses_calibration:
         warnings.warn(f"importance {name!r} is data-free: the calibration data is not used for scoring",
                       stacklevel=2)

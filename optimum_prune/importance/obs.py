@@ -53,16 +53,23 @@ class OBSImportance(Importance):
         damp: ridge damping added to ``H``, relative to its mean diagonal.
         nonlinear_diag: data-free only: share of ``diag(R R^T)`` added across a non-linearity.
         max_tensors_per_run: tensors captured per ONNX Runtime run (with calibration).
+        iterative: when the budget is known (the pruner passes it to :meth:`prepare`), remove units one
+            at a time, each time updating ``H^-1`` and the surviving rows as OBS compensation would
+            (ZipLM-style greedy OBS), so units made redundant by an earlier removal are seen as such.
+            Removed units then score below every kept unit, in removal order.
     """
 
     name: ClassVar[str] = "obs"
     uses_calibration: ClassVar[bool] = True
+    budget_aware: ClassVar[bool] = True  # the ranking depends on the budget (iterative): rescore after it
     calibration: CalibrationData | None = None
     damp: float = 0.01
     nonlinear_diag: float = 0.0
     max_tensors_per_run: int = 16
+    iterative: bool = True
     notes: list[str] = field(default_factory=list)
     _cache: StatsCache | None = field(default=None, init=False, repr=False)
+    _budget: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.damp, int | float) and self.damp > 0):
@@ -76,7 +83,9 @@ class OBSImportance(Importance):
 
     def prepare(self, model: ir.Model, groups: list[PruningGroup], *, shapes: dict[str, Shape] | None = None,
                 n_remove: dict[int, int] | None = None) -> None:
-        """With calibration: capture the Gram matrices of every consumer input of ``groups`` in one pass."""
+        """With calibration: capture the Gram matrices of every consumer input of ``groups`` in one pass.
+        Records the budgets for the iterative ranking."""
+        self._budget = dict(n_remove or {})
         if self._cache is None:
             return
         values = values_by_name(model)
@@ -91,13 +100,21 @@ class OBSImportance(Importance):
         if self._cache is not None:
             self._cache.ensure(model, [_request(li) for li in leaves if li.activation is not None])
         scores = np.zeros(group.units, dtype=np.float64)
+        layers = []
         for li in leaves:
             w = const_array(values[li.weight.name])
             if w is None:
                 continue
             wm = rows(w, li.weight.axis)
             h = self._hessian(group, li, wm.shape[0], values)
+            layers.append((wm, h, li.weight.owner))
             scores += obs_saliency(wm, h, li.weight.owner, group.units, self.damp)
+        budget = self._budget.get(group.id, 0)
+        if self.iterative and budget and layers:
+            order = greedy_obs_order(layers, group.units, budget, self.damp)
+            ranked = np.full(group.units, np.inf)
+            ranked[order] = np.arange(len(order)) - len(order) - 1.0  # below every (>= 0) saliency
+            scores = np.where(np.isfinite(ranked), ranked, scores)
         return scores
 
     def _hessian(self, group: PruningGroup, li: LeafInput, k: int, values: dict[str, ir.Value]) -> np.ndarray:
@@ -124,6 +141,59 @@ class OBSImportance(Importance):
 
 def _request(li: LeafInput) -> StatRequest:
     return StatRequest(li.activation.name, li.activation.axis, gram=True)
+
+
+def greedy_obs_order(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]], units: int, n_remove: int,
+                     damp: float) -> list[int]:
+    """The first ``n_remove`` units removed by greedy OBS over the consumer ``layers`` (rows, H, owner).
+
+    Each step removes the unit with the least summed saliency (each layer's normalised by its output
+    energy), then applies the OBS update to that layer's inverse Hessian and surviving rows.
+    """
+    state = []
+    for w, h, owner in layers:
+        k = w.shape[0]
+        mean_diag = float(np.trace(h)) / max(k, 1)
+        hd = h + (damp * mean_diag if mean_diag > 0 else damp) * np.eye(k)
+        try:
+            hinv = np.linalg.inv(hd)
+        except np.linalg.LinAlgError:
+            hinv = np.linalg.pinv(hd)
+        energy = float(np.sum(w * (h @ w)))
+        positions = [np.flatnonzero(owner == u) for u in range(units)]
+        state.append([np.array(w, dtype=np.float64), hinv, 1.0 / energy if energy > 0 else 1.0, positions,
+                      owner])
+    alive = np.ones(units, dtype=bool)
+    order: list[int] = []
+    for _ in range(min(n_remove, units - 1)):
+        sal = np.zeros(units)
+        for w, hinv, scale, positions, owner in state:
+            if all(p.size <= 1 for p in positions):
+                per = (w * w).sum(axis=1) / np.maximum(np.diag(hinv), 1e-300)
+                sal += per_unit(per, owner, units) * scale
+            else:
+                for u in np.flatnonzero(alive):
+                    q = positions[u]
+                    if q.size:
+                        sal[u] += float(np.sum(w[q] * np.linalg.solve(hinv[np.ix_(q, q)], w[q]))) * scale
+        sal[~alive] = np.inf
+        u = int(np.argmin(sal))
+        order.append(u)
+        alive[u] = False
+        for st in state:
+            w, hinv, _, positions, _ = st
+            q = positions[u]
+            if not q.size:
+                continue
+            block_inv = np.linalg.inv(hinv[np.ix_(q, q)])
+            cols = hinv[:, q] @ block_inv
+            w -= cols @ w[q]
+            hinv -= cols @ hinv[q, :]
+            w[q] = 0.0
+            hinv[q, :] = 0.0
+            hinv[:, q] = 0.0
+            hinv[q, q] = 1.0  # a removed position: unit diagonal keeps the saliency formula finite
+    return order
 
 
 def obs_saliency(w: np.ndarray, h: np.ndarray, owner: np.ndarray, units: int, damp: float) -> np.ndarray:

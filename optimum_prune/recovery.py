@@ -1,0 +1,559 @@
+"""Least-squares repair of the consumers of pruned groups, without fine-tuning.
+
+For a consumer ``y = x @ W + b`` of a pruned group (the MatMul/Gemm whose input rows are the group's leaf
+slices) that keeps the input channels ``S``, the kept rows and the bias are refitted so the pruned layer
+reproduces the dense layer's output on calibration data:
+
+    min_{W', d}  || X W - X'_S W' - 1 d ||^2 + lambda || W' - P ||^2
+
+``X`` is the dense model's input to the layer, ``X'`` the input of the model pruned (and repaired) so far
+(``X' = X`` when ``sequential`` is off), ``P`` the prior (``W_S``, or 0 for a plain ridge) and
+``lambda = damp * mean(diag(X'_S^T X'_S))``. With ``Z = [X'_S, 1]`` the solution is
+
+    [W'; d] = (Z^T Z + lambda D)^-1 (Z^T X W + lambda [P; 0])
+
+computed from accumulated Gram products only (``X'^T X'``, ``X'^T X``, ``X^T X``, column sums), so the
+activations are never held in memory. This is Kwon et al.'s mask tuning (2022) with a bias term.
+``method="bias"`` keeps ``W' = W_S`` and solves only for ``d`` (FLAP's bias compensation:
+``d = mean(X) W - mean(X'_S) W_S``, which is ``mean(X_R) W_R`` with dense statistics).
+
+Sequential repair walks the consumers in graph order, in stages of consumers that do not feed one
+another; each stage is fitted on a model whose earlier consumers are already repaired and whose removed
+rows are zero (zeroing the rows is what physical removal computes, the exactness oracle), so later
+layers learn to correct the error left upstream.
+
+Only the consumers' weights (kept rows) and biases change; removed rows are zeroed and then sliced
+away by :func:`optimum_prune.passes.apply.apply_removals`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.association.tree import PruningGroup
+from optimum_prune.calibration import (
+    CalibrationData,
+    StatRequest,
+    _token_dims,
+    _valid_mask,
+    capture_activations,
+)
+from optimum_prune.configuration import RecoveryConfig
+from optimum_prune.errors import ConfigError
+from optimum_prune.graph import Shape, const_array
+from optimum_prune.importance.base import leaf_inputs, values_by_name
+from optimum_prune.passes.apply import removed_mask
+from optimum_prune.runtime import complete_feeds, ort_session
+
+
+@dataclass
+class Consumer:
+    """One layer to repair: ``node`` computes ``activation @ weight`` over ``axis`` of the weight."""
+
+    node: ir.Node
+    weight: ir.Value
+    axis: int
+    activation: str
+    act_axis: int
+    removed: np.ndarray  # boolean mask over the weight's ``axis``
+    bias: ir.Value | None = None
+    residual: str | None = None  # the stream the output is added to
+
+
+@dataclass
+class RepairStats:
+    """Gram products accumulated for one consumer (``Xp``: pruned-model input, ``Xd``: dense input)."""
+
+    count: int = 0
+    gp: np.ndarray | None = None  # Xp^T Xp
+    cross: np.ndarray | None = None  # Xp^T Xd
+    gd: np.ndarray | None = None  # Xd^T Xd
+    sp: np.ndarray | None = None  # sum of Xp
+    sd: np.ndarray | None = None  # sum of Xd
+    # residual-stream difference E = r_dense - r_pruned (sequential repair with residual=True)
+    pe: np.ndarray | None = None  # Xp^T E
+    de: np.ndarray | None = None  # Xd^T E
+    se: np.ndarray | None = None  # sum of E
+    ee: float = 0.0  # ||E||^2
+
+    def add(self, xp: np.ndarray, xd: np.ndarray, e: np.ndarray | None = None) -> None:
+        """Accumulate one batch of rows (positions x channels) of both inputs (and of ``E``)."""
+        k = xp.shape[1]
+        if self.gp is None:
+            self.gp, self.cross, self.gd = (np.zeros((k, k)) for _ in range(3))
+            self.sp, self.sd = np.zeros(k), np.zeros(k)
+        xp32, xd32 = xp.astype(np.float32, copy=False), xd.astype(np.float32, copy=False)
+        self.gp += xp32.T @ xp32
+        self.cross += xp32.T @ xd32
+        self.gd += xd32.T @ xd32
+        self.sp += xp.sum(axis=0, dtype=np.float64)
+        self.sd += xd.sum(axis=0, dtype=np.float64)
+        self.count += xp.shape[0]
+        if e is not None:
+            e32 = e.astype(np.float32, copy=False)
+            if self.pe is None:
+                self.pe, self.de = np.zeros((k, e.shape[1])), np.zeros((k, e.shape[1]))
+                self.se = np.zeros(e.shape[1])
+            self.pe += xp32.T @ e32
+            self.de += xd32.T @ e32
+            self.se += e.sum(axis=0, dtype=np.float64)
+            self.ee += float(np.einsum("ij,ij->", e, e, dtype=np.float64))
+
+    @classmethod
+    def dense(cls, gram: np.ndarray, total: np.ndarray, count: int) -> RepairStats:
+        """Statistics where the pruned-model input equals the dense one (non-sequential repair)."""
+        return cls(count=count, gp=gram, cross=gram, gd=gram, sp=total, sd=total)
+
+
+@dataclass
+class RepairRecord:
+    """What the repair did to one consumer; errors are relative squared errors of the layer output
+    ``||X W - X'_S W' - d||^2 / ||X W - mean||^2`` on the calibration data, before (rows dropped, no
+    refit) and after."""
+
+    node: str
+    weight: str
+    axis: int
+    bias: str | None
+    bias_created: bool
+    kept: int
+    rows: int
+    error_before: float
+    error_after: float
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {"node": self.node, "weight": self.weight, "axis": self.axis, "bias": self.bias,
+                "bias_created": self.bias_created, "kept": self.kept, "rows": self.rows,
+                "error_before": round(self.error_before, 6), "error_after": round(self.error_after, 6)}
+
+
+@dataclass
+class RepairReport:
+    """Every consumer repaired, the ones skipped (with why) and the stages of the sequential fit."""
+
+    records: list[RepairRecord] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stages: int = 0
+    calibration: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form (for report.json)."""
+        before = [r.error_before for r in self.records]
+        after = [r.error_after for r in self.records]
+        return {"consumers": len(self.records), "stages": self.stages, "skipped": self.skipped,
+                "mean_error_before": float(np.mean(before)) if before else 0.0,
+                "mean_error_after": float(np.mean(after)) if after else 0.0,
+                "calibration": self.calibration, "records": [r.to_dict() for r in self.records]}
+
+
+# ----------------------------------------------------------------------------------------------
+# finding the consumers
+
+
+def find_consumers(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, set[int]],
+                   skipped: list[str] | None = None) -> list[Consumer]:
+    """The MatMul/Gemm consumers of the pruned ``groups``, in graph order, with their removed rows.
+
+    A consumer's removed rows combine every group that removes rows of the same weight axis. Consumers
+    that cannot be refitted (another op type, a weight shared by several nodes, no tracked data input)
+    are left alone and named in ``skipped``.
+    """
+    skipped = skipped if skipped is not None else []
+    values = values_by_name(model)
+    found: dict[str, Consumer] = {}
+    for g in groups:
+        units = removed.get(g.id)
+        if not units:
+            continue
+        for li in leaf_inputs(g, model, values):
+            node, w = li.node, values.get(li.weight.name)
+            label = f"{node.name} ({node.op_type}, weight {li.weight.name})"
+            if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+                skipped.append(f"{label}: only MatMul/Gemm consumers are repaired")
+                continue
+            if w is None or w.const_value is None or node.inputs[1] is not w:
+                skipped.append(f"{label}: the weight is not a constant second input")
+                continue
+            if len(list(w.uses())) != 1 or li.activation is None:
+                skipped.append(f"{label}: weight shared by several nodes, or data input not tracked")
+                continue
+            shape = tuple(w.const_value.shape)
+            if len(shape) != 2 or (node.op_type == "Gemm" and _attr(node, "transA")):
+                skipped.append(f"{label}: only 2-D weights (and Gemm without transA) are repaired")
+                continue
+            mask = removed_mask(li.weight.owner, units)
+            key = node.name
+            if key in found:
+                if found[key].axis != li.weight.axis:
+                    skipped.append(f"{label}: two groups remove rows on different axes")
+                    continue
+                found[key].removed |= mask
+                continue
+            bias = _find_bias(node)
+            found[key] = Consumer(node, w, li.weight.axis, li.activation.name, li.activation.axis,
+                                  mask.copy(), bias, _find_residual(node, bias))
+    order = {id(n): i for i, n in enumerate(model.graph)}
+    return sorted(found.values(), key=lambda c: order[id(c.node)])
+
+
+def _attr(node: ir.Node, name: str) -> int:
+    a = node.attributes.get(name)
+    return int(a.value) if a is not None else 0
+
+
+def _find_bias(node: ir.Node) -> ir.Value | None:
+    """The constant 1-D bias added to ``node``'s output (Gemm's C, or the one Add that uses the output)."""
+    n_out = None
+    w = node.inputs[1].const_value
+    if w is not None:
+        n_out = w.shape[0] if node.op_type == "Gemm" and _attr(node, "transB") else w.shape[-1]
+    if node.op_type == "Gemm":
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        arr = const_array(c) if c is not None else None
+        return c if arr is not None and arr.shape == (n_out,) and c.const_value is not None else None
+    uses = list(node.outputs[0].uses())
+    if len(uses) != 1 or uses[0][0].op_type != "Add":
+        return None
+    add = uses[0][0]
+    other = add.inputs[1 - uses[0][1]]
+    if other is None or other.const_value is None or len(list(other.uses())) != 1:
+        return None
+    return other if tuple(other.const_value.shape) == (n_out,) else None
+
+
+def _find_residual(node: ir.Node, bias: ir.Value | None) -> str | None:
+    """The other input of the ``Add`` that sums ``node``'s (biased) output into a residual stream."""
+    out = node.outputs[0]
+    if bias is not None and node.op_type != "Gemm":
+        out = next(iter(out.uses()))[0].outputs[0]
+    uses = list(out.uses())
+    if len(uses) != 1 or uses[0][0].op_type != "Add":
+        return None
+    add, idx = uses[0]
+    other = add.inputs[1 - idx]
+    if other is None or const_array(other) is not None:
+        return None
+    if other.shape is not None and out.shape is not None and len(other.shape) != len(out.shape):
+        return None
+    return other.name
+
+
+def insert_bias(model: ir.Model, node: ir.Node, name: str, arr: np.ndarray) -> ir.Value:
+    """Add ``arr`` to ``node``'s output through a new ``Add`` (with a new initializer ``name``)."""
+    out = node.outputs[0]
+    bias = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.FLOAT))
+    bias.const_value = ir.tensor(arr.astype(np.float32), name=name)
+    model.graph.register_initializer(bias)
+    add = ir.Node("", "Add", [out, bias], name=f"{node.name}/repair_bias_add", num_outputs=1)
+    new = add.outputs[0]
+    new.name = f"{out.name}_repaired"
+    new.type = out.type
+    new.shape = out.shape
+    was_output = any(v is out for v in model.graph.outputs)
+    out.replace_all_uses_with(new, replace_graph_outputs=True)
+    add.replace_input_with(0, out)
+    if was_output:  # keep the graph output's name
+        old = out.name
+        out.name = f"{old}_before_repair_bias"
+        new.name = old
+    model.graph.insert_after(node, add)
+    return bias
+
+
+# ----------------------------------------------------------------------------------------------
+# solving
+
+
+def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryConfig
+          ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Refit the kept rows of ``w`` (rows x outputs) and a bias correction from ``stats``.
+
+    Returns ``(w_kept, d, error_before, error_after)``: the new kept rows, the bias correction and the
+    relative squared output errors before (kept rows unchanged, no correction) and after.
+    """
+    s = np.flatnonzero(keep)
+    n = max(stats.count, 1)
+    w = np.asarray(w, dtype=np.float64)
+    ws = w[s]
+    target_cross = stats.cross[s] @ w  # X'_S^T T with T = X W (+ E)
+    target_sum = stats.sd @ w  # 1^T T
+    total = float(np.sum(w * (stats.gd @ w)))  # ||T||^2
+    if stats.pe is not None and stats.pe.shape[1] == w.shape[1]:
+        target_cross = target_cross + stats.pe[s]
+        target_sum = target_sum + stats.se
+        total += 2.0 * float(np.sum(w * stats.de)) + stats.ee
+    centred = total - float(target_sum @ target_sum) / n
+    gss = stats.gp[np.ix_(s, s)]
+    sps = stats.sp[s]
+
+    def error(wk: np.ndarray, d: np.ndarray) -> float:
+        quad = float(np.sum(wk * (gss @ wk))) + 2.0 * float((sps @ wk) @ d) + n * float(d @ d)
+        lin = float(np.sum(wk * target_cross)) + float(d @ target_sum)
+        return max(total - 2.0 * lin + quad, 0.0) / max(centred, 1e-30)
+
+    before = error(ws, np.zeros(w.shape[1]))
+    if config.method == "bias":
+        d = (target_sum - sps @ ws) / n if config.bias else np.zeros(w.shape[1])
+        return ws, d, before, error(ws, d)
+    k = s.size
+    if config.method == "mask":
+        wk, d = _solve_mask(gss, sps, n, ws, target_cross, target_sum, config)
+        after = error(wk, d)
+        return (wk, d, before, after) if after < before else (ws, np.zeros(w.shape[1]), before, before)
+    ridge = config.damp * float(np.trace(gss)) / max(k, 1)
+    prior = ws if config.prior == "kept" else np.zeros_like(ws)
+    if config.ridge == "diagonal":
+        ridge = config.damp * np.maximum(np.diag(gss), 1e-12 * max(float(np.trace(gss)) / max(k, 1), 1e-30))
+        prior = ridge[:, None] * prior
+    else:
+        prior = ridge * prior
+    if config.bias:
+        a = np.empty((k + 1, k + 1))
+        a[:k, :k] = gss
+        a[:k, k] = a[k, :k] = sps
+        a[k, k] = n
+        b = np.vstack([target_cross + prior, target_sum[None, :]])
+        a[np.arange(k), np.arange(k)] += ridge
+    else:
+        a = gss + np.diag(np.broadcast_to(ridge, (k,)))
+        b = target_cross + prior
+    try:
+        theta = np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        theta = np.linalg.lstsq(a, b, rcond=None)[0]
+    wk, d = (theta[:k], theta[k]) if config.bias else (theta, np.zeros(w.shape[1]))
+    after = error(wk, d)
+    if not after < before:  # an ill-conditioned solve never makes a layer worse
+        return ws, np.zeros(w.shape[1]), before, before
+    return wk, d, before, after
+
+
+def _solve_mask(gss: np.ndarray, sps: np.ndarray, n: int, ws: np.ndarray, target_cross: np.ndarray,
+                target_sum: np.ndarray, config: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Kwon et al.'s mask tuning: one scale ``m_i`` per kept row (``W' = diag(m) W_S``) and a bias ``d``.
+
+    Normal equations: ``(G_SS * W_S W_S^T) m + (s_S * W_S) d = rowsum(X_S^T T * W_S)`` and
+    ``(s_S * W_S)^T m + n d = 1^T T``; the ridge pulls ``m`` towards 1.
+    """
+    k, out = ws.shape
+    mm = gss * (ws @ ws.T)
+    c = sps[:, None] * ws  # k x out
+    rhs = np.sum(target_cross * ws, axis=1)
+    ridge = config.damp * float(np.trace(mm)) / max(k, 1)
+    prior = np.ones(k) if config.prior == "kept" else np.zeros(k)
+    if config.bias:
+        a = np.zeros((k + out, k + out))
+        a[:k, :k] = mm + ridge * np.eye(k)
+        a[:k, k:] = c
+        a[k:, :k] = c.T
+        a[k:, k:] = n * np.eye(out)
+        b = np.concatenate([rhs + ridge * prior, target_sum])
+    else:
+        a, b = mm + ridge * np.eye(k), rhs + ridge * prior
+    try:
+        theta = np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        theta = np.linalg.lstsq(a, b, rcond=None)[0]
+    d = theta[k:] if config.bias else np.zeros(out)
+    return theta[:k, None] * ws, d
+
+
+def _as_rows(arr: np.ndarray, axis: int) -> np.ndarray:
+    return np.asarray(arr, dtype=np.float64) if axis == 0 else np.asarray(arr, dtype=np.float64).T
+
+
+def _write(consumer: Consumer, model: ir.Model, w_rows: np.ndarray, d: np.ndarray, config: RecoveryConfig,
+           ) -> tuple[str | None, bool]:
+    """Store the repaired rows (removed rows zero) and the bias correction into ``model``."""
+    w = consumer.weight
+    dtype = w.const_value.dtype.numpy()
+    arr = w_rows if consumer.axis == 0 else w_rows.T
+    w.const_value = ir.tensor(np.ascontiguousarray(arr.astype(dtype)), name=w.name)
+    if not config.bias or not np.any(d):
+        return (consumer.bias.name if consumer.bias is not None else None), False
+    if consumer.bias is not None:
+        b = consumer.bias
+        new = b.const_value.numpy().astype(np.float64) + d
+        b.const_value = ir.tensor(new.astype(b.const_value.dtype.numpy()), name=b.name)
+        return b.name, False
+    name = f"{w.name}_repair_bias"
+    consumer.bias = insert_bias(model, consumer.node, name, d)
+    return name, True
+
+
+# ----------------------------------------------------------------------------------------------
+# capture
+
+
+def _stages(consumers: list[Consumer], values: dict[str, ir.Value]) -> list[list[Consumer]]:
+    """Consumers in graph order, cut into stages whose members do not feed one another."""
+    ancestors: dict[str, set[int]] = {}
+
+    def upstream(name: str) -> set[int]:
+        seen: set[int] = set()
+        stack = [values[name]]
+        visited: set[str] = set()
+        while stack:
+            v = stack.pop()
+            if v.name in visited:
+                continue
+            visited.add(v.name)
+            node = v.producer()
+            if node is None:
+                continue
+            seen.add(id(node))
+            stack.extend(i for i in node.inputs if i is not None)
+        return seen
+
+    stages: list[list[Consumer]] = []
+    current: list[Consumer] = []
+    for c in consumers:
+        ancestors[c.activation] = up = upstream(c.activation)
+        if any(id(o.node) in up for o in current):
+            stages.append(current)
+            current = []
+        current.append(c)
+    if current:
+        stages.append(current)
+    return stages
+
+
+def _with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
+    clone = model.clone()
+    produced = {out.name: out for node in clone.graph for out in node.outputs}
+    present = {v.name for v in clone.graph.outputs}
+    for name in names:
+        if name in produced and name not in present:
+            clone.graph.outputs.append(produced[name])
+    return clone
+
+
+def _rows_of(arr: np.ndarray, axis: int, valid: np.ndarray | None) -> np.ndarray:
+    x = np.moveaxis(np.asarray(arr), axis, -1)
+    if valid is not None and x.ndim > 2 and valid.shape == x.shape[:2]:
+        x = x[valid]
+    return x.reshape(-1, x.shape[-1])
+
+
+class _PairCapture:
+    """Runs the dense model (one session, every needed tensor exposed) and the model pruned so far (a new
+    session per stage) on the same calibration batches."""
+
+    def __init__(self, dense: ir.Model, calibration: CalibrationData, consumers: list[Consumer],
+                 residual: bool) -> None:
+        self.calibration = calibration
+        self.residual = residual
+        self.inputs = {v.name for v in dense.graph.inputs}
+        names = {c.activation for c in consumers} | {c.residual for c in consumers if residual and c.residual}
+        self.fetch_all = sorted(n for n in names if n not in self.inputs)
+        self.masked = _token_dims(dense) is not None
+        self._stack = ExitStack()
+        self.dense = self._stack.enter_context(ort_session(_with_outputs(dense, self.fetch_all)))
+
+    def close(self) -> None:
+        """Release the dense session."""
+        self._stack.close()
+
+    def stage(self, current: ir.Model, stage: list[Consumer]) -> dict[str, RepairStats]:
+        """Statistics of ``stage``'s consumers, keyed by node name."""
+        names = {c.activation for c in stage} | {c.residual for c in stage if self.residual and c.residual}
+        fetch = sorted(n for n in names if n not in self.inputs)
+        stats = {c.node.name: RepairStats() for c in stage}
+        with ort_session(_with_outputs(current, fetch)) as sc:
+            for batch in self.calibration.batches():
+                fd, fc = complete_feeds(self.dense, batch), complete_feeds(sc, batch)
+                od = dict(zip(fetch, self.dense.run(fetch, fd), strict=True)) if fetch else {}
+                oc = dict(zip(fetch, sc.run(fetch, fc), strict=True)) if fetch else {}
+                od.update((k, v) for k, v in fd.items() if k not in od)
+                oc.update((k, v) for k, v in fc.items() if k not in oc)
+                valid = _valid_mask(batch) if self.masked else None
+                for c in stage:
+                    xd = _rows_of(od[c.activation], c.act_axis, valid)
+                    xc = _rows_of(oc[c.activation], c.act_axis, valid)
+                    e = None
+                    if self.residual and c.residual:
+                        e = _rows_of(od[c.residual], -1, valid) - _rows_of(oc[c.residual], -1, valid)
+                    stats[c.node.name].add(xc, xd, e)
+        return stats
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, set[int]],
+           calibration: CalibrationData, config: RecoveryConfig | None = None, *,
+           shapes: dict[str, Shape] | None = None) -> RepairReport:
+    """Refit the consumers of the pruned ``groups`` of ``model`` in place (see the module docstring).
+
+    Args:
+        model: the dense model the groups were built on; its consumer weights and biases are rewritten
+            (removed rows set to zero), and a bias ``Add`` is inserted where a consumer has none.
+        groups: the model's groups.
+        removed: units removed per group id.
+        calibration: the calibration data.
+        config: repair settings.
+        shapes: inferred shapes, when known (used by the non-sequential capture).
+
+    Returns:
+        A :class:`RepairReport` with each consumer's layer error before and after.
+    """
+    config = config or RecoveryConfig()
+    if not isinstance(calibration, CalibrationData):
+        raise ConfigError(f"repair needs CalibrationData, got {type(calibration).__name__}")
+    report = RepairReport(calibration=calibration.describe())
+    consumers = find_consumers(model, groups, removed, report.skipped)
+    if not consumers:
+        return report
+    values = values_by_name(model)
+    if config.sequential:
+        stages = _stages(consumers, values)
+        capture = _PairCapture(model.clone(), calibration, consumers, config.residual)
+    else:
+        stages = [consumers]
+        requests = sorted({StatRequest(c.activation, c.act_axis, gram=True) for c in consumers},
+                          key=lambda r: (r.name, r.axis))
+        captured = capture_activations(model, calibration, requests, shapes=shapes,
+                                       max_tensors_per_run=config.max_tensors_per_run)
+    report.stages = len(stages)
+    try:
+        _repair_stages(model, stages, config, report, capture if config.sequential else None,
+                       None if config.sequential else captured)
+    finally:
+        if config.sequential:
+            capture.close()
+    return report
+
+
+def _repair_stages(model: ir.Model, stages: list[list[Consumer]], config: RecoveryConfig,
+                   report: RepairReport, capture: _PairCapture | None, captured: dict | None) -> None:
+    for stage in stages:
+        if capture is not None:
+            pair_stats = capture.stage(model, stage)
+        for c in stage:
+            if capture is not None:
+                st = pair_stats[c.node.name]
+            else:
+                cs = captured[(c.activation, c.act_axis)]
+                st = RepairStats.dense(cs.gram, cs.sum, cs.count)
+            w_rows = _as_rows(c.weight.const_value.numpy(), c.axis)
+            if st.gp is None or st.gp.shape[0] != w_rows.shape[0]:
+                report.skipped.append(f"{c.node.name}: input has {None if st.gp is None else st.gp.shape[0]} "
+                                      f"channels, weight {w_rows.shape[0]} rows")
+                continue
+            keep = ~c.removed
+            wk, d, before, after = solve(st, w_rows, keep, config)
+            new = np.zeros_like(w_rows)
+            new[keep] = wk
+            bias_name, created = _write(c, model, new, d, config)
+            report.records.append(RepairRecord(c.node.name, c.weight.name, c.axis, bias_name, created,
+                                               int(keep.sum()), int(keep.size), before, after))
+
+
+__all__ = ["Consumer", "RepairRecord", "RepairReport", "RepairStats", "find_consumers", "insert_bias",
+           "repair", "solve"]

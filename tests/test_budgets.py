@@ -1,0 +1,118 @@
+"""Budgets and allocation: uniform or global ranking, targets in units, params or FLOPs, rounding to
+multiples, at least one unit kept per group; every budget met within one rounding step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from optimum_prune import ConfigError, ORTPruner, PruningConfig, verify
+from optimum_prune.allocation import (
+    global_allocation,
+    normalise_per_kind,
+    round_removal,
+    unit_costs,
+)
+from optimum_prune.association.tree import PruningGroup
+from optimum_prune.configuration import DEFAULT_IO_PATTERNS
+from test_criteria import tiny_bert  # noqa: F401  (session fixture)
+
+
+def _plan_removed(plan):
+    return {g.id: g.units - len(g.kept) for g in plan.groups}
+
+
+def test_round_removal_keeps_multiples_and_minimums():
+    assert round_removal(48, 14, 8) == 16  # 34 kept -> 32
+    assert round_removal(48, 11, 8) == 8  # 37 kept -> 40 (nearest)
+    assert round_removal(48, 47, 8) == 40  # at least one multiple kept
+    assert round_removal(12, 11, 1, min_units=2) == 10
+    assert round_removal(10, 9, 4) == 6  # 1 kept -> 4 (min rounded up to a multiple)
+    assert round_removal(3, 2, 8) == 0  # the whole group is below one multiple: keep it all
+
+
+def test_global_ranking_moves_the_budget_to_the_least_important_layer():
+    groups = [PruningGroup(id=i, seed=f"g{i}", seed_axis=1, kind="ffn", units=10) for i in range(3)]
+    scores = {0: np.full(10, 1.0), 1: np.linspace(0.01, 0.1, 10), 2: np.full(10, 2.0)}
+    costs = {g.id: np.ones(10) for g in groups}
+    n = global_allocation(groups, scores, costs, {"ffn": 9.0}, min_units=1, multiples={})
+    assert n == {0: 0, 1: 9, 2: 0}
+    n = global_allocation(groups, scores, costs, {"ffn": 12.0}, min_units=1, multiples={})
+    assert n[1] == 9 and n[0] == 3 and n[2] == 0  # one unit always kept, then the next layer
+    norm = normalise_per_kind(groups, scores)
+    assert np.isclose(np.mean(np.concatenate(list(norm.values()))), 1.0)
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("target", ["units", "params", "flops"])
+def test_budgets_are_met_within_one_rounding_step(tiny_bert, tmp_path, allocation, target):  # noqa: F811
+    pruner = ORTPruner.from_pretrained(tiny_bert)
+    multiple = {"ffn": 4, "heads": 1}
+    sparsity = 0.3 if target == "units" else 0.1
+    config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance="l2", allocation=allocation,
+                           target=target, round_to=multiple)
+    prep = pruner._prepare(DEFAULT_IO_PATTERNS)
+    plan = pruner.plan(config)
+    removed = _plan_removed(plan)
+    groups = {g.id: g for g in prep.groups}
+    pruned = [groups[gid] for gid in removed if groups[gid].kind in ("ffn", "heads") and groups[gid].prunable]
+    for g in pruned:
+        kept = g.units - removed[g.id]
+        assert kept >= 1
+        assert kept % multiple[g.kind] == 0 or kept == g.units
+    if target == "units":
+        for kind in ("ffn", "heads"):
+            gs = [g for g in pruned if g.kind == kind]
+            total = sum(removed[g.id] for g in gs)
+            goal = sparsity * sum(g.units for g in gs)
+            assert abs(total - goal) <= len(gs) * multiple[kind], (kind, total, goal)
+        return
+    out = pruner.prune(config, tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    before, after = report[f"{target}_before"], report[f"{target}_after"]
+    costs = {g.id: unit_costs(g, prep.model, prep.shapes, target) for g in pruned}
+    step = sum(multiple[g.kind] * float(costs[g.id].max()) for g in pruned)
+    assert abs((before - after) - sparsity * before) <= step, (before - after, sparsity * before, step)
+    assert verify(tiny_bert, out).exact
+
+
+def test_global_allocation_is_uneven_and_exact(tiny_bert, tmp_path):  # noqa: F811
+    config = PruningConfig(sparsity=0.5, scope=("ffn",), importance="l2", allocation="global")
+    out = ORTPruner.from_pretrained(tiny_bert).prune(config, tmp_path / "pruned")
+    plan = json.loads((out / "pruning_plan.json").read_text())
+    kept = [len(g["kept"]) for g in plan["groups"] if g["kind"] == "ffn"]
+    units = [g["units"] for g in plan["groups"] if g["kind"] == "ffn"]
+    assert abs((sum(units) - sum(kept)) - 0.5 * sum(units)) <= 1
+    assert verify(tiny_bert, out).exact
+
+
+def test_unreachable_budget_is_an_error(tiny_bert):  # noqa: F811
+    config = PruningConfig(sparsity=0.95, scope=("heads",), target="params")
+    with pytest.raises(ConfigError, match="at most"):
+        ORTPruner.from_pretrained(tiny_bert).plan(config)
+
+
+@pytest.mark.parametrize("bad", [dict(allocation="local"), dict(target="latency"), dict(round_to=0),
+                                 dict(round_to={"ffn": 0}), dict(round_to={"mlp": 8}), dict(round_to=True)])
+def test_budget_options_are_validated(bad):
+    with pytest.raises(ConfigError):
+        PruningConfig(**bad)
+
+
+def test_importance_options_reach_the_criterion_and_are_validated(tiny_bert, tmp_path):  # noqa: F811
+    from optimum_prune.importance import FidelityImportance, get_importance
+
+    assert get_importance("fidelity", rounds=1).rounds == 1
+    with pytest.raises(ConfigError, match="bad importance_options"):
+        get_importance("l2", rounds=1)
+    with pytest.raises(ConfigError, match="cannot set"):
+        get_importance("l2", p=1)
+    config = PruningConfig(sparsity=0.3, importance="fidelity", importance_options={"rounds": 1})
+    assert config.to_dict()["importance_options"] == {"rounds": 1}
+    plan = ORTPruner.from_pretrained(tiny_bert).plan(config)
+    assert plan.config["importance_options"] == {"rounds": 1}
+    assert isinstance(get_importance("fidelity"), FidelityImportance)
+    with pytest.raises(ConfigError):
+        PruningConfig(importance_options=[("rounds", 1)])
