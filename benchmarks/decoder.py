@@ -134,7 +134,9 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    parser.add_argument("--criteria", nargs="+", default=["l2", "activation", "obs"])
+    parser.add_argument("--criteria", nargs="+",
+                        default=["l2", "activation", "obs", "activation+repair", "obs+repair"],
+                        help="criterion names; '+repair' adds least-squares repair on the calibration data")
     parser.add_argument("--token-budget", type=int, default=4096)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--calibration-samples", type=int, default=64)
@@ -157,12 +159,14 @@ def main() -> None:
           f"{dense['generations'][0]!r}", flush=True)
     rows = [dense]
     for criterion in args.criteria:
+        name, _, extra = criterion.partition("+")
         for sparsity in args.sparsities:
             out = WORK / f"{criterion}-{int(sparsity * 100)}"
-            config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=criterion,
-                                   prune_kv_heads=True)
+            config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=name,
+                                   prune_kv_heads=True, recover=extra == "repair")
+            data = calibration if name in ("activation", "obs") or extra == "repair" else None
             start = time.perf_counter()
-            pruner.prune(config, out, calibration=calibration if criterion in ("activation", "obs") else None)
+            pruner.prune(config, out, calibration=data)
             prune_s = time.perf_counter() - start
             report = json.loads((out / "report.json").read_text())["stages"][-1]
             row = {"criterion": criterion, "sparsity": sparsity, "params": report["params_after"],
