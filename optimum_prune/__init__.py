@@ -6,6 +6,7 @@ Public API::
     from optimum_prune import CalibrationData, CalibrationConfig  # for data-driven criteria
     from optimum_prune import RecoveryConfig  # least-squares repair options (PruningConfig(recover=...))
     from optimum_prune import Pipeline  # export -> prune -> optimize -> quantize -> evaluate -> benchmark
+    from optimum_prune import load_pruned  # a distilled PyTorch student (the distill stage's student/)
 
 Names are imported on first use (PEP 562), so ``optimum-cli``, which imports every registered command
 module at start-up, does not pay for ONNX, onnx-ir and numpy unless a ``prune`` command runs.
@@ -27,6 +28,8 @@ _EXPORTS = {
     "VerificationResult": "optimum_prune.verify",
     "verify": "optimum_prune.verify",
     "Pipeline": "optimum_prune.pipeline",
+    "load_pruned": "optimum_prune.distill.saving",
+    "StudentMismatchError": "optimum_prune.errors",
     "Stage": "optimum_prune.stages",
     "StageRegistry": "optimum_prune.stages",
     "BackendUnavailableError": "optimum_prune.errors",
@@ -42,6 +45,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from optimum_prune.calibration import CalibrationConfig, CalibrationData
     from optimum_prune.configuration import PruningConfig, RecoveryConfig
+    from optimum_prune.distill.saving import load_pruned
     from optimum_prune.errors import (
         BackendUnavailableError,
         ConfigError,
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
         PlanMismatchError,
         PruningError,
         StageError,
+        StudentMismatchError,
         UnsupportedOpError,
         ValidationError,
     )
@@ -75,9 +80,11 @@ __all__ = [
     "Stage",
     "StageError",
     "StageRegistry",
+    "StudentMismatchError",
     "UnsupportedOpError",
     "ValidationError",
     "VerificationResult",
+    "load_pruned",
     "verify",
 ]
 __version__ = "0.1.0"

@@ -38,3 +38,7 @@ class BackendUnavailableError(PruningError):
 
 class StageError(PruningError):
     """A pipeline stage failed on its input folder (the message names the stage and the folder)."""
+
+
+class StudentMismatchError(PruningError):
+    """A PyTorch student built from a pruning plan does not reproduce the pruned ONNX model."""

@@ -1,7 +1,7 @@
 """Pipeline stages: each reads a model folder, writes a new one and appends its metrics to ``report.json``.
 
 Built-in stages (recipe names): ``export``, ``prune``, ``optimize``, ``quantize``, ``evaluate``,
-``benchmark``. Third-party stages register through the entry point group ``optimum_prune.stages``
+``benchmark``, ``distill``. Third-party stages register through the entry point group ``optimum_prune.stages``
 (see :mod:`optimum_prune.stages.registry`). Stage classes are imported on first use.
 """
 
@@ -16,6 +16,7 @@ from optimum_prune.stages.registry import BUILTIN_STAGES, ENTRY_POINT_GROUP, Sta
 if TYPE_CHECKING:
     from optimum_prune.stages.benchmark import BenchmarkConfig, BenchmarkStage
     from optimum_prune.stages.data import DatasetConfig
+    from optimum_prune.stages.distill import DistillStage, DistillStageConfig
     from optimum_prune.stages.evaluate import EvaluateConfig, EvaluateStage
     from optimum_prune.stages.export import ExportConfig, ExportStage
     from optimum_prune.stages.optimize import OptimizeConfig, OptimizeStage
@@ -26,6 +27,8 @@ _LAZY = {
     "BenchmarkConfig": "benchmark",
     "BenchmarkStage": "benchmark",
     "DatasetConfig": "data",
+    "DistillStage": "distill",
+    "DistillStageConfig": "distill",
     "EvaluateConfig": "evaluate",
     "EvaluateStage": "evaluate",
     "ExportConfig": "export",
@@ -43,6 +46,8 @@ __all__ = [
     "BenchmarkConfig",
     "BenchmarkStage",
     "DatasetConfig",
+    "DistillStage",
+    "DistillStageConfig",
     "ENTRY_POINT_GROUP",
     "EvaluateConfig",
     "EvaluateStage",

@@ -30,6 +30,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "quantize": "optimum_prune.stages.quantize:QuantizeStage",
     "evaluate": "optimum_prune.stages.evaluate:EvaluateStage",
     "benchmark": "optimum_prune.stages.benchmark:BenchmarkStage",
+    "distill": "optimum_prune.stages.distill:DistillStage",
 }
 """Built-in stage names and where their classes live (imported on first use)."""
 
