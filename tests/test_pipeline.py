@@ -297,6 +297,7 @@ def test_every_recipe_parses():
         "minilm-prune50-repair-int8-static.yaml",
         "llama-gqa-prune25.yaml",
         "vit-prune40-int8.yaml",
+        "prune-distill-int8.yaml",
     }
     for path in recipes:
         pipeline = Pipeline.from_recipe(path)

@@ -165,6 +165,9 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
     config = config or DistillationConfig()
     if not len(train_examples):
         raise ConfigError("distillation needs training examples; the dataset is empty")
+    if config.alpha_ce and "labels" not in train_examples[0]:
+        raise ConfigError("distillation alpha_ce > 0 needs labels in the training examples (a label column "
+                          "in the dataset); set alpha_ce: 0 for soft targets only")
     collator = collator or default_data_collator
     kd_loss = config.loss(hidden_kept)
     set_seed(config.seed)
