@@ -41,6 +41,10 @@ class DistillationConfig:
         warmup_ratio: share of the steps with a linear warm-up.
         seed: seed of the data order and of anything random in training.
         logging_steps: steps between two loss records.
+        freeze: parameters left untrained, as ``fnmatch`` patterns of their names (e.g.
+            ``["*word_embeddings*"]``: the embedding table is half of a small BERT's parameters, and its
+            AdamW update a large share of a CPU step).
+        group_by_length: batch examples of similar length together (less padding, faster steps).
         progress: show the ``Trainer``'s progress bar.
     """
 
@@ -56,10 +60,17 @@ class DistillationConfig:
     warmup_ratio: float = 0.06
     seed: int = 0
     logging_steps: int = 10
+    freeze: tuple[str, ...] = ()
+    group_by_length: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.loss()  # validates temperature and weights
+        if isinstance(self.freeze, str):
+            self.freeze = (self.freeze,)
+        if not isinstance(self.freeze, list | tuple) or not all(isinstance(p, str) for p in self.freeze):
+            raise ConfigError(f"distillation freeze must be a list of name patterns; got {self.freeze!r}")
+        self.freeze = tuple(self.freeze)
         _number(self.learning_rate, "learning_rate", strict=True)
         _number(self.epochs, "epochs", strict=True)
         _number(self.weight_decay, "weight_decay")
@@ -145,6 +156,23 @@ def kd_loss_on(student, teacher, examples: Sequence[dict], kd_loss: Distillation
     return total / max(count, 1)
 
 
+def _freeze(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Stop gradients of the parameters whose names match ``patterns``; returns them (to unfreeze)."""
+    import fnmatch
+
+    if not patterns:
+        return []
+    frozen = [p for name, p in model.named_parameters()
+              if p.requires_grad and any(fnmatch.fnmatch(name, pat) for pat in patterns)]
+    if not frozen:
+        names = [n for n, _ in model.named_parameters()][:6]
+        raise ConfigError(f"distillation freeze patterns {list(patterns)} match no parameter (names look "
+                          f"like {names})")
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
 def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: Sequence[dict],
             config: DistillationConfig | None = None, *, collator=None,
             eval_examples: Sequence[dict] | None = None, hidden_kept: list[int] | None = None,
@@ -171,6 +199,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
     collator = collator or default_data_collator
     kd_loss = config.loss(hidden_kept)
     set_seed(config.seed)
+    frozen = _freeze(student, config.freeze)
     before = kd_loss_on(student, teacher, eval_examples, kd_loss, collator) if eval_examples else None
     with tempfile.TemporaryDirectory(prefix="optimum-prune-kd-") as scratch:
         args = TrainingArguments(
@@ -180,6 +209,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
             weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, seed=config.seed,
             data_seed=config.seed, logging_steps=config.logging_steps, save_strategy="no", report_to=[],
             disable_tqdm=not config.progress, remove_unused_columns=False, dataloader_num_workers=0,
+            group_by_length=config.group_by_length and "input_ids" in train_examples[0],
         )
         trainer = _kd_trainer_class()(model=student, args=args, train_dataset=list(train_examples),
                                       data_collator=collator, teacher=teacher, kd_loss=kd_loss)
@@ -188,6 +218,8 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
         seconds = time.perf_counter() - start
         history = [{"step": int(e["step"]), "loss": float(e["loss"])}
                    for e in trainer.state.log_history if "loss" in e]
+    for param in frozen:
+        param.requires_grad_(True)
     student.eval()
     after = kd_loss_on(student, teacher, eval_examples, kd_loss, collator) if eval_examples else None
     return DistillationResult(steps=int(output.global_step), seconds=round(seconds, 2), history=history,

@@ -45,7 +45,7 @@ class DistillStageConfig(StageConfig):
             between the trained student and its export).
         opset: ONNX opset of the student's export (default: the exporter's).
         temperature, alpha_kd, alpha_ce, alpha_hidden, learning_rate, epochs, max_steps, batch_size,
-            weight_decay, warmup_ratio, seed, logging_steps, progress: training
+            weight_decay, warmup_ratio, seed, logging_steps, freeze, group_by_length, progress: training
             (see :class:`~optimum_prune.distill.DistillationConfig`).
     """
 
@@ -69,6 +69,8 @@ class DistillStageConfig(StageConfig):
     warmup_ratio: float = 0.06
     seed: int = 0
     logging_steps: int = 10
+    freeze: list | tuple = ()
+    group_by_length: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
