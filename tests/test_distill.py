@@ -172,13 +172,17 @@ def test_a_student_that_differs_from_the_graph_is_refused(work):
         build_student(teacher, onnx_dir, tampered)
 
 
-def test_fused_attention_cannot_be_mapped_back_and_says_so(work):
-    """After ONNX Runtime's fusions, Q/K/V live in one packed initializer: the student is refused."""
-    fused = export_zoo_model("bert", work / "zoo", fused=True)
-    pruned = _pruned(fused, work / "bert-fused-pruned", sparsity=0.5, scope=("heads",))
-    teacher = ZOO["bert"].auto_model_class().from_pretrained(fused.parent / "hf")
+@pytest.mark.parametrize(("name", "fused", "scope"),
+                         [("bert", True, ("heads",)), ("resnet", False, ("conv",))],
+                         ids=["bert-fused", "resnet"])
+def test_folded_tensors_cannot_be_mapped_back_and_say_so(name, fused, scope, work):
+    """After ONNX Runtime's fusions Q/K/V live in one packed initializer; resnet's export folds BatchNorm
+    into the Conv weights. Neither maps back to PyTorch parameters: the student is refused."""
+    onnx_dir = export_zoo_model(name, work / "zoo", fused=fused)
+    pruned = _pruned(onnx_dir, work / f"{name}-{fused}-pruned", sparsity=0.5, scope=scope)
+    teacher = ZOO[name].auto_model_class().from_pretrained(onnx_dir.parent / "hf")
     with pytest.raises(StudentMismatchError, match="does not reproduce|fails to run"):
-        build_student(teacher, fused, pruned)
+        build_student(teacher, onnx_dir, pruned)
 
 
 # --------------------------------------------------------------------------------------------------------
