@@ -10,8 +10,8 @@ The teacher is all-MiniLM-L6-v2 fine-tuned on the Rotten Tomatoes train split
 without and with least-squares repair; the repaired student trained by knowledge distillation from the
 dense teacher (``distill`` stage: KL * T^2 + hard-label cross-entropy, a bounded number of steps on
 train-split reviews); and that student after dynamic INT8. Latency is ONNX Runtime's median at
-batch 1 x 128 tokens (default threads) against the dense FP32 model. Run folders go under
-``outputs/bench/distill/``.
+batch 1 x 128 tokens (default threads) against the dense FP32 model, measured in interleaved rounds.
+Run folders go under ``outputs/bench/distill/``.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ KD = {"temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5, "learning_rate": 1e-
       "max_length": 64, "weight_decay": 0.01, "warmup_ratio": 0.06, "freeze": ["*word_embeddings*"]}
 
 
-def latency_ms(model_path: Path, repeat: int, batch: int, sequence: int, seed: int = 0) -> dict:
-    """Median and p90 ONNX Runtime latency (ms) over ``repeat`` runs after 5 warm-up runs."""
+def _session_and_feeds(model_path: Path, batch: int, sequence: int, seed: int = 0):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -58,15 +57,25 @@ def latency_ms(model_path: Path, repeat: int, batch: int, sequence: int, seed: i
             feeds[inp.name] = np.zeros((batch, sequence), np.int64)
         else:
             feeds[inp.name] = rng.integers(1000, 20000, (batch, sequence), dtype=np.int64)
-    for _ in range(5):
-        session.run(None, feeds)
-    times = []
+    return session, feeds
+
+
+def latencies_ms(model_paths: dict[str, Path], repeat: int, batch: int, sequence: int) -> dict[str, dict]:
+    """ONNX Runtime latency (ms) of several models, interleaved: in each of ``repeat`` rounds every model
+    runs once, so a load that comes and goes on a shared machine weighs on all of them alike. Median and
+    p90 per model, after 5 warm-up runs each."""
+    runs = {k: _session_and_feeds(p, batch, sequence) for k, p in model_paths.items()}
+    for session, feeds in runs.values():
+        for _ in range(5):
+            session.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return {"p50_ms": round(1000 * float(np.median(times)), 3),
-            "p90_ms": round(1000 * float(np.percentile(times, 90)), 3)}
+        for key, (session, feeds) in runs.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[key].append(time.perf_counter() - start)
+    return {k: {"p50_ms": round(1000 * float(np.median(t)), 3),
+                "p90_ms": round(1000 * float(np.percentile(t, 90)), 3)} for k, t in times.items()}
 
 
 def markdown(data: dict) -> str:
@@ -151,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     quantized_from = {"int8": "dense", "kd-int8": "kd"}  # INT8 weights are not float parameters
     params: dict[str, int] = {}
+    latency = latencies_ms({k: f / "model.onnx" for k, (_, f) in folders.items()}, args.repeat,
+                           LATENCY["batch"], LATENCY["sequence"])
     for key, (name, folder) in folders.items():
         model = folder / "model.onnx"
         acc = accuracy(model, tokenizer, texts, labels, max_length=64)
-        lat = latency_ms(model, args.repeat, LATENCY["batch"], LATENCY["sequence"])
+        lat = latency[key]
         parent = quantized_from.get(key)
         params[key] = params[parent] if parent else count_parameters(load_model(model))
         rows.append({"key": key, "name": name, "accuracy": acc, "params": params[key],
@@ -180,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                "student_max_abs_diff": distill_entry["student"]["max_abs_diff"],
                "export_max_abs_diff": distill_entry["export_max_abs_diff"],
                "native_reload": distill_entry["student_native_reload"]},
-        "latency": {**LATENCY, "repeat": args.repeat, "statistic": "median after 5 warm-up runs",
+        "latency": {**LATENCY, "repeat": args.repeat,
+                    "statistic": "median of interleaved rounds (each model once per round) after 5 "
+                                 "warm-up runs",
                     "threads": "ONNX Runtime default"},
         "targets": TARGETS,
         "rows": rows,

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import distill  # noqa: E402
 import engine_speed  # noqa: E402
 import quality  # noqa: E402
 import zoo_table  # noqa: E402
@@ -94,11 +95,38 @@ def _quality() -> str | None:
     return "\n".join(lines)
 
 
+def _distill() -> str | None:
+    path = RESULTS / "distill.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    kd, split, lat = data["kd"], data["split"], data["latency"]
+    teacher = data["teacher"]["train_info"]
+    lines = [distill.markdown(data), ""]
+    lines += [f"- {line}" for line in data["summary"]]
+    lines += [
+        f"- teacher: all-MiniLM-L6-v2 fine-tuned {teacher['steps']} steps (seed {teacher['seed']}), "
+        f"held-out accuracy {teacher['heldout']['accuracy']:.3f} in PyTorch",
+        f"- KD: {kd['steps']} steps at batch {kd['batch_size']} ({split['kd_train']} train-split reviews), "
+        f"{kd['seconds'] / 60:.1f} min; T={kd['temperature']}, alpha_ce={kd['alpha_ce']}, "
+        f"lr={kd['learning_rate']}, frozen {kd['freeze']}; distillation loss on {split['kd_eval']} held-out "
+        f"train reviews {kd['loss_before']:.4f} -> {kd['loss_after']:.4f}",
+        f"- student vs pruned ONNX before training: max abs diff "
+        f"{max(kd['student_max_abs_diff'].values()):.1e}; trained student vs its export "
+        f"{max(kd['export_max_abs_diff'].values()):.1e}; reloads with from_pretrained: {kd['native_reload']}",
+        f"- accuracy on {split['held_out']} held-out reviews ({split['held_out_rule']}); latency: batch "
+        f"{lat['batch']} x {lat['sequence']} tokens, {lat['statistic']}, {lat['repeat']} rounds",
+        f"- {data['seconds'] / 60:.1f} min in all, {data['machine']['cpu_count']} cores, "
+        f"commit {data['machine']['git']['commit'][:7]}, {data['created']}",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
-                         ("decoder", _decoder)):
+                         ("decoder", _decoder), ("distill", _distill)):
         body = render()
         if body is None:
             continue
