@@ -160,11 +160,12 @@ def sync_attributes(model: nn.Module, attention: dict[str, dict] | None = None) 
                 module.in_channels = weight.shape[1] * module.groups
         elif isinstance(module, nn.Embedding):
             module.num_embeddings, module.embedding_dim = weight.shape
-        elif isinstance(module, nn.LayerNorm | nn.GroupNorm) or type(module).__name__.endswith("Norm"):
-            if isinstance(module, nn.LayerNorm) and module.normalized_shape:
-                module.normalized_shape = tuple(weight.shape[-len(module.normalized_shape):])
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.num_features = weight.shape[0]
+        elif isinstance(module, nn.LayerNorm) and module.normalized_shape:
+            module.normalized_shape = tuple(weight.shape[-len(module.normalized_shape):])
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = weight.shape[0]
+        elif isinstance(module, nn.GroupNorm):
+            module.num_channels = weight.shape[0]
         elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 Conv1D
             module.nf = weight.shape[1]
     for info in attention.values():
