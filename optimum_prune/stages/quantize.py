@@ -83,9 +83,11 @@ class QuantizeConfig(StageConfig):
             format follows ``preset``.
 
     With backend ``neural-compressor``, ``preset`` is not used (INC targets the CPU execution provider),
-    ``per_channel`` ``None`` means ``False`` and ``operators_to_quantize`` ``None`` means INC's default op
-    list for the mode and format. INC 1.0 has a ``reduce_range`` option but its quantize entry points do not
-    pass it on to the quantizer (weights are always 8-bit), so it is not offered here.
+    ``per_channel`` ``None`` means ``True`` like the onnxruntime presets (INC's own default is per-tensor,
+    which lowers the embedding cosine of dynamic INT8 all-MiniLM-L6-v2 from 0.991 to 0.958), and
+    ``operators_to_quantize`` ``None`` means INC's default op list for the mode and format. INC 1.0 has a
+    ``reduce_range`` option but its quantize entry points do not pass it on to the quantizer (weights are
+    always 8-bit), so it is not offered here.
     """
 
     backend: str = "onnxruntime"
@@ -222,7 +224,7 @@ class QuantizeStage(Stage):
             ) from e
         cfg = self.config
         options: dict[str, Any] = {
-            "per_channel": bool(cfg.per_channel),
+            "per_channel": True if cfg.per_channel is None else cfg.per_channel,
             "nodes_to_exclude": list(cfg.nodes_to_exclude or ()),
             # INC otherwise picks CUDA/DNNL when onnxruntime has them; the output is for CPU inference.
             "execution_provider": "CPUExecutionProvider",
