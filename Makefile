@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 VENV_INC := .venv-inc
 PY_INC := $(VENV_INC)/bin/python
 STAMP_INC := $(VENV_INC)/.optimum-prune-installed
+# one process: both test files share module-scoped exports that xdist workers would each rebuild
+INC_PYTEST_ARGS ?= -q
 
 venv-inc: $(STAMP_INC)
 
@@ -46,10 +48,12 @@ test: venv assets
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 # The tests marked `inc` (the neural-compressor backend) in .venv-inc; `make test` skips them. Here a
-# missing onnx-neural-compressor fails them instead (OPTIMUM_PRUNE_REQUIRE_INC).
+# missing onnx-neural-compressor fails them instead (OPTIMUM_PRUNE_REQUIRE_INC). tests/test_pipeline.py
+# runs too: every stage under numpy 1.26 (~1 min).
 test-inc: venv-inc
 	$(PY_INC) -m optimum_prune.assets
-	OPTIMUM_PRUNE_REQUIRE_INC=1 $(PY_INC) -m pytest $(PYTEST_ARGS) -m inc
+	OPTIMUM_PRUNE_REQUIRE_INC=1 $(PY_INC) -m pytest $(INC_PYTEST_ARGS) -m inc
+	$(PY_INC) -m pytest $(INC_PYTEST_ARGS) -m "not slow" tests/test_pipeline.py
 
 # Everything, slow tests included.
 test-all: venv assets

@@ -148,6 +148,25 @@ def test_pruned_int8_is_smaller_than_int8_alone_with_inc(exported, pruned, work)
 
 @pytest.mark.inc
 @needs_inc
+def test_inc_quantizes_a_model_stored_as_external_data(pruned, work):
+    # the path models over the 2 GB protobuf limit take: initializers in model.onnx_data
+    import shutil
+
+    src = work / "pruned-external"
+    shutil.copytree(pruned, src)
+    proto = onnx.load(str(src / "model.onnx"))
+    onnx.save(proto, str(src / "model.onnx"), save_as_external_data=True, location="model.onnx_data",
+              size_threshold=0)
+    header = onnx.load(str(src / "model.onnx"), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
+    out = QuantizeStage(backend="neural-compressor", mode="dynamic").run(src, work / "inc-external")
+    assert "MatMulInteger" in _op_types(out) and (out / "model.onnx_data").is_file()
+    enc = _encoded(pruned)
+    assert _cosine(_outputs(pruned, enc), _outputs(out, enc)) > 0.98
+
+
+@pytest.mark.inc
+@needs_inc
 def test_inc_rejects_an_op_type_it_cannot_quantize(pruned, work):
     stage = QuantizeStage(backend="neural-compressor", mode="dynamic", operators_to_quantize=["Softmax"])
     with pytest.raises(ConfigError, match="rejected the configuration: Unsupported optype Softmax"):
