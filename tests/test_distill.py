@@ -358,3 +358,32 @@ def test_distill_stage_options_are_checked():
         DistillStage(temprature=2.0)
     with pytest.raises(ConfigError, match="temperature"):
         DistillStage(temperature=-1.0)
+
+
+def test_distill_stage_on_a_decoder_with_past_keeps_generation_working(work):
+    """KV groups and MLP neurons cut, the student distilled and exported with past key/values: the final
+    folder generates with ORTModelForCausalLM (the student's config carries the pruned KV-head count)."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from optimum_prune.stages import DistillStage, ExportStage, PruneStage
+    from tiny_folders import tiny_hf_folder
+
+    hf = tiny_hf_folder("llama", work / "zoo", work)
+    data = text_dataset(work, n=48)
+    split = {"name": str(data), "split": "train", "num_samples": 24, "max_length": 16}
+    stages = [ExportStage(task="text-generation-with-past"),
+              PruneStage(sparsity=0.5, scope=("ffn", "heads"), prune_kv_heads=True),
+              DistillStage(dataset=split, eval_samples=8, max_steps=3, batch_size=8, progress=False)]
+    final = Pipeline(stages).run(hf, work / "llama-kd", progress=False)
+    entry = next(e for e in read_report(final) if e["stage"] == "distill")
+    assert entry["task"] == "text-generation-with-past"
+    assert max(entry["export_max_abs_diff"].values()) <= ATOL
+    config = json.loads((final / "config.json").read_text())
+    pruned_config = json.loads((work / "llama-kd" / "2-prune" / "config.json").read_text())
+    assert config["num_key_value_heads"] == pruned_config["num_key_value_heads"] < 2  # 2 KV heads, half cut
+    model = ORTModelForCausalLM.from_pretrained(final, use_cache=True)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    ids = tokenizer("good film", return_tensors="pt", return_token_type_ids=False)
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4

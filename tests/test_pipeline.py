@@ -271,7 +271,8 @@ def test_unknown_stage_key_lists_valid_keys():
 
 
 def test_unknown_stage_name_lists_stages():
-    with pytest.raises(ConfigError, match="unknown stage 'prun'; known stages: benchmark, distill, evaluate, export"):
+    with pytest.raises(ConfigError,
+                       match="unknown stage 'prun'; known stages: benchmark, distill, evaluate, export"):
         Pipeline.from_recipe({"stages": ["prun"]})
 
 

@@ -64,6 +64,10 @@ class DistillationLoss:
         if self.alpha_ce:
             if labels is None or s_logits is None:
                 raise ValueError("alpha_ce > 0 needs labels in the data and logits in the outputs")
+            if labels.dim() != s_logits.dim() - 1:
+                raise ValueError(f"alpha_ce > 0: labels of shape {list(labels.shape)} do not label the "
+                                 f"logits of shape {list(s_logits.shape)} (one label per example or per "
+                                 "token)")
             parts["ce"] = self.alpha_ce * F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]),
                                                           labels.reshape(-1), ignore_index=-100)
         if self.alpha_hidden:
