@@ -38,7 +38,7 @@ SPARSITY = 0.5
 SCOPE = ["ffn", "heads"]
 LATENCY = {"batch": 1, "sequence": 128}
 TARGETS = {"kd_points": 0.5, "kd_int8_points": 1.5, "kd_int8_speedup": 3.0}
-KD = {"temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5, "learning_rate": 1e-4, "batch_size": 32,
+KD = {"temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5, "learning_rate": 2e-4, "batch_size": 32,
       "max_length": 64, "weight_decay": 0.01, "warmup_ratio": 0.06, "freeze": ["*word_embeddings*"]}
 
 
@@ -112,7 +112,7 @@ def verdicts(data: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kd-steps", type=int, default=300, help="distillation steps (batch 32)")
+    parser.add_argument("--kd-steps", type=int, default=150, help="distillation steps (batch 32)")
     parser.add_argument("--repeat", type=int, default=100, help="latency runs per model")
     parser.add_argument("--quick", action="store_true", help="8 KD steps, 100 held-out reviews, no JSON")
     args = parser.parse_args(argv)
