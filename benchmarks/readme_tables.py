@@ -94,11 +94,38 @@ def _quality() -> str | None:
     return "\n".join(lines)
 
 
+def _quality_classifier() -> str | None:
+    path = RESULTS / "quality_classifier.json"
+    if not path.is_file():
+        return None
+    import quality_classifier
+
+    data = json.loads(path.read_text())
+    dense, info, split = data["dense"], data["classifier"]["train_info"], data["split"]
+    lines = [quality_classifier.markdown(data), ""]
+    lines += [f"- {line}" for line in data.get("findings", [])]
+    lines.append(f"- dense: accuracy {dense['accuracy']:.3f} (ONNX Runtime; torch "
+                 f"{info['heldout']['accuracy']:.3f}), {dense['params'] / 1e6:.1f}M params, "
+                 f"{dense['flops'] / 1e9:.2f} GFLOPs, {dense['latency_ms']:.0f} ms per batch of 32 x 64")
+    lines.append(f"- classifier: {info['steps']} steps ({info['epochs']} epoch) at batch "
+                 f"{info['batch_size']}, "
+                 f"lr {info['learning_rate']}, max_length {info['max_length']}, seed {info['seed']}, "
+                 f"{info['train_examples']} training reviews, {info['seconds']:.0f} s on "
+                 f"{data['machine']['cpu_count']} cores")
+    lines += [f"- {note}" for note in data.get("notes", [])]
+    lines.append(f"- split: {split['held_out']} held out ({split['held_out_positive']} positive) / "
+                 f"{split['calibration']} calibration; {data['seconds']:.0f} s in all; "
+                 f"commit {data['machine']['git']['commit'][:7]}, {data['created']}")
+    lines.append("")
+    lines.append("![quality_classifier](benchmarks/results/quality_classifier.png)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
-                         ("decoder", _decoder)):
+                         ("quality_classifier", _quality_classifier), ("decoder", _decoder)):
         body = render()
         if body is None:
             continue
