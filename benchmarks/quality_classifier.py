@@ -39,7 +39,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "outputs" / "bench" / "quality_classifier"
 CALIBRATION = 128
 SPARSITIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-EXPENSIVE = [0.2, 0.4, 0.6]  # obs and fidelity take 10-30 s per pruning
+EXPENSIVE = [0.2, 0.4, 0.6]  # obs and fidelity: 1-4 min per pruning on 2 shared cores
 TARGET_CUT, TARGET_LOSS = 0.4, 0.01
 MAX_LENGTH = 64
 
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                   "flops": count_flops(dense_model, infer_shapes(dense_model)), "latency_ms": dense_ms},
         "notes": ["fidelity uses importance_options rounds=1 (one greedy round), measured on the first "
                   "calibration batch",
-                  "obs and fidelity run at 20/40/60% only (10-30 s per pruning)",
+                  "obs and fidelity run at 20/40/60% only (the slowest criteria: see the pruning "
+                  "seconds below)",
                   "no fine-tuning after pruning; repair refits the pruned consumers' kept rows and biases",
                   "uniform allocation: one share of every group's units, found by bisection, so the measured "
                   "cut can exceed the asked one by a head (1/12 of a layer's heads)",

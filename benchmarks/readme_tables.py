@@ -113,6 +113,11 @@ def _quality_classifier() -> str | None:
                  f"{info['train_examples']} training reviews, {info['seconds']:.0f} s on "
                  f"{data['machine']['cpu_count']} cores")
     lines += [f"- {note}" for note in data.get("notes", [])]
+    names = list(dict.fromkeys(r["name"] for r in data["rows"]))
+    secs = {n: [r["prune_s"] for r in data["rows"] if r["name"] == n] for n in names}
+    lines.append("- mean pruning seconds (scoring + repair): "
+                 + ", ".join(f"{n} {sum(v) / len(v):.0f}" for n, v in secs.items())
+                 + f"; load average at start / end {data.get('load_average_start_end')}")
     lines.append(f"- split: {split['held_out']} held out ({split['held_out_positive']} positive) / "
                  f"{split['calibration']} calibration; {data['seconds']:.0f} s in all; "
                  f"commit {data['machine']['git']['commit'][:7]}, {data['created']}")
