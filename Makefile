@@ -47,6 +47,7 @@ bench: venv assets
 	$(PY) benchmarks/zoo_table.py
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/quality_classifier.py
+	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/decoder.py
 	$(PY) benchmarks/readme_tables.py
 

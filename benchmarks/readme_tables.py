@@ -126,11 +126,32 @@ def _quality_classifier() -> str | None:
     return "\n".join(lines)
 
 
+def _latency_budget() -> str | None:
+    path = RESULTS / "latency_budget.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    lines = ["| latency budget | allocation | estimated saving | measured saving | ms per batch |",
+             "|---:|---|---:|---:|---:|"]
+    for r in data["rows"]:
+        lines.append(f"| {int(100 * r['sparsity'])}% | {r['allocation']} | {r['estimated_saving']:.3f} | "
+                     f"{r['measured_saving']:.3f} | {r['latency_ms']:.0f} |")
+    lines.append("")
+    lat = data["latency"]
+    lines.append(f"- {data['model']}, {data['importance']}, ffn + heads; dense "
+                 f"{data['dense_latency_ms']:.0f} ms at batch {lat['batch']} x {lat['sequence']} (median of "
+                 f"{lat['repeat']}); table measured in {data['table_seconds']:.0f} s; load average "
+                 f"{data['load_average_end']} on {data['machine']['cpu_count']} cores; commit "
+                 f"{data['machine']['git']['commit'][:7]}, {data['created']}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
-                         ("quality_classifier", _quality_classifier), ("decoder", _decoder)):
+                         ("quality_classifier", _quality_classifier), ("latency_budget", _latency_budget),
+                         ("decoder", _decoder)):
         body = render()
         if body is None:
             continue
