@@ -62,14 +62,16 @@ test-all: venv assets
 lint: venv
 	$(PY) -m ruff check .
 
-# Every benchmark, then the README tables from their JSON (quality ~8 min, decoder ~13 min, zoo ~5 min,
-# distill ~25 min with the classifier cached, +10 min to fine-tune it once).
+# Every benchmark, then the README tables from their JSON (quality ~8 min, classifier ~15 min plus ~10 min
+# training on first use, decoder ~13 min, zoo ~5 min, distill ~20 min).
 bench: venv assets
 	$(PY) -m pip install -c constraints.txt -e '.[bench]'
 	$(PY) -m optimum_prune.assets --smollm2
 	$(PY) benchmarks/engine_speed.py
 	$(PY) benchmarks/zoo_table.py
 	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/quality_classifier.py
+	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/decoder.py
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/readme_tables.py

@@ -122,10 +122,63 @@ def _distill() -> str | None:
     return "\n".join(lines)
 
 
+def _quality_classifier() -> str | None:
+    path = RESULTS / "quality_classifier.json"
+    if not path.is_file():
+        return None
+    import quality_classifier
+
+    data = json.loads(path.read_text())
+    dense, info, split = data["dense"], data["classifier"]["train_info"], data["split"]
+    lines = [quality_classifier.markdown(data), ""]
+    lines += [f"- {line}" for line in data.get("findings", [])]
+    lines.append(f"- dense: accuracy {dense['accuracy']:.3f} (ONNX Runtime; torch "
+                 f"{info['heldout']['accuracy']:.3f}), {dense['params'] / 1e6:.1f}M params, "
+                 f"{dense['flops'] / 1e9:.2f} GFLOPs, {dense['latency_ms']:.0f} ms per batch of 32 x 64")
+    lines.append(f"- classifier: {info['steps']} steps ({info['epochs']} epoch) at batch "
+                 f"{info['batch_size']}, "
+                 f"lr {info['learning_rate']}, max_length {info['max_length']}, seed {info['seed']}, "
+                 f"{info['train_examples']} training reviews, {info['seconds']:.0f} s on "
+                 f"{data['machine']['cpu_count']} cores")
+    lines += [f"- {note}" for note in data.get("notes", [])]
+    names = list(dict.fromkeys(r["name"] for r in data["rows"]))
+    secs = {n: [r["prune_s"] for r in data["rows"] if r["name"] == n] for n in names}
+    lines.append("- mean pruning seconds (scoring + repair): "
+                 + ", ".join(f"{n} {sum(v) / len(v):.0f}" for n, v in secs.items())
+                 + f"; load average at start / end {data.get('load_average_start_end')}")
+    lines.append(f"- split: {split['held_out']} held out ({split['held_out_positive']} positive) / "
+                 f"{split['calibration']} calibration; {data['seconds']:.0f} s in all; "
+                 f"commit {data['machine']['git']['commit'][:7]}, {data['created']}")
+    lines.append("")
+    lines.append("![quality_classifier](benchmarks/results/quality_classifier.png)")
+    return "\n".join(lines)
+
+
+def _latency_budget() -> str | None:
+    path = RESULTS / "latency_budget.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    lines = ["| latency budget | allocation | estimated saving | measured saving | ms per batch |",
+             "|---:|---|---:|---:|---:|"]
+    for r in data["rows"]:
+        lines.append(f"| {int(100 * r['sparsity'])}% | {r['allocation']} | {r['estimated_saving']:.3f} | "
+                     f"{r['measured_saving']:.3f} | {r['latency_ms']:.0f} |")
+    lines.append("")
+    lat = data["latency"]
+    lines.append(f"- {data['model']}, {data['importance']}, ffn + heads; dense "
+                 f"{data['dense_latency_ms']:.0f} ms at batch {lat['batch']} x {lat['sequence']} (median of "
+                 f"{lat['repeat']}); table measured in {data['table_seconds']:.0f} s; load average "
+                 f"{data['load_average_end']} on {data['machine']['cpu_count']} cores; commit "
+                 f"{data['machine']['git']['commit'][:7]}, {data['created']}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
+                         ("quality_classifier", _quality_classifier), ("latency_budget", _latency_budget),
                          ("decoder", _decoder), ("distill", _distill)):
         body = render()
         if body is None:

@@ -12,7 +12,7 @@ least ``min_units`` (so every layer keeps at least one head / KV group).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -119,13 +119,18 @@ def _flops_per_weight(value: ir.Value, shapes: dict[str, Shape], sequence: int) 
 
 
 def uniform_for_cost(groups: Sequence[PruningGroup], costs: dict[int, np.ndarray], target: float,
-                     min_units: int, multiples: dict[int, int]) -> dict[int, int]:
+                     min_units: int, multiples: dict[int, int],
+                     saving: Callable[[dict[int, int]], float] | None = None) -> dict[int, int]:
     """One sparsity for every group, the smallest whose removal (of average-cost units) reaches
-    ``target``; found by bisection. Raises :class:`ConfigError` when no sparsity reaches it."""
+    ``target``; found by bisection. ``saving`` (removal counts -> amount saved) replaces the average
+    cost when the saving is not linear in the count (latency tables). Raises :class:`ConfigError` when no
+    sparsity reaches it."""
 
     def plan(s: float) -> tuple[dict[int, int], float]:
         n = {g.id: round_removal(g.units, units_to_remove(g.units, s, min_units), multiples.get(g.id, 1),
                                  min_units) for g in groups}
+        if saving is not None:
+            return n, saving(n)
         return n, sum(n[g.id] * float(costs[g.id].mean()) for g in groups)
 
     best, reached = plan(0.999999)
@@ -165,12 +170,15 @@ def normalise_per_kind(groups: Sequence[PruningGroup], scores: dict[int, np.ndar
 
 def global_allocation(groups: Sequence[PruningGroup], scores: dict[int, np.ndarray],
                       costs: dict[int, np.ndarray], target: float | dict[str, float], min_units: int,
-                      multiples: dict[int, int]) -> dict[int, int]:
+                      multiples: dict[int, int],
+                      marginal: Callable[[int, int], float] | None = None) -> dict[int, int]:
     """Units removed per group by ranking every unit of ``groups`` together.
 
     Units are taken in ascending order of (normalised score) / (cost / mean cost of the kind) until the
     removed cost reaches ``target`` (a number, over all kinds; or per kind, a dict), never leaving a
     group with fewer than ``min_units``; each group's count is then rounded to its multiple.
+    ``marginal(group id, removed so far)``, when given, is what the next removal of that group saves
+    (the costs then only rank the units): for savings that are not linear in the count (latency).
     """
     norm = normalise_per_kind(groups, scores)
     keys, gids, costs_flat = [], [], []
@@ -198,7 +206,8 @@ def global_allocation(groups: Sequence[PruningGroup], scores: dict[int, np.ndarr
                 continue
         elif total >= target:
             break
+        step = float(cost[i]) if marginal is None else marginal(g, n_remove[g])
         n_remove[g] += 1
-        spent[kind] += float(cost[i])
-        total += float(cost[i])
+        spent[kind] += step
+        total += step
     return {g.id: round_removal(g.units, n_remove[g.id], multiples.get(g.id, 1), min_units) for g in groups}

@@ -181,7 +181,11 @@ class ORTPruner:
                 eligible.append(g)
         multiples = {g.id: config.multiple(g.kind) for g in eligible}
         scores: dict[int, np.ndarray] = {}
-        if config.target == "units":
+        latency = None
+        if config.target == "latency":
+            latency = self._latency_model(prep, config, eligible)
+            costs = latency.unit_costs(config.min_units)
+        elif config.target == "units":
             costs = {g.id: np.ones(g.units) for g in eligible}
         else:
             costs = {g.id: unit_costs(g, prep.model, prep.shapes, config.target) for g in eligible}
@@ -190,6 +194,8 @@ class ORTPruner:
             total = float(count_parameters(prep.model) - unshared_elements(prep.model))
         elif config.target == "flops":
             total = float(count_flops(prep.model, prep.shapes))
+        elif latency is not None:
+            total = latency.budget(1.0)
         if config.allocation == "uniform":
             if config.target == "units":
                 n_remove = {g.id: round_removal(g.units, units_to_remove(g.units, config.sparsity,
@@ -197,7 +203,8 @@ class ORTPruner:
                                                 multiples[g.id], config.min_units) for g in eligible}
             else:
                 n_remove = uniform_for_cost(eligible, costs, config.sparsity * total, config.min_units,
-                                            multiples) if eligible and config.sparsity > 0 else {}
+                                            multiples, saving=latency.total_saving if latency else None) \
+                    if eligible and config.sparsity > 0 else {}
         else:
             importance.prepare(prep.model, eligible, shapes=prep.shapes, n_remove=None)
             scores = {g.id: importance(g, prep.model) for g in eligible}
@@ -207,7 +214,8 @@ class ORTPruner:
                     for k in {g.kind for g in eligible}}
             else:
                 target = config.sparsity * total
-            n_remove = global_allocation(eligible, scores, costs, target, config.min_units, multiples) \
+            n_remove = global_allocation(eligible, scores, costs, target, config.min_units, multiples,
+                                         marginal=latency.marginal if latency else None) \
                 if eligible and config.sparsity > 0 else {}
             if getattr(importance, "budget_aware", False):  # its ranking depends on the budget: rescore
                 scores = {}
@@ -222,7 +230,24 @@ class ORTPruner:
             plans.append(GroupPlan(id=g.id, kind=g.kind, seed=f"{g.seed}:{g.seed_axis}", units=g.units,
                                    unit_size=g.unit_size, kept=kept,
                                    tensors=sorted({s.name for s in g.slices if s.constant})))
-        return PruningPlan(groups=plans, config=config.to_dict(), source=str(self.model_path.name))
+        plan_config = config.to_dict()
+        if latency is not None:
+            plan_config["latency_table"] = latency.table.to_dict()
+            plan_config["latency_estimate_ms"] = {
+                "blocks_before": latency.blocks_ms(),
+                "saved": latency.total_saving({g.id: n_remove.get(g.id, 0) for g in eligible}),
+                "budget": latency.budget(config.sparsity), "total_before": latency.table.total_ms}
+        return PruningPlan(groups=plans, config=plan_config, source=str(self.model_path.name))
+
+    def _latency_model(self, prep: _Prepared, config: PruningConfig, eligible: list[PruningGroup]):
+        """The latency table of ``config`` (measured on this model when it has none) bound to the groups."""
+        from optimum_prune.latency import LatencyModel, measure_latency_table
+
+        table = config.latency_table
+        if table is None:
+            table = measure_latency_table(prep.model, eligible, model_path=self.model_path,
+                                          min_units=config.min_units)
+        return LatencyModel(table, eligible, prep.model)
 
     def _check_cache_describable(self) -> None:
         """Raise :class:`ConfigError` unless config.json can record a pruned key/value-head count."""

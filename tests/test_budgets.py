@@ -94,8 +94,9 @@ def test_unreachable_budget_is_an_error(tiny_bert):  # noqa: F811
         ORTPruner.from_pretrained(tiny_bert).plan(config)
 
 
-@pytest.mark.parametrize("bad", [dict(allocation="local"), dict(target="latency"), dict(round_to=0),
-                                 dict(round_to={"ffn": 0}), dict(round_to={"mlp": 8}), dict(round_to=True)])
+@pytest.mark.parametrize("bad", [dict(allocation="local"), dict(target="latencies"), dict(round_to=0),
+                                 dict(round_to={"ffn": 0}), dict(round_to={"mlp": 8}), dict(round_to=True),
+                                 dict(latency_table=3), dict(latency_table={"curves": {}, "speed": 1})])
 def test_budget_options_are_validated(bad):
     with pytest.raises(ConfigError):
         PruningConfig(**bad)
