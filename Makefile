@@ -38,7 +38,8 @@ test-all: venv assets
 lint: venv
 	$(PY) -m ruff check .
 
-# Every benchmark, then the README tables from their JSON (quality ~8 min, decoder ~13 min, zoo ~5 min).
+# Every benchmark, then the README tables from their JSON (quality ~8 min, decoder ~13 min, zoo ~5 min,
+# engine_speed ~10 min with the > 2 GB decoder's one-off export, decoder_token_time ~2 min).
 bench: venv assets
 	$(PY) -m pip install -c constraints.txt -e '.[bench]'
 	$(PY) -m optimum_prune.assets --smollm2
@@ -46,6 +47,7 @@ bench: venv assets
 	$(PY) benchmarks/zoo_table.py
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/decoder.py
+	$(PY) benchmarks/decoder_token_time.py
 	$(PY) benchmarks/readme_tables.py
 
 clean:

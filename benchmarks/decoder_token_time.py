@@ -13,7 +13,7 @@ exported if missing) and a 30%-MLP ``l2`` pruning of it (speed does not depend o
 
 Writes ``benchmarks/results/decoder_token_time.json`` and prints a summary.
 
-    python benchmarks/decoder_token_time.py [--rounds 5] [--threads 0]
+    python benchmarks/decoder_token_time.py [--rounds 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def profile_generate(folder: Path, ids, new_tokens: int, threads: int) -> dict:
     prefill_end = runs[0][1]
     decode = runs[1:]
     by_cat = dict.fromkeys(CATEGORIES, 0.0)
+    matmul = dict.fromkeys(CATEGORIES, 0.0)
+    nodes = dict.fromkeys(CATEGORIES, 0)
     by_op: dict[str, float] = {}
     lm_head_ops = []
     for e in events:
@@ -118,6 +120,9 @@ def profile_generate(folder: Path, ids, new_tokens: int, threads: int) -> dict:
         by_cat[cat] += e["dur"]
         op = e.get("args", {}).get("op_name", "?")
         by_op[op] = by_op.get(op, 0.0) + e["dur"]
+        nodes[cat] += 1
+        if "MatMul" in op or op == "Gemm":
+            matmul[cat] += e["dur"]
         if cat == "lm_head":
             lm_head_ops.append(f"{node} ({op})")
     steps = len(decode)
@@ -129,6 +134,8 @@ def profile_generate(folder: Path, ids, new_tokens: int, threads: int) -> dict:
         "kernel_ms_per_step": kernel_us / steps / 1e3,
         "ms_per_step": {k: v / steps / 1e3 for k, v in by_cat.items()},
         "share_of_kernel_time": {k: v / kernel_us for k, v in by_cat.items()},
+        "matmul_ms_per_step": {k: v / steps / 1e3 for k, v in matmul.items()},
+        "nodes_per_step": {k: v / steps for k, v in nodes.items()},
         "top_ops_ms_per_step": dict(sorted(((k, v / steps / 1e3) for k, v in by_op.items()),
                                            key=lambda kv: -kv[1])[:8]),
         "lm_head_nodes": sorted(set(lm_head_ops)),
@@ -144,12 +151,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--sparsity", type=float, default=0.3)
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of ONNX Runtime and torch (0: their defaults). Default 1: on "
+                             "a machine shared with other jobs, spinning thread pools make 2-thread timings "
+                             "meaningless (3 tok/s instead of ~40)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    import torch
     from transformers import AutoTokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     onnx_dir = export(fetch_smollm2(), WORK / "onnx")
     pruned_dir = WORK / f"timing-l2-ffn{int(args.sparsity * 100)}"
     if not (pruned_dir / "model.onnx").is_file():
@@ -195,7 +208,8 @@ def main() -> None:
         print(f"{name}: {g['tokens_per_s']:.1f} tok/s; per token {g['in_ort_ms_per_token']:.2f} ms in ORT "
               f"(decode run {g['decode_run_ms']:.2f} ms) + {g['outside_ort_ms_per_token']:.2f} ms outside; "
               f"profiled kernels {p['kernel_ms_per_step']:.2f} ms/step: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in p["ms_per_step"].items()))
+              + ", ".join(f"{k} {p['ms_per_step'][k]:.2f} ({p['matmul_ms_per_step'][k]:.2f} MatMul, "
+                          f"{p['nodes_per_step'][k]:.0f} nodes)" for k in CATEGORIES))
     print(f"results: {args.output}")
 
 
