@@ -63,7 +63,8 @@ lint: venv
 	$(PY) -m ruff check .
 
 # Every benchmark, then the README tables from their JSON (quality ~8 min, classifier ~15 min plus ~10 min
-# training on first use, decoder ~13 min, zoo ~5 min, distill ~20 min).
+# training on first use, decoder ~13 min, zoo ~5 min, engine_speed ~10 min with the > 2 GB decoder's
+# one-off export, decoder_token_time ~2 min, distill ~5 min on an idle machine).
 bench: venv assets
 	$(PY) -m pip install -c constraints.txt -e '.[bench]'
 	$(PY) -m optimum_prune.assets --smollm2
@@ -73,6 +74,7 @@ bench: venv assets
 	$(PY) benchmarks/quality_classifier.py
 	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/decoder.py
+	$(PY) benchmarks/decoder_token_time.py
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/readme_tables.py
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/engine_speed.py          # full run -> benchmarks/results/engine_speed.json
     .venv/bin/python benchmarks/engine_speed.py --quick  # tiny configs, seconds -> outputs/bench/...
-    .venv/bin/python benchmarks/engine_speed.py --models bert-base
+    .venv/bin/python benchmarks/engine_speed.py --models bert-base   # rerun one row, keep the others
 
 Models are built from ``transformers`` configs with random weights (``torch.manual_seed(0)``), saved
 with ``save_pretrained`` and exported with ``optimum.exporters.onnx.main_export``:
@@ -13,6 +13,15 @@ with ``save_pretrained`` and exported with ``optimum.exporters.onnx.main_export`
   heads, FFN 4864, vocabulary 151936, tied embeddings), task ``text-generation-with-past``. The benchmark
   is about the external-data path: if the export is a single protobuf it is re-saved with onnx-ir as
   ``model.onnx`` + ``model.onnx_data``.
+* ``llama-0.6b-2.6gb``: ``LlamaForCausalLM`` (hidden 1024, 24 layers, 16 query / 8 KV heads, MLP 4096,
+  vocabulary 128256, untied LM head: 640M parameters, ~2.6 GB in fp32), task
+  ``text-generation-with-past``; over 2 GB, so optimum-onnx writes external data itself. Pruned with
+  ``prune_kv_heads=True`` (30% of 8 KV groups per layer = 2, with their query heads, and the cache), and
+  the pruned folder is then loaded with ``ORTModelForCausalLM`` in a fresh process for an 8-token greedy
+  ``generate``.
+
+``--models`` measures only the listed models and keeps the other rows of the results JSON (each row
+records its own date, commit, sparsity and repeat count); ``--fresh`` writes only the measured rows.
 
 Exports are cached under ``outputs/bench/<model>/onnx`` (``export.json`` next to it records how they were
 made) and reused. Every export and every measurement runs in its own subprocess, so the peak RSS of a
@@ -42,6 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -80,10 +90,38 @@ def _qwen2_config(quick: bool):
                        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
-# name -> (config factory, transformers model class, export task, force external data)
-SPECS: dict[str, tuple[Callable, str, str, bool]] = {
-    "bert-base": (_bert_config, "BertModel", "feature-extraction", False),
-    "qwen2-0.5b": (_qwen2_config, "Qwen2ForCausalLM", "text-generation-with-past", True),
+def _llama_config(quick: bool):
+    from transformers import LlamaConfig
+
+    if quick:
+        return LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+                           intermediate_size=128, vocab_size=1000, max_position_embeddings=128,
+                           tie_word_embeddings=False)
+    # A Llama-architecture decoder over 2 GB in fp32 (640M parameters, untied LM head): hidden 1024,
+    # 24 layers, 16 query / 8 KV heads (head_dim 64), MLP 4096, Llama-3's 128256-token vocabulary.
+    return LlamaConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
+                       intermediate_size=4096, vocab_size=128256, max_position_embeddings=8192,
+                       rope_theta=500_000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+@dataclass(frozen=True)
+class Spec:
+    make_config: Callable
+    model_cls: str
+    task: str
+    force_external: bool
+    # PruningConfig fields besides sparsity (the default scope is ffn + heads).
+    prune_options: dict = field(default_factory=dict)
+    # After the measured runs, load the pruned folder with ORTModelForCausalLM and generate a few tokens.
+    generate: bool = False
+
+
+SPECS: dict[str, Spec] = {
+    "bert-base": Spec(_bert_config, "BertModel", "feature-extraction", False),
+    "qwen2-0.5b": Spec(_qwen2_config, "Qwen2ForCausalLM", "text-generation-with-past", True),
+    # > 2 GB: optimum-onnx itself writes external data; KV groups (query heads sharing a KV head) pruned too.
+    "llama-0.6b-2.6gb": Spec(_llama_config, "LlamaForCausalLM", "text-generation-with-past", True,
+                             prune_options={"prune_kv_heads": True}, generate=True),
 }
 
 
@@ -93,8 +131,8 @@ def _folder_name(name: str, quick: bool) -> str:
 
 def _spec_key(name: str, quick: bool) -> str:
     """Identifies how a cached export was made; a cache with another key is rebuilt."""
-    _, model_cls, task, force_external = SPECS[name]
-    return f"v1|{name}|{model_cls}|{task}|external={force_external}|quick={quick}"
+    spec = SPECS[name]
+    return f"v1|{name}|{spec.model_cls}|{spec.task}|external={spec.force_external}|quick={quick}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -121,7 +159,9 @@ def export_child(name: str, quick: bool, out: Path) -> None:
     import transformers
     from optimum.exporters.onnx import main_export
 
-    make_config, model_cls, task, force_external = SPECS[name]
+    spec = SPECS[name]
+    make_config, model_cls, task = spec.make_config, spec.model_cls, spec.task
+    force_external = spec.force_external
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     info: dict = {"model": name, "quick": quick, "task": task, "model_class": model_cls,
@@ -222,8 +262,11 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float) -> int:
-    """Time ``from_pretrained().analyze()`` and ``.prune()``; write the numbers (or error) to ``result``."""
+def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float, options: dict | None = None
+              ) -> int:
+    """Time ``from_pretrained().analyze()`` and ``.prune()``; write the numbers (or error) to ``result``.
+
+    ``options`` are further :class:`PruningConfig` fields (e.g. ``{"prune_kv_heads": True}``)."""
     import traceback
 
     sampler = _Sampler()
@@ -246,7 +289,7 @@ def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float) -
 
         phase, t0 = "prune", time.perf_counter()
         sampler.set_phase("prune")
-        folder = Path(pruner.prune(PruningConfig(sparsity=sparsity), pruned_dir))
+        folder = Path(pruner.prune(PruningConfig(sparsity=sparsity, **(options or {})), pruned_dir))
         out["prune_s"] = time.perf_counter() - t0
         report = json.loads((folder / "report.json").read_text())["stages"][-1]
         out.update(engine_prune_s=report.get("seconds"),
@@ -262,6 +305,48 @@ def run_child(onnx_dir: Path, pruned_dir: Path, result: Path, sparsity: float) -
         code = 1
     sampler.stop()
     out.update(peak_rss_bytes=_status()["VmHWM"], sampled_peaks=sampler.peaks)
+    result.write_text(json.dumps(out, indent=1) + "\n")
+    return code
+
+
+def generate_child(pruned_dir: Path, result: Path, new_tokens: int = 8) -> int:
+    """Load ``pruned_dir`` with ``ORTModelForCausalLM`` and generate ``new_tokens`` greedy tokens (random
+    weights give random tokens: this checks that the folder loads and its KV cache is sized right)."""
+    import traceback
+
+    sampler = _Sampler()
+    sampler.start()
+    out: dict = {"new_tokens": new_tokens}
+    phase = "load"
+    try:
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        cfg = json.loads((pruned_dir / "config.json").read_text())
+        out["config"] = {k: cfg.get(k) for k in ("num_attention_heads", "num_key_value_heads", "head_dim",
+                                                 "intermediate_size", "hidden_size")}
+        out["files"] = {p.name: p.stat().st_size for p in _model_files(pruned_dir)}
+        out["external_data"] = len(out["files"]) > 1
+        sampler.set_phase("load")
+        t0 = time.perf_counter()
+        model = ORTModelForCausalLM.from_pretrained(pruned_dir, provider="CPUExecutionProvider")
+        out["load_s"] = time.perf_counter() - t0
+        phase = "generate"
+        sampler.set_phase("generate")
+        ids = torch.tensor([[1, 100, 200, 300, 400, 500, 600, 700]])
+        t0 = time.perf_counter()
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False)
+        out["generate_s"] = time.perf_counter() - t0
+        out["generated"] = gen[0, ids.shape[1]:].tolist()
+        out["use_cache"] = bool(getattr(model, "use_cache", None))
+        code = 0 if len(out["generated"]) == new_tokens else 1
+    except Exception:
+        out.update(failed_phase=phase, error=traceback.format_exc().splitlines()[-12:])
+        traceback.print_exc()
+        code = 1
+    sampler.stop()
+    out.update(peak_rss_bytes=_status()["VmHWM"], sampled_peaks=sampler.peaks, ok=code == 0)
     result.write_text(json.dumps(out, indent=1) + "\n")
     return code
 
@@ -321,6 +406,12 @@ def measure(name: str, quick: bool, cache: Path, sparsity: float, repeat: int = 
     runs = [measure_once(name, onnx_dir, sparsity, i, repeat) for i in range(repeat)]
     row = dict(runs[-1])
     row["repeat"] = repeat
+    row["sparsity"] = sparsity
+    row["prune_options"] = SPECS[name].prune_options
+    row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    row["commit"] = _git_state()
+    if SPECS[name].generate and runs[-1].get("ok"):
+        row["generate"] = check_generate(name, onnx_dir.parent)
     row["runs"] = [{k: r.get(k) for k in ("ok", "analyze_s", "prune_s", "failed_after_s", "peak_rss_bytes")}
                    for r in runs]
     for key in ("analyze_s", "prune_s", "total_s", "failed_after_s", "import_s", "child_wall_s"):
@@ -335,6 +426,30 @@ def measure(name: str, quick: bool, cache: Path, sparsity: float, repeat: int = 
     return row
 
 
+def check_generate(name: str, folder: Path) -> dict:
+    """``generate_child`` on the last run's pruned folder, in a fresh process."""
+    result_file = folder / "generate.json"
+    result_file.unlink(missing_ok=True)
+    print(f"[{name}] loading the pruned folder with ORTModelForCausalLM and generating ...", flush=True)
+    code, wall, maxrss = _spawn(["--child-generate", str(folder / "pruned"), str(result_file)],
+                                folder / "generate.log")
+    if not result_file.is_file():
+        return {"ok": False, "exit_code": code, "error": _tail(folder / "generate.log")}
+    r = json.loads(result_file.read_text())
+    r.update(exit_code=code, child_wall_s=round(wall, 2), peak_rss_wait4_bytes=maxrss)
+    for key in ("load_s", "generate_s"):
+        if key in r:
+            r[key] = round(r[key], 3)
+    if r.get("ok"):
+        print(f"[{name}] pruned folder ({'external data' if r['external_data'] else 'one protobuf'}, "
+              f"{r['config']['num_key_value_heads']} KV heads) loaded in {r['load_s']:.1f} s, generated "
+              f"{r['generated']} in {r['generate_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / MB:.0f} MB",
+              flush=True)
+    else:
+        print(f"[{name}] generate FAILED:\n  " + "\n  ".join(r.get("error", [])), flush=True)
+    return r
+
+
 def measure_once(name: str, onnx_dir: Path, sparsity: float, index: int, repeat: int) -> dict:
     folder = onnx_dir.parent
     export_info = json.loads((folder / "export.json").read_text())
@@ -345,7 +460,7 @@ def measure_once(name: str, onnx_dir: Path, sparsity: float, index: int, repeat:
     print(f"[{name}] measuring analyze + prune (sparsity {sparsity}), run {index + 1}/{repeat} ...",
           flush=True)
     args = ["--child-run", str(onnx_dir), str(folder / "pruned"), str(result_file),
-            "--sparsity", str(sparsity)]
+            "--sparsity", str(sparsity), "--prune-options", json.dumps(SPECS[name].prune_options)]
     code, wall, maxrss = _spawn(args, folder / "run.log")
     row: dict = {"model": name, "onnx_dir": str(onnx_dir.relative_to(ROOT)), "task": export_info.get("task"),
                  "file_bytes": file_bytes, "files": {p.name: p.stat().st_size for p in files},
@@ -451,6 +566,25 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_rows(previous: dict, rows: list[dict]) -> list[dict]:
+    """``rows`` with the rows of ``previous`` (a results JSON) for the models not measured now, in
+    ``SPECS`` order. Old rows get the old file's provenance (created, commit, sparsity, repeat)."""
+    new = {r["model"]: r for r in rows}
+    kept = {}
+    for r in previous.get("models", []):
+        if r.get("model") in new:
+            continue
+        r = dict(r)
+        r.setdefault("created", previous.get("created"))
+        r.setdefault("commit", previous.get("machine", {}).get("git"))
+        r.setdefault("sparsity", previous.get("sparsity"))
+        r.setdefault("repeat", previous.get("repeat"))
+        kept[r["model"]] = r
+    merged = {**kept, **new}
+    order = [m for m in SPECS if m in merged] + [m for m in merged if m not in SPECS]
+    return [merged[m] for m in order]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -460,9 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="fresh-process runs per model (median times, max peak RSS); default 3")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument("--fresh", action="store_true",
+                        help="write only the models measured now (default: keep the other rows of --output)")
     parser.add_argument("--output", type=Path, default=None,
                         help=f"results JSON (default {RESULTS.relative_to(ROOT)}, or "
                              f"{QUICK_RESULTS.relative_to(ROOT)} with --quick)")
+    parser.add_argument("--prune-options", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--child-generate", nargs=2, metavar=("PRUNED_DIR", "RESULT"), help=argparse.SUPPRESS)
     parser.add_argument("--child-export", nargs=2, metavar=("MODEL", "ONNX_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-run", nargs=3, metavar=("ONNX_DIR", "PRUNED_DIR", "RESULT"),
                         help=argparse.SUPPRESS)
@@ -473,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child_run:
         onnx_dir, pruned_dir, result = (Path(p) for p in args.child_run)
-        return run_child(onnx_dir, pruned_dir, result, args.sparsity)
+        return run_child(onnx_dir, pruned_dir, result, args.sparsity, json.loads(args.prune_options))
+    if args.child_generate:
+        return generate_child(Path(args.child_generate[0]), Path(args.child_generate[1]))
 
     output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
     cache = args.cache_dir.resolve()
@@ -485,8 +625,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # an export failure is recorded and the other models still run
             print(f"[{name}] FAILED: {e}", flush=True)
             rows.append({"model": name, "ok": False, "error": str(e).splitlines()[-15:]})
+    measured = [r["model"] for r in rows]
+    if output.is_file() and not args.fresh:
+        rows = merge_rows(json.loads(output.read_text()), rows)
     results = {
         "benchmark": "engine_speed",
+        "measured_in_last_run": measured,
         "quick": args.quick,
         "sparsity": args.sparsity,
         "repeat": args.repeat,
@@ -497,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
                   "fresh subprocess, medians over `repeat` runs (per-run values in `runs`). peak_rss_bytes = "
                   "max over runs of the child's VmHWM at its end (imports included); peak_rss_wait4_bytes = "
                   "os.wait4 ru_maxrss of the last child. file_bytes = model.onnx + external data. "
-                  "Printed table: MB = 1e6 bytes."),
+                  "Printed table: MB = 1e6 bytes. Rows carry their own created/commit/sparsity/repeat: "
+                  "--models reruns only the listed rows and keeps the others (--fresh drops them). "
+                  "generate: the pruned folder loaded with ORTModelForCausalLM in a fresh process and a "
+                  "greedy generate of a few tokens (random weights, so random tokens)."),
         "models": rows,
     }
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+MB = 1_000_000
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import distill  # noqa: E402
@@ -30,14 +31,29 @@ def _engine_speed() -> str | None:
     rows = data["models"]
     lines = [engine_speed.markdown_table(rows), ""]
     for r in rows:
-        if r.get("ok"):
-            runs = ", ".join(f"{run['prune_s']:.2f}" for run in r.get("runs", []) if "prune_s" in run)
-            lines.append(f"- {r['model']}: params {r['params_before'] / 1e6:.1f}M -> "
-                         f"{r['params_after'] / 1e6:.1f}M, units removed {r['units_removed']}; "
-                         f"prune s per run: {runs}")
-    git = data["machine"]["git"]["commit"][:7]
-    lines.append(f"- median of {data['repeat']} fresh processes, sparsity {data['sparsity']}, "
-                 f"{data['machine']['cpu_count']} cores, commit {git}, {data['created']}")
+        if not r.get("ok"):
+            continue
+        runs = ", ".join(f"{run['prune_s']:.2f}" for run in r.get("runs", []) if "prune_s" in run)
+        options = "".join(f", {k}={v}" for k, v in (r.get("prune_options") or {}).items())
+        commit = (r.get("commit") or data["machine"]["git"]).get("commit") or "?"
+        line = (f"- {r['model']}: params {r['params_before'] / 1e6:.1f}M -> "
+                f"{r['params_after'] / 1e6:.1f}M, units removed {r['units_removed']}; "
+                f"prune s per run: {runs}; sparsity {r.get('sparsity', data['sparsity'])}{options}, "
+                f"median of {r.get('repeat', data['repeat'])}, commit {commit[:7]}, "
+                f"{r.get('created', data['created'])}")
+        gen = r.get("generate")
+        if gen:
+            if gen.get("ok"):
+                files = " + ".join(f"{name} ({size / MB:.0f} MB)" for name, size in gen["files"].items())
+                line += (f". Pruned folder: {files}; `ORTModelForCausalLM` loads it in {gen['load_s']:.1f} s "
+                         f"({gen['config']['num_key_value_heads']} KV heads in config.json) and generates "
+                         f"{gen['new_tokens']} greedy tokens in {gen['generate_s']:.2f} s, peak RSS "
+                         f"{gen['peak_rss_bytes'] / MB:.0f} MB")
+            else:
+                line += ". Pruned folder FAILED to load/generate with `ORTModelForCausalLM`"
+        lines.append(line)
+    lines.append(f"- {data['machine']['cpu_count']} cores shared with other jobs; each row's times are the "
+                 "median over fresh processes, peak RSS the maximum")
     return "\n".join(lines)
 
 

@@ -409,7 +409,11 @@ def _match_plan(plan: PruningPlan, groups: list[PruningGroup]) -> dict[int, set[
 
 
 def _uniform_ratio(groups: list[PruningGroup], removed: dict[int, set[int]], kind: str) -> float | None:
-    gs = [g for g in groups if g.kind == kind and g.units > 1]
+    """The kept share of every ``kind`` group when it is the same for all, else None. Groups refused
+    because they would resize a graph output or input (a decoder's LM head: its units are the
+    vocabulary, the ``logits`` width) are interface widths, not a layer width the config describes."""
+    gs = [g for g in groups if g.kind == kind and g.units > 1
+          and (g.prunable or not any(s.io for s in g.slices))]
     if not gs or any(not g.prunable for g in gs):
         return None
     ratios = {(g.units - len(removed.get(g.id, ()))) / g.units for g in gs}

@@ -66,6 +66,22 @@ def test_removing_dead_units_keeps_greedy_tokens(zoo_root, tmp_path, name):
     np.testing.assert_array_equal(_greedy(out, name), _greedy(dense, name))
 
 
+def test_config_records_pruned_mlp_and_kv_widths(zoo_root, tmp_path):
+    """The LM head's vocabulary group is refused (it would resize the logits) but is no MLP layer:
+    config.json still records the pruned intermediate size and KV-head count."""
+    src = export_zoo_model("llama", zoo_root, with_past=True)
+    config = PruningConfig(sparsity=0.5, scope=("ffn", "heads"), prune_kv_heads=True)
+    out = ORTPruner.from_pretrained(src).prune(config, tmp_path / "pruned")
+    before = json.loads((src / "config.json").read_text())
+    after = json.loads((out / "config.json").read_text())
+    removed = json.loads((out / "report.json").read_text())["stages"][-1]["units_removed"]
+    layers = before["num_hidden_layers"]
+    assert removed["ffn"] > 0 and removed["heads"] > 0
+    assert after["intermediate_size"] == before["intermediate_size"] - removed["ffn"] // layers
+    assert after["num_key_value_heads"] == before["num_key_value_heads"] - removed["heads"] // layers
+    assert after["num_attention_heads"] == before["num_attention_heads"]  # the cache's head_dim rule
+
+
 def test_kv_pruning_refused_when_the_runtime_cannot_generate(zoo_root, tmp_path):
     """phi3's config has num_key_value_heads, but Optimum sizes its cache from num_attention_heads:
     the folder would not generate, so nothing is written."""

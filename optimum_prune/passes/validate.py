@@ -18,6 +18,14 @@ def make_session(path: Path, *, threads: int = 0, light: bool = False):
     """
     import onnxruntime as ort
 
+    return ort.InferenceSession(str(path), session_options(threads=threads, light=light),
+                                providers=["CPUExecutionProvider"])
+
+
+def session_options(*, threads: int = 0, light: bool = False):
+    """ONNX Runtime session options of :func:`make_session`."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -26,7 +34,7 @@ def make_session(path: Path, *, threads: int = 0, light: bool = False):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.enable_cpu_mem_arena = False
         opts.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return opts
 
 
 _ORT_TYPES = {
@@ -138,14 +146,18 @@ def check_generates(folder: Path, file_name: str = "model.onnx") -> None:
     :class:`ValidationError` if it cannot.
 
     Run when pruning resized the key/value cache: the runtime sizes the cache from ``config.json``
-    with rules that differ per model type, so the only reliable check is to try.
+    with rules that differ per model type, so the only reliable check is to try. The session is a
+    light one (see :func:`make_session`): what is checked does not depend on graph optimisations, and
+    without them and weight pre-packing ONNX Runtime maps the external weights instead of copying
+    them (on a 2.6 GB decoder: 1.5 GB less anonymous memory, and the session is built seconds faster).
     """
     try:
         import torch
         from optimum.onnxruntime import ORTModelForCausalLM
 
         model = ORTModelForCausalLM.from_pretrained(folder, file_name=file_name, use_cache=True,
-                                                    use_io_binding=False, provider="CPUExecutionProvider")
+                                                    use_io_binding=False, provider="CPUExecutionProvider",
+                                                    session_options=session_options(light=True))
         ids = torch.tensor([[1, 2, 3]])
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, min_new_tokens=2,
                        do_sample=False)
