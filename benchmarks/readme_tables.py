@@ -119,7 +119,7 @@ def _distill() -> str | None:
     kd, split, lat = data["kd"], data["split"], data["latency"]
     teacher = data["teacher"]["train_info"]
     lines = [distill.markdown(data), ""]
-    lines += [f"- {line}" for line in data["summary"]]
+    lines += [f"- {line}" for line in distill.verdicts(data)]
     lines += [
         f"- teacher: all-MiniLM-L6-v2 fine-tuned {teacher['steps']} steps (seed {teacher['seed']}), "
         f"held-out accuracy {teacher['heldout']['accuracy']:.3f} in PyTorch",
