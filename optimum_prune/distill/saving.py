@@ -68,16 +68,16 @@ def _loads_natively(model: torch.nn.Module, folder: Path) -> bool:
 
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, disabled = hf_logging.get_verbosity(), logging.root.manager.disable
     hf_logging.set_verbosity_error()
-    logging.disable(logging.WARNING)
+    logging.disable(max(disabled, logging.WARNING))
     try:
         loaded = type(model).from_pretrained(folder)
     except (RuntimeError, ValueError, OSError):
         return False
     finally:
         hf_logging.set_verbosity(level)
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
     mine, theirs = model.state_dict(), loaded.state_dict()
     return mine.keys() == theirs.keys() and all(
         mine[k].shape == theirs[k].shape and torch.equal(mine[k].cpu(), theirs[k]) for k in mine)
