@@ -45,19 +45,15 @@ KD = {"temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5, "learning_rate": 2e-
 def _session_and_feeds(model_path: Path, batch: int, sequence: int, seed: int = 0):
     import onnxruntime as ort
 
+    from optimum_prune.stages.data import synthetic_inputs
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Sessions are timed in interleaved rounds: a thread pool left spinning after one model's run would
+    # steal the cores from the next model's.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in session.get_inputs():
-        if "mask" in inp.name:
-            feeds[inp.name] = np.ones((batch, sequence), np.int64)
-        elif "type" in inp.name:
-            feeds[inp.name] = np.zeros((batch, sequence), np.int64)
-        else:
-            feeds[inp.name] = rng.integers(1000, 20000, (batch, sequence), dtype=np.int64)
-    return session, feeds
+    return session, synthetic_inputs(session, model_path.parent, batch=batch, sequence=sequence, seed=seed)
 
 
 def latencies_ms(model_paths: dict[str, Path], repeat: int, batch: int, sequence: int) -> dict[str, dict]:

@@ -113,6 +113,7 @@ def resize(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     attention = {name: dict(info) for name, info in attention_modules(model).items()}
     state = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
+    persistent = set(model.state_dict())
     changed = []
     for name, shape in shapes.items():
         shape = tuple(int(d) for d in shape)
@@ -121,7 +122,7 @@ def resize(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
         if current is None and name in buffers:
             if tuple(buffers[name].shape) != shape:
                 owner.register_buffer(leaf, torch.empty(shape, dtype=buffers[name].dtype),
-                                      persistent=name in model.state_dict())
+                                      persistent=name in persistent)
                 changed.append(name)
             continue
         if current is None:

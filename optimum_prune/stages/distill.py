@@ -31,8 +31,9 @@ _TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(DistillationConfig))
 
 
 @dataclasses.dataclass
-class DistillStageConfig(StageConfig):
-    """Options of the ``distill`` stage.
+class DistillStageConfig(StageConfig, DistillationConfig):
+    """Options of the ``distill`` stage: every :class:`~optimum_prune.distill.DistillationConfig` field
+    (temperature, loss weights, learning rate, steps, ``freeze``, ...) plus:
 
     Args:
         dataset: the training split (a :class:`DatasetConfig` mapping); ``label_column`` is used when
@@ -44,9 +45,6 @@ class DistillStageConfig(StageConfig):
         atol: largest absolute difference accepted between the student and the pruned ONNX model (and
             between the trained student and its export).
         opset: ONNX opset of the student's export (default: the exporter's).
-        temperature, alpha_kd, alpha_ce, alpha_hidden, learning_rate, epochs, max_steps, batch_size,
-            weight_decay, warmup_ratio, seed, logging_steps, freeze, group_by_length, progress: training
-            (see :class:`~optimum_prune.distill.DistillationConfig`).
     """
 
     dataset: DatasetConfig | dict | str = dataclasses.field(
@@ -57,21 +55,6 @@ class DistillStageConfig(StageConfig):
     task: str | None = None
     atol: float = 1e-4
     opset: int | None = None
-    temperature: float = 2.0
-    alpha_kd: float = 1.0
-    alpha_ce: float = 0.0
-    alpha_hidden: float = 0.0
-    learning_rate: float = 1e-4
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    seed: int = 0
-    logging_steps: int = 10
-    freeze: list | tuple = ()
-    group_by_length: bool = True
-    progress: bool = True
 
     def __post_init__(self) -> None:
         self.dataset = DatasetConfig.coerce(self.dataset, "distill dataset")
@@ -85,7 +68,7 @@ class DistillStageConfig(StageConfig):
                               f"dataset's num_samples ({self.dataset.num_samples})")
         if not isinstance(self.atol, int | float) or not self.atol > 0:
             raise ConfigError(f"distill atol must be > 0; got {self.atol!r}")
-        self.training()  # validates the training options
+        DistillationConfig.__post_init__(self)  # the training options
 
     def training(self) -> DistillationConfig:
         """The training options as a :class:`DistillationConfig`."""
