@@ -227,6 +227,33 @@ def test_optimize_before_or_after_prune(bert_hf, work, order):
     ORTModelForFeatureExtraction.from_pretrained(final)
 
 
+def test_quantize_after_optimize_on_a_head_pruned_model(bert_hf, work):
+    """prune heads -> fuse (contrib Attention, which ONNX shape inference cannot type) -> INT8: the
+    fused attention becomes QAttention and the INT8 model stays close to the fused FP32 one."""
+    out = work / "prune-optimize-quantize"
+    Pipeline(
+        [
+            ExportStage(task="feature-extraction"),
+            PruneStage(sparsity=0.5, scope=["ffn", "heads"]),
+            OptimizeStage(level="O2"),
+            QuantizeStage(mode="dynamic"),
+        ]
+    ).run(bert_hf, out, progress=False)
+    report = read_report(out / "4-quantize")
+    assert next(e for e in report if e["stage"] == "prune")["units_removed"]["heads"] > 0
+    assert next(e for e in report if e["stage"] == "optimize")["fused_ops"].get("Attention", 0) > 0
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "4-quantize" / "model.onnx")).graph.node}
+    assert "QAttention" in ops and "Attention" not in ops
+    from transformers import AutoTokenizer
+
+    enc = dict(AutoTokenizer.from_pretrained(out / "3-optimize")(TEXTS, padding=True, return_tensors="np"))
+    fused, quantized = _outputs(out / "3-optimize", enc), _outputs(out / "4-quantize", enc)
+    np.testing.assert_allclose(fused, _outputs(out / "2-prune", enc), rtol=1e-4, atol=1e-4)
+    assert _cosine(fused, quantized) > 0.98
+
+
 def test_onnx_folder_input_passes_through_export(bert_hf, work, dataset):
     onnx_dir = Pipeline([ExportStage(task="feature-extraction")]).run(
         bert_hf, work / "exported", progress=False

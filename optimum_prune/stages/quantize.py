@@ -148,7 +148,7 @@ class QuantizeStage(Stage):
         model = find_model_file(input_dir)
         scratch = Path(tempfile.mkdtemp(prefix=".quantize-", dir=output_dir.parent))
         try:
-            model = _without_initializer_value_info(model, scratch)
+            model = _prepared_for_quantizer(model, scratch)
             if self.config.backend == "onnxruntime":
                 metrics = self._onnxruntime(input_dir, model, output_dir)
             else:
@@ -303,21 +303,40 @@ def quantized_node_counts(path: Path) -> dict[str, Any]:
     }
 
 
-def _without_initializer_value_info(model: Path, scratch: Path) -> Path:
-    """``model``, or a copy in ``scratch`` without ``value_info`` entries for initializers.
+def _prepared_for_quantizer(model: Path, scratch: Path) -> Path:
+    """``model``, or a copy of it in ``scratch`` that the quantizers can read.
 
-    onnx-ir writes shape annotations for initializers. ONNX Runtime's dynamic quantizer rewrites
-    ``Gemm(transB=1)`` into ``MatMul`` by transposing the weight in place and then re-runs shape
-    inference, which fails on the stale annotation of the transposed weight ("Inferred shape and
-    existing shape differ"). The annotations carry nothing the initializers do not, so they are dropped.
+    Two repairs, each only when needed:
+
+    - onnx-ir writes shape annotations for initializers. ONNX Runtime's dynamic quantizer rewrites
+      ``Gemm(transB=1)`` into ``MatMul`` by transposing the weight in place and then re-runs shape
+      inference, which fails on the stale annotation of the transposed weight ("Inferred shape and
+      existing shape differ"). The annotations carry nothing the initializers do not, so they are
+      dropped.
+    - ONNX shape inference does not know ONNX Runtime's contrib ops (``Attention``,
+      ``SkipLayerNormalization``, ... left by the ``optimize`` stage), so the tensors after them have no
+      type and the quantizer stops ("Unable to find data type"). ONNX Runtime's symbolic shape
+      inference knows them; its ``value_info`` is added.
     """
     import onnx
 
     header = onnx.load(str(model), load_external_data=False)
     names = {t.name for t in header.graph.initializer}
-    if not any(v.name in names for v in header.graph.value_info):
+    stale = any(v.name in names for v in header.graph.value_info)
+    contrib = any(n.domain == "com.microsoft" for n in header.graph.node)
+    if not stale and not contrib:
         return model
     full = onnx.load(str(model))
+    if contrib:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        try:
+            full = SymbolicShapeInference.infer_shapes(full, auto_merge=True, guess_output_rank=True)
+        except Exception as e:  # noqa: BLE001 - the tool raises bare Exceptions on unknown patterns
+            raise ConfigError(
+                f"{model}: ONNX Runtime's symbolic shape inference failed on a model with contrib ops "
+                f"({type(e).__name__}: {e}); quantize before the optimize stage instead"
+            ) from e
     kept = [v for v in full.graph.value_info if v.name not in names]
     del full.graph.value_info[:]
     full.graph.value_info.extend(kept)
