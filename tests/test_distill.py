@@ -318,7 +318,7 @@ def test_prune_distill_int8_recipe_on_a_tiny_classifier(work):
     final = pipe.run(hf, out, progress=False)
     report = read_report(final)
     produced = [e["stage"] for e in report if e["produces_model"]]
-    assert produced == ["export", "prune", "distill", "quantize"]
+    assert produced == ["export", "prune", "distill", "optimize", "quantize"]
     entry = next(e for e in report if e["stage"] == "distill")
     assert max(entry["student"]["max_abs_diff"].values()) <= ATOL
     assert max(entry["export_max_abs_diff"].values()) <= ATOL
@@ -328,8 +328,9 @@ def test_prune_distill_int8_recipe_on_a_tiny_classifier(work):
     assert sizes["distill"] < sizes["export"]
     ops = {n.op_type for n in onnx.load(str(final / "model.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert "QAttention" in ops  # the fused attention of the pruned student, quantized
     accuracy = [e for e in report if e["stage"] == "evaluate"]
-    assert len(accuracy) == 4 and all(0.0 <= e["quality"]["value"] <= 1.0 for e in accuracy)
+    assert len(accuracy) == 5 and all(0.0 <= e["quality"]["value"] <= 1.0 for e in accuracy)
 
     distill_dir = next(out.glob("*-distill"))
     student = load_pruned(distill_dir / "student")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +53,43 @@ class OptimizeStage(Stage):
         except TypeError as e:
             raise ConfigError(f"optimize options {sorted(self.config.options)}: {e}") from e
         optimizer = ORTOptimizer.from_pretrained(input_dir, file_names=[model.name])
-        optimizer.optimize(opt_config, output_dir, file_suffix="")
+        with _quiet_pruned_attention_warning():
+            optimizer.optimize(opt_config, output_dir, file_suffix="")
         produced = sorted(output_dir.glob("*.onnx"))
         if len(produced) != 1:
             raise ConfigError(f"ORTOptimizer wrote {[p.name for p in produced]} in {output_dir}")
         if produced[0].name != MODEL_FILE:
             produced[0].rename(output_dir / MODEL_FILE)
         return {"fused_ops": _contrib_ops(output_dir / MODEL_FILE)}
+
+
+class _PrunedAttentionWarning(logging.Filter):
+    """Drops ONNX Runtime's "Input hidden size (N) is not same as weight matrix dimension of q,k,v (M)".
+
+    Optimum passes the config's hidden size to the attention fusion, which reads each layer's head
+    count and q/k/v width from the graph itself; after head pruning the q/k/v width is smaller than the
+    hidden size, the fusion is still right (it sets ``qkv_hidden_sizes``), and the warning (which asks
+    for a "correct" hidden size) would only mislead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Input hidden size (%d) is not same as weight matrix")
+
+
+@contextlib.contextmanager
+def _quiet_pruned_attention_warning() -> Iterator[None]:
+    # ONNX Runtime's transformers package puts its folder on sys.path and imports its modules top-level
+    # ("fusion_attention"); under other import paths the module is "onnxruntime.transformers.*".
+    names = ("fusion_attention", "onnxruntime.transformers.fusion_attention")
+    loggers = [logging.getLogger(n) for n in names]
+    quiet = _PrunedAttentionWarning()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def _contrib_ops(path: Path) -> dict[str, int]:
