@@ -208,15 +208,24 @@ class ORTPruner:
         else:
             importance.prepare(prep.model, eligible, shapes=prep.shapes, n_remove=None)
             scores = {g.id: importance(g, prep.model) for g in eligible}
+            # Head groups that resize the KV cache must lose the same count in every layer (config.json
+            # holds one key/value-head count): they take the uniform share, the rest is ranked globally.
+            fixed = {g.id: round_removal(g.units, units_to_remove(g.units, config.sparsity, config.min_units),
+                                         multiples[g.id], config.min_units)
+                     for g in eligible if g.kind == "heads" and any(s.io for s in g.slices)}
+            ranked = [g for g in eligible if g.id not in fixed]
             if config.target == "units":
                 target: float | dict[str, float] = {
                     k: config.sparsity * sum(g.units for g in eligible if g.kind == k)
+                    - sum(fixed.get(g.id, 0) for g in eligible if g.kind == k)
                     for k in {g.kind for g in eligible}}
             else:
-                target = config.sparsity * total
-            n_remove = global_allocation(eligible, scores, costs, target, config.min_units, multiples,
+                target = config.sparsity * total - sum(
+                    float(np.sort(costs[g.id])[:fixed[g.id]].sum()) for g in eligible if g.id in fixed)
+            n_remove = global_allocation(ranked, scores, costs, target, config.min_units, multiples,
                                          marginal=latency.marginal if latency else None) \
-                if eligible and config.sparsity > 0 else {}
+                if ranked and config.sparsity > 0 else {}
+            n_remove.update(fixed if config.sparsity > 0 else {})
             if getattr(importance, "budget_aware", False):  # its ranking depends on the budget: rescore
                 scores = {}
         active = [g for g in prep.groups if n_remove.get(g.id)]
