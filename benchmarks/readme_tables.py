@@ -82,7 +82,7 @@ def _decoder() -> str | None:
             f"Tomatoes reviews in {data['chunk']}-token windows; calibration: {data['calibration']}; "
             f"{data['created']}. Tokens/s: 64-token greedy generation at batch 1 (best of 3, "
             f"{data.get('tokens_per_s_threads', 'default')} ONNX Runtime thread(s)).")
-    return head + "\n\n" + decoder.markdown(data["rows"])
+    return head + "\n\n" + decoder.markdown(data["rows"]) + "\n\n- " + decoder.verdict(data["rows"])
 
 
 def _quality() -> str | None:

@@ -105,7 +105,8 @@ class PruningConfig:
         min_units: units always kept per group (at least one, so every layer keeps a head / KV group).
         allocation: ``"uniform"`` (every group loses the same share) or ``"global"`` (units of every
             layer ranked together by their score normalised per kind, divided by their normalised cost
-            for params/FLOPs targets; see :mod:`optimum_prune.allocation`).
+            for params/FLOPs targets; see :mod:`optimum_prune.allocation`). Head groups that resize a
+            KV cache always take the uniform share, since config.json holds one KV-head count.
         target: what ``sparsity`` measures: ``"units"``, ``"params"``, ``"flops"`` or ``"latency"``
             (ONNX Runtime latency estimated from a per-block latency table; see
             :mod:`optimum_prune.latency`).
