@@ -211,7 +211,7 @@ def main() -> None:
             config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=name,
                                    prune_kv_heads=True, recover=extra == "repair",
                                    allocation=allocation or "uniform")
-            data = calibration if name in ("activation", "obs") or extra == "repair" else None
+            data = calibration if name in ("activation", "fluctuation", "obs") or extra == "repair" else None
             start = time.perf_counter()
             pruner.prune(config, out, calibration=data)
             prune_s = time.perf_counter() - start

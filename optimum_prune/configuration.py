@@ -8,7 +8,7 @@ from typing import Any
 from optimum_prune.association.tree import KINDS
 from optimum_prune.errors import ConfigError
 
-IMPORTANCE_CRITERIA = ("l1", "l2", "tree", "activation", "obs", "fidelity")
+IMPORTANCE_CRITERIA = ("l1", "l2", "tree", "activation", "fluctuation", "obs", "fidelity")
 DEFAULT_IO_PATTERNS = ("past_key_values", "present", "past_key", "past_value")
 RECOVERY_METHODS = ("lstsq", "mask", "bias")
 ALLOCATIONS = ("uniform", "global")
@@ -97,9 +97,10 @@ class PruningConfig:
             LayerNorm-coupled residual width) is never exact and must be asked for explicitly.
         importance: criterion that ranks units (ties keep the lower index): ``"l2"`` / ``"l1"`` (norm of
             the root weights), ``"tree"`` (normalised magnitudes of every tensor of the group),
-            ``"activation"`` (Wanda-style, needs calibration data), ``"obs"`` (OBS saliency of the
-            consumer rows; calibration optional) or ``"fidelity"`` (PAODING-style greedy output
-            fidelity on generated inputs). See :mod:`optimum_prune.importance`.
+            ``"activation"`` (Wanda-style, needs calibration data), ``"fluctuation"`` (FLAP: activation
+            variance times squared weight norm, for use with repair; needs calibration data), ``"obs"``
+            (OBS saliency of the consumer rows; calibration optional) or ``"fidelity"`` (PAODING-style
+            greedy output fidelity on generated inputs). See :mod:`optimum_prune.importance`.
         importance_options: keyword arguments of the criterion's class, e.g. ``{"rounds": 1}`` for a
             one-shot ``fidelity`` or ``{"iterative": False}`` for ``obs``.
         min_units: units always kept per group (at least one, so every layer keeps a head / KV group).

@@ -163,7 +163,8 @@ class ORTPruner:
     def plan(self, config: PruningConfig, *, calibration: CalibrationData | None = None) -> PruningPlan:
         """Choose the kept units of every group in ``config.scope`` (uniform sparsity per group).
 
-        ``calibration`` feeds the data-driven criteria (required by ``importance="activation"``).
+        ``calibration`` feeds the data-driven criteria (required by ``importance="activation"`` and
+        ``"fluctuation"``).
         """
         prep = self._prepare(config.io_patterns)
         return self._plan(prep, config, calibration)
@@ -279,9 +280,9 @@ class ORTPruner:
         The folder holds ``model.onnx``, the source folder's config/tokenizer/processor files,
         ``pruning_plan.json`` and ``report.json``. The model is validated (ONNX checker and an ONNX
         Runtime run) before anything is written; the input folder is never modified. ``calibration``
-        feeds the data-driven criteria (required by ``importance="activation"``) and the repair step
-        (``recover``; generated inputs are used when it is None). A saved ``plan`` whose config has
-        ``recover`` is repaired again on ``calibration``.
+        feeds the data-driven criteria (required by ``importance="activation"`` and ``"fluctuation"``) and
+        the repair step (``recover``; generated inputs are used when it is None). A saved ``plan`` whose
+        config has ``recover`` is repaired again on ``calibration``.
         """
         if save_dir is None:
             raise ConfigError("save_dir is required: the folder to write the pruned model to")

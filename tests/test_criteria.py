@@ -19,6 +19,7 @@ from optimum_prune.graph import load_model
 from optimum_prune.importance import (
     ActivationImportance,
     FidelityImportance,
+    FluctuationImportance,
     MagnitudeImportance,
     OBSImportance,
     TreeImportance,
@@ -87,6 +88,7 @@ def _criteria(calibration):
         "l2": MagnitudeImportance(p=2),
         "tree": TreeImportance(),
         "activation": ActivationImportance(calibration=calibration),
+        "fluctuation": FluctuationImportance(calibration=calibration),
         "obs": OBSImportance(),
         "obs+calibration": OBSImportance(calibration=calibration),
         "fidelity": FidelityImportance(),
@@ -120,6 +122,37 @@ def test_activation_removes_a_unit_whose_input_is_always_zero(tmp_path):
     assert np.argmin(activation) == 1 and activation[1] == 0.0
     assert np.argmin(MagnitudeImportance()(group, prep.model)) != 1
     assert np.argmax(TreeImportance()(group, prep.model)) == 1
+
+
+def test_fluctuation_removes_a_large_constant_unit_that_a_bias_absorbs(tmp_path):
+    """Unit 3 outputs the same value for every token (relu(0 * x + 2) = 2) behind large weights: the
+    largest unit to ``activation``, worthless to ``fluctuation`` (its variance is 0), and removing it
+    with bias compensation (FLAP) leaves the outputs exactly unchanged."""
+    import onnxruntime as ort
+
+    from optimum_prune import RecoveryConfig
+
+    w1, b1, w2 = _weights()
+    w1[:, 3], b1[3] = 0.0, 2.0
+    w2[3] *= 10.0
+    (tmp_path / "dense").mkdir()
+    path = _mlp(tmp_path / "dense", w1, b1, w2)
+    prep, group = _ffn_group(path)
+    calibration = CalibrationData.from_feeds(_feeds())
+    fluctuation = FluctuationImportance(calibration=calibration)(group, prep.model)
+    activation = ActivationImportance(calibration=calibration)(group, prep.model)
+    assert np.argmin(fluctuation) == 3 and fluctuation[3] == 0.0 and fluctuation.min() < fluctuation.max()
+    assert np.argmax(activation) == 3
+
+    config = PruningConfig(sparsity=0.2, scope=("ffn",), importance="fluctuation",
+                           recover=RecoveryConfig(method="bias"))
+    out = ORTPruner.from_pretrained(path).prune(config, tmp_path / "pruned", calibration=calibration)
+    plan = json.loads((out / "pruning_plan.json").read_text())
+    assert [g["kept"] for g in plan["groups"] if g["units"] == HIDDEN] == [[0, 1, 2, 4]]
+    x = np.random.default_rng(7).standard_normal((2, 6, IN)).astype(np.float32)  # unseen inputs
+    dense = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    pruned = ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(pruned, dense, rtol=1e-4, atol=1e-5)
 
 
 def test_fidelity_removes_a_large_unit_with_no_effect_downstream(tmp_path):
@@ -342,7 +375,8 @@ def _tiny_bert_calibration(kind, folder):
 
 
 @pytest.mark.parametrize(("criterion", "data"), [
-    ("l1", None), ("tree", None), ("activation", "texts"), ("activation", "generated"), ("obs", None),
+    ("l1", None), ("tree", None), ("activation", "texts"), ("activation", "generated"),
+    ("fluctuation", "texts"), ("obs", None),
     ("obs", "texts"), ("fidelity", None), ("fidelity", "texts")])
 def test_every_criterion_prunes_tiny_bert_exactly(tiny_bert, tmp_path, criterion, data):
     calibration = _tiny_bert_calibration(data, tiny_bert) if data else None

@@ -6,6 +6,7 @@ name           what it measures                                                 
 ``l1``/``l2``  Lp norm of the unit's root weights                                       none
 ``tree``       ONNXPruner tree-level: normalised magnitudes of every tensor of the group  none
 ``activation`` Wanda: ``|W|`` of the consumer rows times their input activation RMS      required
+``fluctuation`` FLAP: input activation variance times the consumer rows' squared L2 norm  required
 ``obs``        OBS group saliency of the consumer rows, compensation assumed             optional
 ``fidelity``   PAODING: greedy removal by least change of the model outputs              optional
 =============  =======================================================================  ===========
@@ -21,7 +22,7 @@ import warnings
 from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import IMPORTANCE_CRITERIA
 from optimum_prune.errors import ConfigError
-from optimum_prune.importance.activation import ActivationImportance
+from optimum_prune.importance.activation import ActivationImportance, FluctuationImportance
 from optimum_prune.importance.base import Importance, LeafInput, leaf_inputs, producer_root
 from optimum_prune.importance.fidelity import FidelityImportance
 from optimum_prune.importance.magnitude import MagnitudeImportance, TreeImportance
@@ -30,6 +31,7 @@ from optimum_prune.importance.obs import OBSImportance, obs_saliency
 __all__ = [
     "ActivationImportance",
     "FidelityImportance",
+    "FluctuationImportance",
     "Importance",
     "LeafInput",
     "MagnitudeImportance",
@@ -46,9 +48,11 @@ def get_importance(name: str, calibration: CalibrationData | None = None, **opti
     """The criterion called ``name`` with its default options.
 
     Args:
-        name: one of ``"l1"``, ``"l2"``, ``"tree"``, ``"activation"``, ``"obs"``, ``"fidelity"``.
-        calibration: calibration data, required by ``activation``, used by ``obs`` (Gram matrices
-            instead of the weight proxy) and ``fidelity`` (its first batch instead of generated inputs).
+        name: one of ``"l1"``, ``"l2"``, ``"tree"``, ``"activation"``, ``"fluctuation"``, ``"obs"``,
+            ``"fidelity"``.
+        calibration: calibration data, required by ``activation`` and ``fluctuation``, used by ``obs``
+            (Gram matrices instead of the weight proxy) and ``fidelity`` (its first batch instead of
+            generated inputs).
         options: keyword arguments of the criterion's class (e.g. ``rounds=1`` for ``fidelity``).
 
     Raises:
@@ -58,6 +62,7 @@ def get_importance(name: str, calibration: CalibrationData | None = None, **opti
         "l2": (MagnitudeImportance, {"p": 2}), "l1": (MagnitudeImportance, {"p": 1}),
         "tree": (TreeImportance, {}),
         "activation": (ActivationImportance, {"calibration": calibration}),
+        "fluctuation": (FluctuationImportance, {"calibration": calibration}),
         "obs": (OBSImportance, {"calibration": calibration}),
         "fidelity": (FidelityImportance, {"calibration": calibration}),
     }

@@ -101,10 +101,9 @@ class ActivationImportance(Importance):
             if w is None:
                 continue
             st = self._cache.stats[(li.activation.name, li.activation.axis)]
-            rms = st.rms()
-            if rms.size != li.weight.owner.size:
+            if st.sumsq.size != li.weight.owner.size:
                 continue
-            per_pos = np.abs(rows(w, li.weight.axis)).sum(axis=1) * rms
+            per_pos = self.position_scores(rows(w, li.weight.axis), st)
             scores += per_unit(per_pos, li.weight.owner, group.units)
             used += 1
         if used == 0:
@@ -112,3 +111,26 @@ class ActivationImportance(Importance):
                               "magnitude")
             return MagnitudeImportance(p=2)(group, model)
         return scores
+
+    def position_scores(self, weight_rows: np.ndarray, stats: ChannelStats) -> np.ndarray:
+        """One score per consumer input channel: the row's ``|W|`` sum times the channel's RMS."""
+        return np.abs(weight_rows).sum(axis=1) * stats.rms()
+
+
+@dataclass
+class FluctuationImportance(ActivationImportance):
+    """FLAP's fluctuation metric (An et al., 2024): for each consumer input channel, the variance of its
+    activations over the calibration positions times the squared L2 norm of its weight row; summed per
+    unit over every leaf of the group.
+
+    A channel's mean is what a bias can absorb when the channel is removed (FLAP's bias compensation,
+    ``recover=True`` here), so only its fluctuation around the mean is information lost: a unit whose
+    input is constant scores zero however large it is. Same capture as ``activation``.
+    """
+
+    name: ClassVar[str] = "fluctuation"
+
+    def position_scores(self, weight_rows: np.ndarray, stats: ChannelStats) -> np.ndarray:
+        """One score per consumer input channel: its activation variance times ``||W_row||^2``."""
+        variance = np.maximum(stats.mean_square() - stats.mean() ** 2, 0.0)
+        return np.square(weight_rows).sum(axis=1) * variance
