@@ -411,6 +411,30 @@ def test_criteria_rank_differently_on_tiny_bert(tiny_bert):
     assert len(set(plans.values())) >= 4, plans
 
 
+def test_packed_calibration_cuts_the_joined_texts_into_full_windows(tiny_bert):
+    from transformers import AutoTokenizer
+
+    texts = _sentences(12)
+    data = CalibrationData.from_texts(texts, tiny_bert, CalibrationConfig(num_samples=5, batch_size=2,
+                                                                          max_length=8, pack=True))
+    batches = list(data.batches())
+    assert [b["input_ids"].shape for b in batches] == [(2, 8), (2, 8), (1, 8)]
+    assert all((b["attention_mask"] == 1).all() for b in batches)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    stream = [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"] + separator]
+    np.testing.assert_array_equal(np.concatenate([b["input_ids"].ravel() for b in batches]), stream[:40])
+    assert "packed into 8-token windows" in data.source
+    short = CalibrationData.from_texts(texts[:2], tiny_bert, CalibrationConfig(num_samples=100, max_length=8,
+                                                                               pack=True))
+    assert sum(len(b["input_ids"]) for b in short.batches()) == len(
+        [i for t in texts[:2] for i in tokenizer(t, add_special_tokens=False)["input_ids"] + separator]) // 8
+    with pytest.raises(ConfigError, match="fewer than one packed window"):
+        CalibrationData.from_texts(texts[:1], tiny_bert, CalibrationConfig(max_length=10_000, pack=True))
+    with pytest.raises(ConfigError, match="pack must be True or False"):
+        CalibrationConfig(pack="yes")
+
+
 def test_generated_calibration_draws_ids_over_the_vocabulary(tiny_bert):
     config = CalibrationConfig(num_samples=5, batch_size=2, max_length=30)
     data = CalibrationData.generated(tiny_bert / "model.onnx", config)

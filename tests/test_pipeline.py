@@ -254,6 +254,16 @@ def test_quantize_after_optimize_on_a_head_pruned_model(bert_hf, work):
     assert _cosine(fused, quantized) > 0.98
 
 
+def test_prune_stage_calibrates_on_packed_windows(bert_hf, work, dataset):
+    calibration = {**_text_data(dataset), "num_samples": 3, "max_length": 16, "pack": True}
+    final = Pipeline(
+        [ExportStage(task="feature-extraction"), PruneStage(sparsity=0.3, importance="activation",
+                                                            calibration=calibration)]
+    ).run(bert_hf, work / "packed", progress=False)
+    text = json.dumps(read_report(final))
+    assert "packed into 16-token windows" in text and '"num_samples": 3' in text
+
+
 def test_onnx_folder_input_passes_through_export(bert_hf, work, dataset):
     onnx_dir = Pipeline([ExportStage(task="feature-extraction")]).run(
         bert_hf, work / "exported", progress=False

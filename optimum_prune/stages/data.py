@@ -38,6 +38,8 @@ class DatasetConfig(StageConfig):
         num_samples: examples drawn (after a shuffle with ``seed``).
         max_length: tokenizer truncation length.
         seed: shuffle seed.
+        pack: calibration of the ``prune`` stage only: join the texts into one token stream and cut it into
+            ``num_samples`` windows of ``max_length`` tokens (``CalibrationConfig.pack``; for decoders).
     """
 
     name: str = "rotten_tomatoes"
@@ -51,8 +53,11 @@ class DatasetConfig(StageConfig):
     num_samples: int = 64
     max_length: int = 128
     seed: int = 0
+    pack: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pack, bool):
+            raise ConfigError(f"dataset pack must be true or false; got {self.pack!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"dataset name must be a non-empty string; got {self.name!r}")
         positive_int(self.num_samples, "dataset num_samples")

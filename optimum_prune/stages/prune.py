@@ -96,10 +96,11 @@ def _calibration(folder: Path, cfg: DatasetConfig):
     from optimum_prune.calibration import CalibrationConfig, CalibrationData
     from optimum_prune.stages.data import load_split
 
-    dataset = load_split(cfg)
+    # packed windows are filled from as many texts as they need: read the whole (shuffled) split
+    dataset = load_split(dataclasses.replace(cfg, num_samples=2**62) if cfg.pack else cfg)
     column = cfg.text_column if cfg.text_column in dataset.column_names else cfg.image_column
-    config = CalibrationConfig(num_samples=min(cfg.num_samples, len(dataset)), max_length=cfg.max_length,
-                               column=column)
+    rows = cfg.num_samples if cfg.pack else min(cfg.num_samples, len(dataset))
+    config = CalibrationConfig(num_samples=rows, max_length=cfg.max_length, column=column, pack=cfg.pack)
     return CalibrationData.from_dataset(dataset, folder, config=config)
 
 
