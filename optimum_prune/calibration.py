@@ -53,9 +53,8 @@ class CalibrationConfig:
         pack: texts only: join the texts (separated by ``"\\n\\n"``) into one token stream and cut it
             into ``num_samples`` windows of exactly ``max_length`` tokens, as SparseGPT, Wanda and FLAP
             calibrate decoders on long segments. Short texts (reviews, sentences) then cover the
-            positions a decoder sees in long contexts: on SmolLM2-135M with a 20% MLP cut and repair,
-            64 packed 256-token windows gave a held-out perplexity of 76.6 where 512 single reviews gave
-            92.6. Fewer windows when the texts run out.
+            positions a decoder sees in long contexts (``benchmarks/decoder.py --pack`` compares both on
+            SmolLM2-135M). Fewer windows when the texts run out.
     """
 
     num_samples: int = 128
