@@ -141,6 +141,14 @@ def measure(folder: Path, tokenizer, held_out: list[str], args) -> dict:
 
 
 TARGET = {"sparsity": 0.2, "perplexity_rise": 0.15}
+DATA_DRIVEN = ("activation", "fluctuation", "obs")
+
+
+def uses_calibration(criterion: str) -> bool:
+    """Whether a ``name[+repair][@global]`` row ran on the calibration data (to score or to repair)."""
+    spec = criterion.partition("@")[0]
+    name, _, extra = spec.partition("+")
+    return name in DATA_DRIVEN or extra == "repair"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -151,7 +159,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         removed = r.get("units_removed", {})
         answer = r["generations"][0].replace("|", "/").replace("\n", " ")[:50]
-        lines.append(f"| {r['criterion']} | {r['sparsity']} | {r.get('calibration') or ''} | "
+        calibration = r.get("calibration") if uses_calibration(r["criterion"]) else "none"
+        lines.append(f"| {r['criterion']} | {r['sparsity']} | {calibration or ''} | "
                      f"{r['params'] / 1e6:.1f} | {removed.get('ffn', 0)} / {removed.get('heads', 0)} | "
                      f"{r['perplexity']:.2f} | {100 * (r['perplexity'] / dense - 1):+.0f}% | "
                      f"{r['tokens_per_s']:.1f} | {answer} |")
@@ -226,7 +235,7 @@ def main() -> None:
                                    prune_kv_heads=True,
                                    recover=RecoveryConfig(damp=args.damp) if extra == "repair" else False,
                                    allocation=allocation or "uniform")
-            data = calibration if name in ("activation", "fluctuation", "obs") or extra == "repair" else None
+            data = calibration if uses_calibration(criterion) else None
             start = time.perf_counter()
             pruner.prune(config, out, calibration=data)
             prune_s = time.perf_counter() - start

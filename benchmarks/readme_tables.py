@@ -79,8 +79,11 @@ def _decoder() -> str | None:
 
     data = json.loads(path.read_text())
     head = (f"{data['model']}; perplexity over the first {data['token_budget']} tokens of held-out Rotten "
-            f"Tomatoes reviews in {data['chunk']}-token windows; calibration: {data['calibration']}; "
-            f"{data['created']}. Tokens/s: 64-token greedy generation at batch 1 (best of 3, "
+            f"Tomatoes reviews in {data['chunk']}-token windows; calibration per row: `N reviews` (one "
+            f"review per example, up to 128 tokens) or `N x 256-token windows` (reviews joined by blank "
+            f"lines, `--pack`), drawn from reviews disjoint from the held-out ones; last run "
+            f"{data['created']}. "
+            f"Tokens/s: 64-token greedy generation at batch 1 (best of 3, "
             f"{data.get('tokens_per_s_threads', 'default')} ONNX Runtime thread(s)).")
     return head + "\n\n" + decoder.markdown(data["rows"]) + "\n\n- " + decoder.verdict(data["rows"])
 
