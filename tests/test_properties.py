@@ -263,7 +263,7 @@ def _params(model: onnx.ModelProto) -> int:
     return sum(math.prod(i.dims) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT)
 
 
-def check_prune_properties(model: onnx.ModelProto, config: PruningConfig) -> None:
+def assert_prune_properties(model: onnx.ModelProto, config: PruningConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="optimum-prune-prop-") as tmp:
         src, dest = Path(tmp) / "dense", Path(tmp) / "pruned"
         src.mkdir()
@@ -315,25 +315,25 @@ def check_prune_properties(model: onnx.ModelProto, config: PruningConfig) -> Non
 @PROPERTY_SETTINGS
 @given(model=mlps(), config=configs("ffn"))
 def test_mlp_stacks(model, config):
-    check_prune_properties(model, config)
+    assert_prune_properties(model, config)
 
 
 @PROPERTY_SETTINGS
 @given(model=cnns(), config=configs("conv"))
 def test_cnns(model, config):
-    check_prune_properties(model, config)
+    assert_prune_properties(model, config)
 
 
 @PROPERTY_SETTINGS
 @given(model=residuals(), config=configs("ffn"))
 def test_residual_blocks(model, config):
-    check_prune_properties(model, config)
+    assert_prune_properties(model, config)
 
 
 @PROPERTY_SETTINGS
 @given(model=attentions(), config=configs("heads"))
 def test_attention_blocks(model, config):
-    check_prune_properties(model, config)
+    assert_prune_properties(model, config)
 
 
 def test_single_head_query_key_channels_are_not_pruned():
@@ -347,7 +347,7 @@ def test_single_head_query_key_channels_are_not_pruned():
     refused = [g for g in groups if "sums the channels of two activations" in g.reason]
     assert len(refused) == 2 and not any(g.prunable for g in refused)
     assert any(g.prunable and g.units == 3 for g in groups)  # the V channels
-    check_prune_properties(model, PruningConfig(sparsity=0.5, scope=("ffn", "heads")))
+    assert_prune_properties(model, PruningConfig(sparsity=0.5, scope=("ffn", "heads")))
 
 
 @pytest.mark.parametrize("sharing", ["direct", "identity"])
@@ -363,7 +363,7 @@ def test_shared_vectors_do_not_grow_the_model(sharing, sparsity):
     b.dense(h, 8, 3, bias=False)
     model = b.model(["B", 4], ["B", 3], "x", "y")
     assert len(model.graph.initializer) == 5  # 4 weights, 1 bias
-    check_prune_properties(model, PruningConfig(sparsity=sparsity, scope=("ffn",)))
+    assert_prune_properties(model, PruningConfig(sparsity=sparsity, scope=("ffn",)))
     with tempfile.TemporaryDirectory(prefix="optimum-prune-prop-") as tmp:
         src = Path(tmp) / "dense"
         src.mkdir()
