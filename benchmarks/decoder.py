@@ -12,7 +12,7 @@ greedy generation at batch 1. Writes ``benchmarks/results/decoder.json`` and pri
     python benchmarks/decoder.py --criteria activation+repair --pack --calibration-samples 128 --append
 
 A criterion is ``name[+repair][@global]``: ``+repair`` adds least-squares repair on the calibration data,
-``@global`` ranks MLP neurons across layers (``allocation="global"``; the KV groups keep one share in
+``@global`` / ``@standardized`` rank MLP neurons across layers (``allocation=...``; the KV groups keep one share in
 every layer). ``--pack`` calibrates on the reviews joined into 256-token windows (``CalibrationConfig.pack``),
 the way the perplexity is measured, instead of one review per example. ``--append`` adds the rows to the
 existing JSON (each row records its calibration).

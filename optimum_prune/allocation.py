@@ -3,9 +3,10 @@
 Targets (``PruningConfig.target``): ``"units"`` removes ``sparsity`` of the units of every group (uniform)
 or of every kind (global); ``"params"`` / ``"flops"`` remove ``sparsity`` of the whole model's parameters
 or FLOPs (as :func:`optimum_prune.metrics.count_parameters` / ``count_flops`` count them), spending the
-budget on the groups in scope. Allocation is ``"uniform"`` (one share for every group) or ``"global"``
+budget on the groups in scope. Allocation is ``"uniform"`` (one share for every group), ``"global"``
 (units ranked across layers by their score normalised per kind, and per cost for params/FLOPs
-targets). Removal counts are rounded so each group keeps a multiple of ``round_to`` (per kind) and at
+targets) or ``"standardized"`` (ranked across layers by their score standardised within their
+group). Removal counts are rounded so each group keeps a multiple of ``round_to`` (per kind) and at
 least ``min_units`` (so every layer keeps at least one head / KV group).
 """
 
@@ -168,10 +169,29 @@ def normalise_per_kind(groups: Sequence[PruningGroup], scores: dict[int, np.ndar
     return out
 
 
+def standardise_per_group(groups: Sequence[PruningGroup], scores: dict[int, np.ndarray]
+                          ) -> dict[int, np.ndarray]:
+    """Each group's scores as z-scores within the group (FLAP's standardisation per layer), shifted by
+    one common constant so that the smallest is 1: units of different layers rank by how far below
+    their own layer's mean they fall, and dividing by a cost stays meaningful. A group whose scores
+    are all equal gets z-scores of 0."""
+    z: dict[int, np.ndarray] = {}
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        std = float(s.std())
+        z[g.id] = (s - s.mean()) / std if std > 0 and np.all(np.isfinite(s)) else np.zeros_like(s)
+    if not z:
+        return z
+    shift = 1.0 - min(float(v.min()) for v in z.values() if v.size)
+    return {gid: v + shift for gid, v in z.items()}
+
+
 def global_allocation(groups: Sequence[PruningGroup], scores: dict[int, np.ndarray],
                       costs: dict[int, np.ndarray], target: float | dict[str, float], min_units: int,
                       multiples: dict[int, int],
-                      marginal: Callable[[int, int], float] | None = None) -> dict[int, int]:
+                      marginal: Callable[[int, int], float] | None = None,
+                      normalise: Callable[[Sequence[PruningGroup], dict[int, np.ndarray]],
+                                          dict[int, np.ndarray]] = normalise_per_kind) -> dict[int, int]:
     """Units removed per group by ranking every unit of ``groups`` together.
 
     Units are taken in ascending order of (normalised score) / (cost / mean cost of the kind) until the
@@ -179,8 +199,10 @@ def global_allocation(groups: Sequence[PruningGroup], scores: dict[int, np.ndarr
     group with fewer than ``min_units``; each group's count is then rounded to its multiple.
     ``marginal(group id, removed so far)``, when given, is what the next removal of that group saves
     (the costs then only rank the units): for savings that are not linear in the count (latency).
+    ``normalise`` makes the scores of different groups comparable: :func:`normalise_per_kind`
+    (``allocation="global"``) or :func:`standardise_per_group` (``"standardized"``).
     """
-    norm = normalise_per_kind(groups, scores)
+    norm = normalise(groups, scores)
     keys, gids, costs_flat = [], [], []
     mean_cost = {k: float(np.mean(np.concatenate([costs[g.id] for g in groups if g.kind == k])))
                  for k in {g.kind for g in groups}}

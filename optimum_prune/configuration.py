@@ -11,7 +11,7 @@ from optimum_prune.errors import ConfigError
 IMPORTANCE_CRITERIA = ("l1", "l2", "tree", "activation", "fluctuation", "obs", "fidelity")
 DEFAULT_IO_PATTERNS = ("past_key_values", "present", "past_key", "past_value")
 RECOVERY_METHODS = ("lstsq", "mask", "bias")
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "standardized")
 TARGETS = ("units", "params", "flops", "latency")
 RIDGES = ("identity", "diagonal")
 
@@ -104,10 +104,12 @@ class PruningConfig:
         importance_options: keyword arguments of the criterion's class, e.g. ``{"rounds": 1}`` for a
             one-shot ``fidelity`` or ``{"iterative": False}`` for ``obs``.
         min_units: units always kept per group (at least one, so every layer keeps a head / KV group).
-        allocation: ``"uniform"`` (every group loses the same share) or ``"global"`` (units of every
+        allocation: ``"uniform"`` (every group loses the same share), ``"global"`` (units of every
             layer ranked together by their score normalised per kind, divided by their normalised cost
-            for params/FLOPs targets; see :mod:`optimum_prune.allocation`). Head groups that resize a
-            KV cache always take the uniform share, since config.json holds one KV-head count.
+            for params/FLOPs targets) or ``"standardized"`` (ranked together by their score standardised
+            within their own group, FLAP's adaptive structure: a layer whose scores spread widely keeps
+            more units); see :mod:`optimum_prune.allocation`. Head groups that resize a KV cache always
+            take the uniform share, since config.json holds one KV-head count.
         target: what ``sparsity`` measures: ``"units"``, ``"params"``, ``"flops"`` or ``"latency"``
             (ONNX Runtime latency estimated from a per-block latency table; see
             :mod:`optimum_prune.latency`).

@@ -20,8 +20,10 @@ import onnx_ir as ir
 
 from optimum_prune.allocation import (
     global_allocation,
+    normalise_per_kind,
     round_removal,
     select_kept,
+    standardise_per_group,
     uniform_for_cost,
     unit_costs,
     units_to_remove,
@@ -223,8 +225,10 @@ class ORTPruner:
             else:
                 target = config.sparsity * total - sum(
                     float(np.sort(costs[g.id])[:fixed[g.id]].sum()) for g in eligible if g.id in fixed)
+            normalise = standardise_per_group if config.allocation == "standardized" else normalise_per_kind
             n_remove = global_allocation(ranked, scores, costs, target, config.min_units, multiples,
-                                         marginal=latency.marginal if latency else None) \
+                                         marginal=latency.marginal if latency else None,
+                                         normalise=normalise) \
                 if ranked and config.sparsity > 0 else {}
             n_remove.update(fixed if config.sparsity > 0 else {})
             if getattr(importance, "budget_aware", False):  # its ranking depends on the budget: rescore

@@ -13,6 +13,7 @@ from optimum_prune.allocation import (
     global_allocation,
     normalise_per_kind,
     round_removal,
+    standardise_per_group,
     unit_costs,
 )
 from optimum_prune.association.tree import PruningGroup
@@ -45,7 +46,25 @@ def test_global_ranking_moves_the_budget_to_the_least_important_layer():
     assert np.isclose(np.mean(np.concatenate(list(norm.values()))), 1.0)
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_standardized_ranking_cuts_the_layer_whose_scores_are_tight():
+    """FLAP's standardisation: group 0 has one strong unit among weak ones, group 1 five similar units.
+    By raw score the weak units of group 0 go first; standardised within their group, they sit only
+    half a deviation below their mean, while group 1's lowest sits 1.4 deviations below its own."""
+    groups = [PruningGroup(id=i, seed=f"g{i}", seed_axis=1, kind="ffn", units=5) for i in range(2)]
+    scores = {0: np.array([1.0, 1.0, 1.0, 1.0, 10.0]), 1: np.array([2.5, 2.6, 2.7, 2.8, 2.9])}
+    costs = {g.id: np.ones(5) for g in groups}
+    assert global_allocation(groups, scores, costs, {"ffn": 2.0}, min_units=1, multiples={}) == {0: 2, 1: 0}
+    n = global_allocation(groups, scores, costs, {"ffn": 2.0}, min_units=1, multiples={},
+                          normalise=standardise_per_group)
+    assert n == {0: 0, 1: 2}
+    z = standardise_per_group(groups, scores)
+    assert min(float(v.min()) for v in z.values()) == pytest.approx(1.0)
+    assert np.allclose(z[1] - z[1].mean(), (scores[1] - 2.7) / scores[1].std())
+    flat = standardise_per_group(groups[:1], {0: np.full(5, 3.0)})
+    assert np.all(flat[0] == flat[0][0])
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global", "standardized"])
 @pytest.mark.parametrize("target", ["units", "params", "flops"])
 def test_budgets_are_met_within_one_rounding_step(tiny_bert, tmp_path, allocation, target):  # noqa: F811
     pruner = ORTPruner.from_pretrained(tiny_bert)
