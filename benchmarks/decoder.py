@@ -11,10 +11,11 @@ greedy generation at batch 1. Writes ``benchmarks/results/decoder.json`` and pri
     python benchmarks/decoder.py [--sparsities 0.1 0.2 0.3] [--criteria l2 activation]
     python benchmarks/decoder.py --criteria activation+repair --pack --calibration-samples 128 --append
 
-A criterion is ``name[+repair][@global]``: ``+repair`` adds least-squares repair on the calibration data,
-``@global`` / ``@standardized`` rank MLP neurons across layers (``allocation=...``; the KV groups keep one share in
-every layer). ``--pack`` calibrates on the reviews joined into 256-token windows (``CalibrationConfig.pack``),
-the way the perplexity is measured, instead of one review per example. ``--append`` adds the rows to the
+A criterion is ``name[+repair][@allocation]``: ``+repair`` adds least-squares repair on the calibration
+data, ``@global`` / ``@standardized`` rank MLP neurons across layers (``PruningConfig.allocation``; the KV
+groups keep one share in every layer). ``--pack`` calibrates on the reviews joined into 256-token
+windows (``CalibrationConfig.pack``), the way the perplexity is measured, instead of one review per
+example. ``--append`` adds the rows to the
 existing JSON (each row records its calibration).
 """
 
@@ -145,7 +146,7 @@ DATA_DRIVEN = ("activation", "fluctuation", "obs")
 
 
 def uses_calibration(criterion: str) -> bool:
-    """Whether a ``name[+repair][@global]`` row ran on the calibration data (to score or to repair)."""
+    """Whether a ``name[+repair][@allocation]`` row ran on the calibration data (to score or repair)."""
     spec = criterion.partition("@")[0]
     name, _, extra = spec.partition("+")
     return name in DATA_DRIVEN or extra == "repair"
@@ -188,8 +189,8 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--criteria", nargs="+",
                         default=["l2", "activation", "obs", "activation+repair", "obs+repair"],
-                        help="name[+repair][@global]: '+repair' adds least-squares repair on the calibration "
-                             "data, '@global' ranks units across layers")
+                        help="name[+repair][@allocation]: '+repair' adds least-squares repair on the "
+                             "calibration data, '@global' / '@standardized' rank units across layers")
     parser.add_argument("--token-budget", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for tokens/s")
     parser.add_argument("--chunk", type=int, default=256)
@@ -230,7 +231,9 @@ def main() -> None:
         spec, _, allocation = criterion.partition("@")
         name, _, extra = spec.partition("+")
         for sparsity in args.sparsities:
-            out = WORK / f"{criterion}-{int(sparsity * 100)}-{label.replace(' ', '').replace(',', '-')}"
+            # no '@' in the folder name: from_pretrained would read it as a hub revision
+            slug = criterion.replace('@', '-')
+            out = WORK / f"{slug}-{int(sparsity * 100)}-{label.replace(' ', '').replace(',', '-')}"
             config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance=name,
                                    prune_kv_heads=True,
                                    recover=RecoveryConfig(damp=args.damp) if extra == "repair" else False,
