@@ -181,7 +181,7 @@ def verdict(rows: list[dict]) -> str:
     return (f"target: perplexity within +{100 * TARGET['perplexity_rise']:.0f}% of dense at "
             f"{100 * TARGET['sparsity']:.0f}% with calibration + repair: {'met' if ok else 'missed'}; best "
             f"{best['criterion']} (calibration: {best.get('calibration')}) "
-            f"{best['perplexity']:.2f} vs dense {dense:.2f} ({100 * rise:+.0f}%)")
+            f"{best['perplexity']:.2f} vs dense {dense:.2f} ({100 * rise:+.1f}%)")
 
 
 def main() -> None:
