@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kd_steps = 8 if args.quick else args.kd_steps
 
-    from engine_speed import machine_info
+    from engine_speed import write_results
     from transformers import AutoTokenizer
 
     from optimum_prune.classifier import MARKER, accuracy, ensure_classifier, heldout_split
@@ -255,14 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     data["summary"] = verdicts(data)
-    data["seconds"] = round(time.perf_counter() - t0, 1)
-    data["machine"] = machine_info()
-    data["created"] = time.strftime("%Y-%m-%d")
     print(markdown(data))
     print("\n".join(data["summary"]))
     if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "distill.json").write_text(json.dumps(data, indent=1) + "\n")
+        write_results(data, RESULTS / "distill.json", t0)
         print(f"wrote {RESULTS / 'distill.json'} in {data['seconds']:.0f} s")
     return 0
 

@@ -519,6 +519,16 @@ def _git_state() -> dict:
     return {"commit": git("rev-parse", "HEAD").strip() or None, "engine_dirty_files": dirty}
 
 
+def write_results(data: dict, path: Path, started: float) -> None:
+    """Stamp ``data`` with the run's seconds (since ``started``, a ``time.perf_counter()``), the machine and
+    the date, and write it to ``path`` as indented JSON (the folder is created)."""
+    data["seconds"] = round(time.perf_counter() - started, 1)
+    data["machine"] = machine_info()
+    data["created"] = time.strftime("%Y-%m-%d")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def machine_info() -> dict:
     cpu_model, mem_total = None, None
     try:

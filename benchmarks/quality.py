@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from demo import export_onnx
-    from engine_speed import machine_info
+    from engine_speed import write_results
     from transformers import AutoTokenizer
 
     from optimum_prune import CalibrationConfig, CalibrationData
@@ -366,12 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data["peer"] = {"available": None, "reason": "skipped by --quick"}
     data["summary"] = best_against_targets(data)
-    data["seconds"] = round(time.perf_counter() - t0, 1)
-    data["machine"] = machine_info()
-    data["created"] = time.strftime("%Y-%m-%d")
     dest = CACHE if args.quick else RESULTS
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "quality.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_results(data, dest / "quality.json", t0)
     plot(data, dest / "quality.png")
     print("\n".join(data["summary"]))
     print(f"wrote {dest / 'quality.json'} and quality.png in {data['seconds']:.0f} s")

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="classifier seed (rt_classifier)")
     args = parser.parse_args(argv)
 
-    from engine_speed import machine_info
+    from engine_speed import write_results
     from quality import latency_ms
     from rt_classifier import accuracy, ensure_classifier, heldout_split
     from transformers import AutoTokenizer
@@ -277,13 +277,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({100 * (row['accuracy'] - dense_acc):+.1f}) cut {100 * row['flops_cut']:.1f}% "
               f"{row['speedup']:.2f}x {row['prune_s']:.1f}s", flush=True)
     data["findings"] = findings(data)
-    data["seconds"] = round(time.perf_counter() - t0, 1)
     data["load_average_start_end"] = [load_start, round(os.getloadavg()[0], 2)]
-    data["machine"] = machine_info()
-    data["created"] = time.strftime("%Y-%m-%d")
     dest = CACHE if args.quick else RESULTS
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "quality_classifier.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_results(data, dest / "quality_classifier.json", t0)
     plot(data, dest / "quality_classifier.png")
     print("\n".join(data["findings"]))
     print(f"wrote {dest / 'quality_classifier.json'} and quality_classifier.png in {data['seconds']:.0f} s")

@@ -199,11 +199,15 @@ class ORTPruner:
             total = float(count_flops(prep.model, prep.shapes))
         elif latency is not None:
             total = latency.budget(1.0)
+
+        def uniform_share(g: PruningGroup) -> int:
+            """Units of ``g`` removed by one share of ``config.sparsity``, rounded to its multiple."""
+            n = units_to_remove(g.units, config.sparsity, config.min_units)
+            return round_removal(g.units, n, multiples[g.id], config.min_units)
+
         if config.allocation == "uniform":
             if config.target == "units":
-                n_remove = {g.id: round_removal(g.units, units_to_remove(g.units, config.sparsity,
-                                                                         config.min_units),
-                                                multiples[g.id], config.min_units) for g in eligible}
+                n_remove = {g.id: uniform_share(g) for g in eligible}
             else:
                 n_remove = uniform_for_cost(eligible, costs, config.sparsity * total, config.min_units,
                                             multiples, saving=latency.total_saving if latency else None) \
@@ -213,9 +217,8 @@ class ORTPruner:
             scores = {g.id: importance(g, prep.model) for g in eligible}
             # Head groups that resize the KV cache must lose the same count in every layer (config.json
             # holds one key/value-head count): they take the uniform share, the rest is ranked globally.
-            fixed = {g.id: round_removal(g.units, units_to_remove(g.units, config.sparsity, config.min_units),
-                                         multiples[g.id], config.min_units)
-                     for g in eligible if g.kind == "heads" and any(s.io for s in g.slices)}
+            fixed = {g.id: uniform_share(g) for g in eligible
+                     if g.kind == "heads" and any(s.io for s in g.slices)}
             ranked = [g for g in eligible if g.id not in fixed]
             if config.target == "units":
                 target: float | dict[str, float] = {
