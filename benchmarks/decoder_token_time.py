@@ -13,7 +13,10 @@ exported if missing) and a 30%-MLP ``l2`` pruning of it (speed does not depend o
 
 Writes ``benchmarks/results/decoder_token_time.json`` and prints a summary.
 
-    python benchmarks/decoder_token_time.py [--rounds 5] [--threads 1]
+    python benchmarks/decoder_token_time.py [--rounds 5] [--threads 1] [--also outputs/bench/decoder/RUN ...]
+
+``--also`` adds folders written by ``benchmarks/decoder.py`` (any criterion or allocation) to the same
+interleaved rounds and profiles.
 """
 
 from __future__ import annotations
@@ -155,6 +158,9 @@ def main() -> None:
                         help="intra-op threads of ONNX Runtime and torch (0: their defaults). Default 1: on "
                              "a machine shared with other jobs, spinning thread pools make 2-thread timings "
                              "meaningless (3 tok/s instead of ~40)")
+    parser.add_argument("--also", nargs="*", type=Path, default=[], metavar="DIR",
+                        help="more pruned folders (e.g. benchmarks/decoder.py run folders) timed in the same "
+                             "interleaved rounds")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -172,6 +178,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     ids = tokenizer(PROMPT, return_tensors="pt")
     folders = {"dense": onnx_dir, f"mlp{int(args.sparsity * 100)}": pruned_dir}
+    for extra in args.also:
+        if not (extra / "model.onnx").is_file():
+            raise SystemExit(f"--also {extra}: no model.onnx there")
+        folders[extra.name] = extra.resolve()
 
     models = {name: _load(folder, args.threads) for name, folder in folders.items()}
     timers = {name: _TimedRun(m.session) for name, m in models.items()}
@@ -186,7 +196,10 @@ def main() -> None:
     rows = {}
     for name, folder in folders.items():
         med = {k: statistics.median(s[k] for s in samples[name]) for k in samples[name][0] if k != "runs"}
+        stage = json.loads((folder / "report.json").read_text())["stages"][-1] \
+            if (folder / "report.json").is_file() else {}
         rows[name] = {"folder": str(folder.relative_to(ROOT)), "weights_mb": round(_weights_mb(folder), 1),
+                      "params": stage.get("params_after"), "units_removed": stage.get("units_removed"),
                       "generate": {k: round(v, 3) for k, v in med.items()},
                       "generate_rounds": [{k: round(v, 3) for k, v in s.items()} for s in samples[name]],
                       "profile": profile_generate(folder, ids, args.new_tokens, args.threads)}

@@ -1,0 +1,58 @@
+"""The bookkeeping of the benchmark scripts: merging rerun rows, the target verdicts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import decoder  # noqa: E402
+import quality_classifier  # noqa: E402
+
+
+def _row(name: str, sparsity: float, accuracy: float, **extra) -> dict:
+    return {"name": name, "sparsity": sparsity, "accuracy": accuracy, **extra}
+
+
+def test_kept_rows_drops_the_rows_being_rerun_and_dates_the_others(tmp_path):
+    path = tmp_path / "quality_classifier.json"
+    path.write_text(json.dumps({"dense": {"accuracy": 0.8}, "created": "2026-11-30", "rows": [
+        _row("l2", 0.2, 0.7), _row("fluctuation", 0.2, 0.75), _row("fluctuation", 0.4, 0.7, measured="x")]}))
+    todo = [dict(importance="fluctuation", options={}, data="calibration", repair=False, sparsity=0.2,
+                 allocation="uniform")]
+    rows = quality_classifier.kept_rows(path, todo, dense_acc=0.8)
+    assert [(r["name"], r["sparsity"]) for r in rows] == [("l2", 0.2), ("fluctuation", 0.4)]
+    assert [r["measured"] for r in rows] == ["2026-11-30", "x"]
+    assert quality_classifier.kept_rows(tmp_path / "missing.json", todo, dense_acc=0.8) == []
+
+
+def test_kept_rows_refuses_results_of_another_dense_model(tmp_path):
+    path = tmp_path / "quality_classifier.json"
+    path.write_text(json.dumps({"dense": {"accuracy": 0.8}, "rows": []}))
+    with pytest.raises(SystemExit, match="different dense classifier"):
+        quality_classifier.kept_rows(path, [], dense_acc=0.81)
+
+
+def test_classifier_labels_name_the_allocation():
+    spec = dict(importance="fluctuation", options={}, repair=True, allocation="standardized")
+    assert quality_classifier.label(spec) == "fluctuation, standardized + repair"
+    assert quality_classifier.label(dict(spec, allocation="uniform", repair=False)) == "fluctuation"
+
+
+def test_decoder_verdict_uses_the_best_repaired_row_at_the_target_sparsity():
+    rows = [{"criterion": "dense", "sparsity": 0.0, "perplexity": 100.0},
+            {"criterion": "activation", "sparsity": 0.2, "perplexity": 101.0},  # not repaired: ignored
+            {"criterion": "activation+repair", "sparsity": 0.2, "perplexity": 120.0, "calibration": "a"},
+            {"criterion": "fluctuation+repair@standardized", "sparsity": 0.2, "perplexity": 114.0,
+             "calibration": "b"},
+            {"criterion": "fluctuation+repair", "sparsity": 0.1, "perplexity": 105.0}]
+    text = decoder.verdict(rows)
+    assert "met" in text and "fluctuation+repair@standardized" in text and "+14.0%" in text
+    rows[3]["perplexity"] = 116.0
+    assert "missed" in decoder.verdict(rows) and "+16.0%" in decoder.verdict(rows)
+    assert decoder.uses_calibration("l2+repair") and decoder.uses_calibration("fluctuation@standardized")
+    assert not decoder.uses_calibration("l2@global")
