@@ -9,14 +9,16 @@ over the attention mask and L2-normalised, as sentence-transformers does for thi
 reviews (fresh/rotten, deduplicated) are split by a hash of their text: the first 500 in hash order are
 held out for the evaluation, the next 128 are the calibration data; nothing else is used.
 
-For 30% and 50% of the ``ffn`` + ``heads`` units (uniform per layer unless the row says ``global``):
+For 30% and 50% of the ``ffn`` + ``heads`` units (uniform per layer unless the row says
+``global`` or ``standardized``):
 
 * each data-free criterion (``l1``, ``l2``, ``tree``, ``obs`` with its weight proxy, ``fidelity`` with
   one greedy round, ``rounds=1``, on generated inputs) without repair and with repair on *generated*
   inputs (entirely data-free);
-* each calibration criterion (``activation``, ``obs`` with Gram matrices) without and with repair on the
-  calibration data, plus ``l2`` repaired on calibration data, ``activation`` with global allocation,
-  and ``activation`` with the sequential repair (``RecoveryConfig(sequential=True)``);
+* each calibration criterion (``activation``, ``obs`` with Gram matrices, FLAP's ``fluctuation``) without
+  and with repair on the calibration data, plus ``l2`` repaired on calibration data, ``activation`` with
+  global allocation, ``activation`` with the sequential repair (``RecoveryConfig(sequential=True)``), and
+  ``activation`` / ``fluctuation`` with standardized allocation (FLAP's adaptive structure);
 * the peer, onnxsim's ``apply_structured_pruning`` then ``apply_attention_head_pruning`` at the same
   sparsity on the ONNX-Runtime-fused model (it prunes nothing on the raw export), when onnxsim is
   installed (the JSON says so when it is not).
@@ -111,7 +113,7 @@ def specs(sparsity: float, quick: bool) -> list[dict]:
         opts = {"rounds": 1} if crit == "fidelity" else {}
         rows.append(dict(importance=crit, options=opts, data="none", repair=None))
         rows.append(dict(importance=crit, options=opts, data="none", repair="generated"))
-    calib = ["activation"] if quick else ["activation", "obs"]
+    calib = ["activation"] if quick else ["activation", "obs", "fluctuation"]
     for crit in calib:
         rows.append(dict(importance=crit, options={}, data="calibration", repair=None))
         rows.append(dict(importance=crit, options={}, data="calibration", repair="calibration"))
@@ -121,6 +123,9 @@ def specs(sparsity: float, quick: bool) -> list[dict]:
                          allocation="global"))
         rows.append(dict(importance="activation", options={}, data="calibration", repair="calibration",
                          sequential=True))
+        for crit in ("activation", "fluctuation"):
+            rows.append(dict(importance=crit, options={}, data="calibration", repair="calibration",
+                             allocation="standardized"))
     for r in rows:
         r["sparsity"] = sparsity
         r.setdefault("allocation", "uniform")
@@ -133,8 +138,8 @@ def label(r: dict) -> str:
     name = r["importance"] + ("+calib" if r["importance"] == "obs" and r["data"] == "calibration" else "")
     if r.get("options"):
         name += "(" + ",".join(f"{k}={v}" for k, v in r["options"].items()) + ")"
-    if r.get("allocation") == "global":
-        name += ", global"
+    if r.get("allocation", "uniform") != "uniform":
+        name += f", {r['allocation']}"
     if r["repair"]:
         name += f" + repair ({r['repair']}{', sequential' if r.get('sequential') else ''})"
     return name

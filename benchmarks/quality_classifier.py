@@ -48,6 +48,7 @@ def specs(quick: bool) -> list[dict]:
     """One dict per row: criterion, options, allocation, repair, sparsity."""
     crits = [("l2", {}, "none", SPARSITIES), ("activation", {}, "calibration", SPARSITIES)]
     if not quick:
+        crits.append(("fluctuation", {}, "calibration", SPARSITIES))
         crits += [("obs", {}, "calibration", EXPENSIVE),
                   ("fidelity", {"rounds": 1}, "calibration", EXPENSIVE)]
     rows = []
@@ -60,6 +61,10 @@ def specs(quick: bool) -> list[dict]:
         for s in SPARSITIES:
             rows.append(dict(importance="activation", options={}, data="calibration", repair=True, sparsity=s,
                              allocation="global"))
+        for crit in ("activation", "fluctuation"):
+            for s in SPARSITIES:
+                rows.append(dict(importance=crit, options={}, data="calibration", repair=True, sparsity=s,
+                                 allocation="standardized"))
     return rows
 
 
@@ -67,8 +72,8 @@ def label(r: dict) -> str:
     name = r["importance"] + ("+calib" if r["importance"] == "obs" else "")
     if r["options"]:
         name += "(" + ",".join(f"{k}={v}" for k, v in r["options"].items()) + ")"
-    if r["allocation"] == "global":
-        name += ", global"
+    if r["allocation"] != "uniform":
+        name += f", {r['allocation']}"
     return name + (" + repair" if r["repair"] else "")
 
 
@@ -129,6 +134,21 @@ def run_row(r: dict, onnx_dir: Path, out_root: Path, calib, tokenizer, texts, la
     return row
 
 
+def kept_rows(path: Path, todo: list[dict], dense_acc: float) -> list[dict]:
+    """The rows of an earlier results file that ``todo`` does not rerun (``--only``), each stamped with
+    the date it was measured; refused when that file's dense model differs from this run's."""
+    if not path.is_file():
+        return []
+    previous = json.loads(path.read_text())
+    if abs(previous["dense"]["accuracy"] - dense_acc) > 1e-9:
+        raise SystemExit(f"{path} was measured on a different dense classifier (accuracy "
+                         f"{previous['dense']['accuracy']} vs {dense_acc}); rerun without --only")
+    rerun = {(label(r), r["sparsity"]) for r in todo}
+    rows = [dict(row, measured=row.get("measured", previous.get("created"))) for row in previous["rows"]
+            if (row["name"], row["sparsity"]) not in rerun]
+    return rows
+
+
 def findings(data: dict) -> list[str]:
     """The target line and, per configuration, the largest cut within 1 point of the dense accuracy."""
     dense = data["dense"]["accuracy"]
@@ -182,11 +202,14 @@ def plot(data: dict, path: Path) -> None:
 
     dense = data["dense"]["accuracy"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    colors = {"l2": "tab:gray", "activation": "tab:blue", "obs": "tab:purple", "fidelity": "tab:green"}
+    colors = {"l2": "tab:gray", "activation": "tab:blue", "obs": "tab:purple", "fidelity": "tab:green",
+              "fluctuation": "tab:brown"}
+    by_allocation = {("activation", "global"): "tab:orange", ("activation", "standardized"): "tab:cyan",
+                     ("fluctuation", "standardized"): "tab:pink"}
     for name in dict.fromkeys(r["name"] for r in data["rows"]):
         rs = sorted((r for r in data["rows"] if r["name"] == name), key=lambda r: r["sparsity"])
         r0 = rs[0]
-        color = "tab:orange" if r0["allocation"] == "global" else colors.get(r0["importance"], "black")
+        color = by_allocation.get((r0["importance"], r0["allocation"]), colors.get(r0["importance"], "black"))
         ax.plot([0] + [100 * r["flops_cut"] for r in rs], [dense] + [r["accuracy"] for r in rs],
                 "-o" if r0["repair"] else "--x", color=color, label=name, markersize=4)
     ax.axhline(dense, color="black", lw=0.8)
@@ -209,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="l2 and activation at 20% and 40% only")
     parser.add_argument("--repeat", type=int, default=3, help="latency runs per model")
     parser.add_argument("--seed", type=int, default=0, help="classifier seed (rt_classifier)")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="run only the rows whose name contains one of these (e.g. 'fluctuation' "
+                             "'standardized') and keep the other rows of the existing results JSON")
     args = parser.parse_args(argv)
 
     from engine_speed import write_results
@@ -270,15 +296,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense accuracy {dense_acc:.3f} (torch {train_info['heldout']['accuracy']:.3f}), "
           f"{dense_ms:.0f} ms per batch", flush=True)
     out_root = CACHE / "runs"
-    for r in specs(args.quick):
+    todo = [r for r in specs(args.quick) if not args.only or any(t in label(r) for t in args.only)]
+    dest = CACHE if args.quick else RESULTS
+    if args.only:
+        data["rows"] = kept_rows(dest / "quality_classifier.json", todo, dense_acc)
+        data["notes"].append(f"rows rerun with --only {' '.join(args.only)}; the others kept from the "
+                             "previous run (each row's 'measured' is its date; speedups are relative to "
+                             "the dense latency of their own run)")
+    run_date = time.strftime("%Y-%m-%d")
+    for r in todo:
         row = run_row(r, onnx_dir, out_root, calib, tokenizer, texts, labels, dense_ms, args.repeat)
+        row["measured"] = run_date
         data["rows"].append(row)
         print(f"{int(100 * r['sparsity'])}% {row['name']:<32} acc {row['accuracy']:.3f} "
               f"({100 * (row['accuracy'] - dense_acc):+.1f}) cut {100 * row['flops_cut']:.1f}% "
               f"{row['speedup']:.2f}x {row['prune_s']:.1f}s", flush=True)
     data["findings"] = findings(data)
+    order = {label(r): i for i, r in enumerate(specs(args.quick))}
+    data["rows"].sort(key=lambda row: (order.get(row["name"], len(order)), row["sparsity"]))
     data["load_average_start_end"] = [load_start, round(os.getloadavg()[0], 2)]
-    dest = CACHE if args.quick else RESULTS
     write_results(data, dest / "quality_classifier.json", t0)
     plot(data, dest / "quality_classifier.png")
     print("\n".join(data["findings"]))

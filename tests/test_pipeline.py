@@ -188,6 +188,30 @@ def test_llama_gqa_recipe_on_tiny_llama(dataset, work):
     assert text[0]["generated_text"].startswith("good film")
 
 
+def test_llama_flap_recipe_on_tiny_llama(dataset, work):
+    hf = tiny_hf_folder("llama", work / "zoo", work)
+    calibration = {**_text_data(dataset, "train"), "num_samples": 8, "pack": True}
+    overrides = {"prune": {"calibration": calibration},
+                 "evaluate": {"dataset": _text_data(dataset, "train")}, "benchmark": FAST_BENCH}
+    pipeline = Pipeline.from_recipe(RECIPES / "llama-flap20-repair.yaml", overrides=overrides)
+    final = pipeline.run(hf, work / "llama-flap", progress=False)
+    report = read_report(final)
+    prune = next(e for e in report if e["stage"] == "prune")
+    assert prune["config"]["importance"] == "fluctuation" and prune["config"]["allocation"] == "standardized"
+    assert prune["units_removed"]["ffn"] > 0 and prune["repair"]["consumers"] > 0
+    assert prune["repair"]["mean_error_after"] < prune["repair"]["mean_error_before"]
+    assert "packed" in prune["repair"]["calibration"]["source"]
+    ppl = [e["perplexity"] for e in report if e["stage"] == "evaluate"]
+    assert len(ppl) == 2 and all(np.isfinite(p) and p > 1 for p in ppl)
+
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(final, use_cache=True)
+    tokens = model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+    assert tokens.shape[1] == 6
+
+
 def test_vit_recipe_on_tiny_vit(work):
     hf = tiny_hf_folder("vit", work / "zoo", work)
     pipeline = Pipeline.from_recipe(
@@ -334,6 +358,7 @@ def test_every_recipe_parses():
         "bert-prune30-int8-dynamic.yaml",
         "minilm-prune50-repair-int8-static.yaml",
         "llama-gqa-prune25.yaml",
+        "llama-flap20-repair.yaml",
         "vit-prune40-int8.yaml",
         "prune-distill-int8.yaml",
     }
