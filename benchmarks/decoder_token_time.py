@@ -5,8 +5,9 @@ exported if missing) and a 30%-MLP ``l2`` pruning of it (speed does not depend o
 
 1. ``ORTModelForCausalLM.generate`` of 64 greedy tokens (the decoder benchmark's tokens/s), with the
    session's ``run`` wrapped by a timer: per generated token, the time inside ONNX Runtime and the
-   time outside it (transformers' generation loop, optimum's input/output handling). Dense and
-   pruned are interleaved, ``--rounds`` times each; medians.
+   time outside it (transformers' generation loop, optimum's input/output handling), and one forward
+   pass over a 128-token prompt (prefill). Dense and pruned are interleaved, ``--rounds`` times each;
+   medians.
 2. One more generate per model with ONNX Runtime profiling on: kernel time per decode step (the
    prompt's prefill run excluded) split by the node names' module: LM head, MLP, attention, norms,
    other. Profiling adds a little per node, so only its shares and differences are used.
@@ -95,6 +96,19 @@ def timed_generate(model, timer: _TimedRun, ids, new_tokens: int) -> dict:
             "prefill_ms": runs[0] * 1e3, "decode_run_ms": statistics.median(decode) * 1e3,
             "outside_ort_ms_per_token": (total - in_ort) / new_tokens * 1e3,
             "in_ort_ms_per_token": in_ort / new_tokens * 1e3}
+
+
+PREFILL_TOKENS = 128
+
+
+def timed_prefill(model, tokens: int = PREFILL_TOKENS, seed: int = 0) -> float:
+    """Milliseconds of one forward pass over a ``tokens``-long prompt at batch 1 (the cache is filled)."""
+    import torch
+
+    ids = torch.randint(100, 20000, (1, tokens), generator=torch.Generator().manual_seed(seed))
+    start = time.perf_counter()
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return (time.perf_counter() - start) * 1e3
 
 
 def profile_generate(folder: Path, ids, new_tokens: int, threads: int) -> dict:
@@ -187,10 +201,13 @@ def main() -> None:
     timers = {name: _TimedRun(m.session) for name, m in models.items()}
     for name, m in models.items():  # warm-up
         timed_generate(m, timers[name], ids, 8)
+        timed_prefill(m)
     samples: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, m in models.items():
-            samples[name].append(timed_generate(m, timers[name], ids, args.new_tokens))
+            prefill = timed_prefill(m)
+            samples[name].append({**timed_generate(m, timers[name], ids, args.new_tokens),
+                                  f"prefill_{PREFILL_TOKENS}_ms": prefill})
     del models, timers
 
     rows = {}
@@ -218,7 +235,9 @@ def main() -> None:
     args.output.write_text(json.dumps(results, indent=1) + "\n")
     for name, r in rows.items():
         g, p = r["generate"], r["profile"]
-        print(f"{name}: {g['tokens_per_s']:.1f} tok/s; per token {g['in_ort_ms_per_token']:.2f} ms in ORT "
+        print(f"{name}: {g['tokens_per_s']:.1f} tok/s; {PREFILL_TOKENS}-token prefill "
+              f"{g[f'prefill_{PREFILL_TOKENS}_ms']:.0f} ms; "
+              f"per token {g['in_ort_ms_per_token']:.2f} ms in ORT "
               f"(decode run {g['decode_run_ms']:.2f} ms) + {g['outside_ort_ms_per_token']:.2f} ms outside; "
               f"profiled kernels {p['kernel_ms_per_step']:.2f} ms/step: "
               + ", ".join(f"{k} {p['ms_per_step'][k]:.2f} ({p['matmul_ms_per_step'][k]:.2f} MatMul, "

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality_classifier.py          # -> benchmarks/results/quality_classifier.*
     .venv/bin/python benchmarks/quality_classifier.py --quick  # 2 criteria, 2 cuts -> outputs/bench/...
+    .venv/bin/python benchmarks/quality_classifier.py --only fluctuation  # rerun matching rows, keep the rest
 
 The Rotten Tomatoes classifier of ``benchmarks/rt_classifier.py`` (all-MiniLM-L6-v2 fine-tuned, cached
 in the asset cache; trained on first use) is exported with optimum-onnx (task ``text-classification``)
