@@ -313,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 criteria, 100 sentences, no peer")
     parser.add_argument("--repeat", type=int, default=10, help="latency runs per model")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--peer-only", action="store_true",
+                        help="rerun only the onnxsim peer and keep our rows of the existing results JSON")
     args = parser.parse_args(argv)
+    if args.peer_only and args.quick:
+        parser.error("--peer-only and --quick do not combine")
 
     from demo import export_onnx
     from engine_speed import write_results
@@ -355,7 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     out_root = CACHE / "runs"
-    for s in args.sparsities:
+    if args.peer_only:
+        previous = json.loads((RESULTS / "quality.json").read_text())
+        data["rows"] = [r for r in previous["rows"] if not r["importance"].startswith("onnxsim")]
+        data["dense"] = previous["dense"]
+        data["notes"].append(f"peer rows rerun with --peer-only on {time.strftime('%Y-%m-%d')}; our rows "
+                             f"are from the run of {previous.get('created')} (commit "
+                             f"{previous.get('machine', {}).get('git', {}).get('commit', '?')[:7]})")
+    for s in ([] if args.peer_only else args.sparsities):
         for r in specs(s, args.quick):
             row = run_row(r, onnx_dir, out_root, calib, tokenizer, held, dense, dense_ms, args.repeat)
             data["rows"].append(row)
