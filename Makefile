@@ -65,6 +65,8 @@ lint: venv
 # Every benchmark, then the README tables from their JSON (quality ~8 min, classifier ~15 min plus ~10 min
 # training on first use, decoder ~13 min, zoo ~5 min, engine_speed ~10 min with the > 2 GB decoder's
 # one-off export, decoder_token_time ~2 min, distill ~5 min on an idle machine).
+DECODER_RUNS = outputs/bench/decoder
+
 bench: venv assets
 	$(PY) -m pip install -c constraints.txt -e '.[bench]'
 	$(PY) -m optimum_prune.assets --smollm2
@@ -74,7 +76,12 @@ bench: venv assets
 	$(PY) benchmarks/quality_classifier.py
 	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/decoder.py
-	$(PY) benchmarks/decoder_token_time.py
+	$(PY) benchmarks/decoder.py --criteria activation+repair --pack --damp 0.1 --append
+	$(PY) benchmarks/decoder.py --criteria fluctuation+repair fluctuation+repair@standardized --sparsities 0.2 \
+		--pack --damp 0.1 --append
+	$(PY) benchmarks/decoder.py --criteria fluctuation+repair@standardized --pack --damp 0.1 \
+		--calibration-samples 128 --append
+	$(PY) benchmarks/decoder_token_time.py --also $(foreach s,10 20 30,$(DECODER_RUNS)/fluctuation+repair-standardized-$(s)-128x256-tokenwindows-damp0.1)
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/readme_tables.py
 
