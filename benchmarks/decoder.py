@@ -163,7 +163,7 @@ def markdown(rows: list[dict]) -> str:
         calibration = r.get("calibration") if uses_calibration(r["criterion"]) else "none"
         lines.append(f"| {r['criterion']} | {r['sparsity']} | {calibration or ''} | "
                      f"{r['params'] / 1e6:.1f} | {removed.get('ffn', 0)} / {removed.get('heads', 0)} | "
-                     f"{r['perplexity']:.2f} | {100 * (r['perplexity'] / dense - 1):+.0f}% | "
+                     f"{r['perplexity']:.2f} | {100 * (r['perplexity'] / dense - 1):+.1f}% | "
                      f"{r['tokens_per_s']:.1f} | {answer} |")
     return "\n".join(lines)
 
