@@ -45,6 +45,7 @@ from optimum_prune import (  # noqa: E402
     RecoveryConfig,
 )
 from optimum_prune.assets import fetch_rotten_tomatoes, fetch_smollm2  # noqa: E402
+from optimum_prune.importance import criterion_class  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "decoder.json"
 WORK = ROOT / "outputs" / "bench" / "decoder"
@@ -142,14 +143,13 @@ def measure(folder: Path, tokenizer, held_out: list[str], args) -> dict:
 
 
 TARGET = {"sparsity": 0.2, "perplexity_rise": 0.15}
-DATA_DRIVEN = ("activation", "fluctuation", "obs")
 
 
 def uses_calibration(criterion: str) -> bool:
     """Whether a ``name[+repair][@allocation]`` row ran on the calibration data (to score or repair)."""
     spec = criterion.partition("@")[0]
     name, _, extra = spec.partition("+")
-    return name in DATA_DRIVEN or extra == "repair"
+    return criterion_class(name)[0].uses_calibration or extra == "repair"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -160,7 +160,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         removed = r.get("units_removed", {})
         answer = r["generations"][0].replace("|", "/").replace("\n", " ")[:50]
-        calibration = r.get("calibration") if uses_calibration(r["criterion"]) else "none"
+        calibrated = r is not rows[0] and uses_calibration(r["criterion"])  # rows[0]: the dense model
+        calibration = r.get("calibration") if calibrated else "none"
         lines.append(f"| {r['criterion']} | {r['sparsity']} | {calibration or ''} | "
                      f"{r['params'] / 1e6:.1f} | {removed.get('ffn', 0)} / {removed.get('heads', 0)} | "
                      f"{r['perplexity']:.2f} | {100 * (r['perplexity'] / dense - 1):+.1f}% | "

@@ -529,6 +529,18 @@ def write_results(data: dict, path: Path, started: float) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def kept_rows(path: Path, rerun: set[tuple[str, float]]) -> tuple[list[dict], dict]:
+    """For a partial rerun (``--only``): the rows of the results file at ``path`` whose ``(name, sparsity)``
+    is not in ``rerun``, each stamped with the date it was measured (``measured``, else the file's
+    ``created``), and the file's whole data ({} and no rows when there is no file)."""
+    if not path.is_file():
+        return [], {}
+    previous = json.loads(path.read_text())
+    rows = [dict(row, measured=row.get("measured", previous.get("created"))) for row in previous["rows"]
+            if (row["name"], row["sparsity"]) not in rerun]
+    return rows, previous
+
+
 def machine_info() -> dict:
     cpu_model, mem_total = None, None
     try:

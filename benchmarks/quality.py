@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py            # full run -> benchmarks/results/quality.{json,png}
     .venv/bin/python benchmarks/quality.py --quick    # 2 criteria, 100 sentences -> outputs/bench/quality/
+    .venv/bin/python benchmarks/quality.py --only peer  # rerun matching rows, keep the others
 
 all-MiniLM-L6-v2 (real weights, from the asset cache) is exported with optimum-onnx (task
 ``feature-extraction``; cached under ``outputs/bench/quality/onnx``). Sentence embeddings are mean-pooled
@@ -194,6 +195,9 @@ def fused(onnx_dir: Path, dest: Path) -> Path:
     return path
 
 
+PEER_NAME = "peer: onnxsim structured + heads (fused)"
+
+
 def peer_rows(onnx_dir: Path, out_root: Path, tokenizer, held: list[str], dense: np.ndarray,
               sparsities: list[float], repeat: int) -> tuple[dict, list[dict]]:
     """onnxsim 0.8.1's structured FFN then attention-head pruning on the fused model."""
@@ -226,7 +230,7 @@ def peer_rows(onnx_dir: Path, out_root: Path, tokenizer, held: list[str], dense:
         cos = (emb * dense).sum(axis=1)
         ir_model = load_model(dest / "model.onnx")
         ms = latency_ms(dest / "model.onnx", repeat)
-        rows.append({"name": "peer: onnxsim structured + heads (fused)", "importance": "onnxsim-l2",
+        rows.append({"name": PEER_NAME, "importance": "onnxsim-l2",
                      "options": {}, "data": "none", "repair": None, "allocation": "uniform",
                      "sequential": False, "sparsity": s, "cos_mean": float(cos.mean()),
                      "cos_min": float(cos.min()), "params": count_parameters(ir_model),
@@ -313,14 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 criteria, 100 sentences, no peer")
     parser.add_argument("--repeat", type=int, default=10, help="latency runs per model")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5])
-    parser.add_argument("--peer-only", action="store_true",
-                        help="rerun only the onnxsim peer and keep our rows of the existing results JSON")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="run only the rows whose name contains one of these (e.g. 'peer', "
+                             "'standardized') and keep the other rows of the existing results JSON")
     args = parser.parse_args(argv)
-    if args.peer_only and args.quick:
-        parser.error("--peer-only and --quick do not combine")
+    if args.only and args.quick:
+        parser.error("--only and --quick do not combine")
 
     from demo import export_onnx
-    from engine_speed import write_results
+    from engine_speed import kept_rows, write_results
     from transformers import AutoTokenizer
 
     from optimum_prune import CalibrationConfig, CalibrationData
@@ -359,28 +364,38 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     out_root = CACHE / "runs"
-    if args.peer_only:
-        previous = json.loads((RESULTS / "quality.json").read_text())
-        data["rows"] = [r for r in previous["rows"] if not r["importance"].startswith("onnxsim")]
-        data["dense"] = previous["dense"]
-        data["notes"].append(f"peer rows rerun with --peer-only on {time.strftime('%Y-%m-%d')}; our rows "
-                             f"are from the run of {previous.get('created')} (commit "
-                             f"{previous.get('machine', {}).get('git', {}).get('commit', '?')[:7]})")
-    for s in ([] if args.peer_only else args.sparsities):
-        for r in specs(s, args.quick):
-            row = run_row(r, onnx_dir, out_root, calib, tokenizer, held, dense, dense_ms, args.repeat)
-            data["rows"].append(row)
-            print(f"{int(s * 100)}% {row['name']:<58} cos {row['cos_mean']:.4f} (min {row['cos_min']:.3f}) "
-                  f"{row['speedup']:.2f}x  {row['prune_s']:.1f}s", flush=True)
-    if not args.quick:
+
+    def selected(name: str) -> bool:
+        return not args.only or any(t in name for t in args.only)
+
+    todo = [r for s in args.sparsities for r in specs(s, args.quick) if selected(label(r))]
+    run_peer = not args.quick and selected(PEER_NAME)
+    if args.only:
+        rerun = {(label(r), r["sparsity"]) for r in todo}
+        rerun |= {(PEER_NAME, s) for s in args.sparsities} if run_peer else set()
+        data["rows"], previous = kept_rows(RESULTS / "quality.json", rerun)
+        data["peer"] = previous.get("peer")
+        data["notes"].append(f"rows rerun with --only {' '.join(args.only)} on {time.strftime('%Y-%m-%d')}; "
+                             "the others kept from the previous run (each row's 'measured' is its date; "
+                             "speedups are relative to the dense latency of their own run)")
+    for r in todo:
+        row = run_row(r, onnx_dir, out_root, calib, tokenizer, held, dense, dense_ms, args.repeat)
+        data["rows"].append(row)
+        print(f"{int(r['sparsity'] * 100)}% {row['name']:<58} cos {row['cos_mean']:.4f} "
+              f"(min {row['cos_min']:.3f}) {row['speedup']:.2f}x  {row['prune_s']:.1f}s", flush=True)
+    if run_peer:
         info, rows = peer_rows(onnx_dir, out_root, tokenizer, held, dense, args.sparsities, args.repeat)
         data["peer"] = info
         for row in rows:
             data["rows"].append(row)
             print(f"{int(row['sparsity'] * 100)}% {row['name']:<58} cos {row['cos_mean']:.4f} "
                   f"(min {row['cos_min']:.3f}) {row['speedup']:.2f}x", flush=True)
-    else:
+    elif args.quick:
         data["peer"] = {"available": None, "reason": "skipped by --quick"}
+    # rows in the order of a full run (the names do not depend on the sparsity), the peer last
+    order = {label(r): i for i, r in enumerate(specs(args.sparsities[0], args.quick))}
+    data["rows"].sort(key=lambda row: (row["name"] == PEER_NAME, row["sparsity"],
+                                       order.get(row["name"], len(order))))
     data["summary"] = best_against_targets(data)
     dest = CACHE if args.quick else RESULTS
     write_results(data, dest / "quality.json", t0)

@@ -138,15 +138,12 @@ def run_row(r: dict, onnx_dir: Path, out_root: Path, calib, tokenizer, texts, la
 def kept_rows(path: Path, todo: list[dict], dense_acc: float) -> list[dict]:
     """The rows of an earlier results file that ``todo`` does not rerun (``--only``), each stamped with
     the date it was measured; refused when that file's dense model differs from this run's."""
-    if not path.is_file():
-        return []
-    previous = json.loads(path.read_text())
-    if abs(previous["dense"]["accuracy"] - dense_acc) > 1e-9:
+    from engine_speed import kept_rows as previous_rows
+
+    rows, previous = previous_rows(path, {(label(r), r["sparsity"]) for r in todo})
+    if previous and abs(previous["dense"]["accuracy"] - dense_acc) > 1e-9:
         raise SystemExit(f"{path} was measured on a different dense classifier (accuracy "
                          f"{previous['dense']['accuracy']} vs {dense_acc}); rerun without --only")
-    rerun = {(label(r), r["sparsity"]) for r in todo}
-    rows = [dict(row, measured=row.get("measured", previous.get("created"))) for row in previous["rows"]
-            if (row["name"], row["sparsity"]) not in rerun]
     return rows
 
 

@@ -56,3 +56,27 @@ def test_decoder_verdict_uses_the_best_repaired_row_at_the_target_sparsity():
     assert "missed" in decoder.verdict(rows) and "+16.0%" in decoder.verdict(rows)
     assert decoder.uses_calibration("l2+repair") and decoder.uses_calibration("fluctuation@standardized")
     assert not decoder.uses_calibration("l2@global")
+
+
+def test_shared_kept_rows_returns_the_previous_data(tmp_path):
+    import engine_speed
+
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps({"peer": {"available": True}, "created": "2026-11-30",
+                                "rows": [_row("peer", 0.3, 0.6), _row("l2", 0.3, 0.7)]}))
+    rows, previous = engine_speed.kept_rows(path, {("peer", 0.3)})
+    assert [r["name"] for r in rows] == ["l2"] and rows[0]["measured"] == "2026-11-30"
+    assert previous["peer"] == {"available": True}
+    assert engine_speed.kept_rows(tmp_path / "none.json", set()) == ([], {})
+
+
+def test_decoder_markdown_says_which_rows_used_calibration():
+    common = {"params": 1e6, "tokens_per_s": 10.0, "generations": ["Paris"]}
+    rows = [{"criterion": "dense", "sparsity": 0.0, "perplexity": 10.0, **common},
+            {"criterion": "l2", "sparsity": 0.2, "perplexity": 20.0, "calibration": "64 reviews", **common},
+            {"criterion": "l2+repair", "sparsity": 0.2, "perplexity": 11.47, "calibration": "64 reviews",
+             **common}]
+    lines = decoder.markdown(rows).splitlines()[2:]
+    assert lines[0].startswith("| dense | 0.0 | none |")
+    assert lines[1].startswith("| l2 | 0.2 | none |") and "+100.0%" in lines[1]
+    assert lines[2].startswith("| l2+repair | 0.2 | 64 reviews |") and "+14.7%" in lines[2]

@@ -459,3 +459,16 @@ def test_activation_prunes_real_minilm_exactly(minilm_onnx_dir, tmp_path):
     out = pruner.prune(config, tmp_path / "pruned", calibration=calibration)
     result = verify(minilm_onnx_dir, out)
     assert result.exact, result.outputs
+
+
+def test_criterion_class_names_every_criterion_and_its_use_of_calibration():
+    from optimum_prune.configuration import IMPORTANCE_CRITERIA
+    from optimum_prune.importance import criterion_class
+
+    data_driven = {n for n in IMPORTANCE_CRITERIA if criterion_class(n)[0].uses_calibration}
+    assert data_driven == {"activation", "fluctuation", "obs", "fidelity"}
+    assert criterion_class("l1")[1] == {"p": 1}
+    criterion_class("l2")[1]["p"] = 9  # a copy: the registry is unchanged
+    assert criterion_class("l2")[1] == {"p": 2}
+    with pytest.raises(ConfigError, match="unknown importance criterion 'nope'"):
+        criterion_class("nope")

@@ -18,6 +18,8 @@ change their options.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import IMPORTANCE_CRITERIA
@@ -37,11 +39,35 @@ __all__ = [
     "MagnitudeImportance",
     "OBSImportance",
     "TreeImportance",
+    "criterion_class",
     "get_importance",
     "leaf_inputs",
     "obs_saliency",
     "producer_root",
 ]
+
+
+_CRITERIA: Mapping[str, tuple[type[Importance], Mapping[str, object]]] = MappingProxyType({
+    "l2": (MagnitudeImportance, {"p": 2}), "l1": (MagnitudeImportance, {"p": 1}),
+    "tree": (TreeImportance, {}),
+    "activation": (ActivationImportance, {}),
+    "fluctuation": (FluctuationImportance, {}),
+    "obs": (OBSImportance, {}),
+    "fidelity": (FidelityImportance, {}),
+})
+
+
+def criterion_class(name: str) -> tuple[type[Importance], dict]:
+    """The class of the criterion called ``name`` and the options its name fixes (``p`` for ``l1`` /
+    ``l2``); ``cls.uses_calibration`` says whether it takes calibration data.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    if name not in _CRITERIA:
+        raise ConfigError(f"unknown importance criterion {name!r}; allowed: {IMPORTANCE_CRITERIA}")
+    cls, fixed = _CRITERIA[name]
+    return cls, dict(fixed)
 
 
 def get_importance(name: str, calibration: CalibrationData | None = None, **options) -> Importance:
@@ -58,17 +84,9 @@ def get_importance(name: str, calibration: CalibrationData | None = None, **opti
     Raises:
         ConfigError: unknown name, or ``activation`` without calibration data.
     """
-    classes: dict[str, tuple[type, dict]] = {
-        "l2": (MagnitudeImportance, {"p": 2}), "l1": (MagnitudeImportance, {"p": 1}),
-        "tree": (TreeImportance, {}),
-        "activation": (ActivationImportance, {"calibration": calibration}),
-        "fluctuation": (FluctuationImportance, {"calibration": calibration}),
-        "obs": (OBSImportance, {"calibration": calibration}),
-        "fidelity": (FidelityImportance, {"calibration": calibration}),
-    }
-    if name not in classes:
-        raise ConfigError(f"unknown importance criterion {name!r}; allowed: {IMPORTANCE_CRITERIA}")
-    cls, defaults = classes[name]
+    cls, defaults = criterion_class(name)
+    if cls.uses_calibration:
+        defaults = {**defaults, "calibration": calibration}
     clash = sorted(set(options) & set(defaults))
     if clash:
         raise ConfigError(f"importance_options cannot set {clash} for {name!r} (chosen by the name / the "
