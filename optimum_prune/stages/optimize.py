@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from optimum_prune.errors import ConfigError
 from optimum_prune.stages.base import MODEL_FILE, Stage, StageConfig, find_model_file
 
 LEVELS = ("O1", "O2", "O3")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -24,16 +28,23 @@ class OptimizeConfig(StageConfig):
             (plus transformer fusions: Attention, SkipLayerNormalization, BiasGelu, ...), ``O3`` (plus
             approximate GELU). ``O4`` (fp16, GPU only) is not offered.
         options: further ``OptimizationConfig`` fields, e.g. ``{"disable_attention_fusion": true}``.
+        hoist_gathers: after the fusions, move constant-index ``Gather`` ops (first-token pooling)
+            above the token-wise ops that feed them, so those run on the read positions only
+            (:func:`optimum_prune.passes.token_gather.hoist_token_gathers`; exact). The result is
+            checked against the fused model on generated inputs and dropped if it differs.
     """
 
     level: str = "O2"
     options: dict = dataclasses.field(default_factory=dict)
+    hoist_gathers: bool = True
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ConfigError(f"optimize level must be one of {LEVELS}; got {self.level!r}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"optimize options must be a mapping; got {self.options!r}")
+        if not isinstance(self.hoist_gathers, bool):
+            raise ConfigError(f"optimize hoist_gathers must be true or false; got {self.hoist_gathers!r}")
 
 
 class OptimizeStage(Stage):
@@ -60,7 +71,55 @@ class OptimizeStage(Stage):
             raise ConfigError(f"ORTOptimizer wrote {[p.name for p in produced]} in {output_dir}")
         if produced[0].name != MODEL_FILE:
             produced[0].rename(output_dir / MODEL_FILE)
-        return {"fused_ops": _contrib_ops(output_dir / MODEL_FILE)}
+        metrics: dict[str, Any] = {"fused_ops": _contrib_ops(output_dir / MODEL_FILE)}
+        if self.config.hoist_gathers:
+            metrics["hoisted_gathers"] = hoist_gathers_in_file(output_dir / MODEL_FILE)
+        return metrics
+
+
+def hoist_gathers_in_file(path: Path, *, rtol: float = 1e-4) -> dict[str, Any]:
+    """Apply :func:`~optimum_prune.passes.token_gather.hoist_token_gathers` to the model file ``path``.
+
+    The rewritten model must give the same outputs as the file on generated inputs (two rows of 16
+    tokens; ``rtol`` relative to each output's largest magnitude) and pass the checker and an ONNX
+    Runtime run; it then replaces the file (atomically, with its external data if it has any).
+    Otherwise the file is left as it is and the returned report says why (``"kept": false``).
+    """
+    import numpy as np
+
+    from optimum_prune.graph import load_model, save_model_atomic
+    from optimum_prune.passes.token_gather import hoist_token_gathers
+    from optimum_prune.passes.validate import make_session, validate_model_file
+    from optimum_prune.runtime import generate_feeds
+
+    model = load_model(path)
+    report = hoist_token_gathers(model)
+    result: dict[str, Any] = {**report.to_dict(), "kept": False}
+    if not report.moved:
+        return result
+    scratch = Path(tempfile.mkdtemp(prefix=".hoist-", dir=path.parent))
+    try:
+        written = save_model_atomic(model, scratch / path.name)
+        validate_model_file(written.path, source=path)
+        before, after = make_session(path), make_session(written.path)
+        feeds = generate_feeds(before, load_model(path), rows=2, length=16)
+        outputs = zip(before.get_outputs(), before.run(None, feeds), after.run(None, feeds), strict=True)
+        for meta, x, y in outputs:
+            scale = max(float(np.max(np.abs(x))), 1e-12) if np.size(x) else 1.0
+            diff = float(np.max(np.abs(np.asarray(x, np.float64) - y))) if np.size(x) else 0.0
+            if diff > rtol * scale:
+                result["reason"] = (f"output {meta.name!r} changed by {diff:.3g} (largest magnitude "
+                                    f"{scale:.3g}); the model was left unhoisted")
+                logger.warning("hoisting Gathers in %s: %s", path, result["reason"])
+                return result
+        del before, after
+        if written.data_path is not None:
+            os.replace(written.data_path, path.parent / written.data_path.name)
+        os.replace(written.path, path)
+        result["kept"] = True
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _PrunedAttentionWarning(logging.Filter):
