@@ -123,7 +123,8 @@ def verdicts(data: dict) -> list[str]:
         out.append(_int8_verdict("50% cut + KD + fusions (no hoist) + INT8", rows["kd-fused-nohoist-int8"],
                                  teacher))
     if "kd-fused-int8" in rows:
-        out.append(_int8_verdict("50% cut + KD + fusions + Gather hoist + INT8", rows["kd-fused-int8"], teacher))
+        out.append(_int8_verdict("50% cut + KD + fusions + Gather hoist + INT8", rows["kd-fused-int8"],
+                                 teacher))
     if "deep-kd-fused-int8" in rows:
         deep = data["pruning"].get("deep_sparsity")
         label = f"beyond the issue, {round(100 * deep)}% cut + KD + fusions + INT8" if deep else "deeper cut"

@@ -42,6 +42,12 @@ class RecoveryConfig:
             absorb the difference between the dense and the pruned model's residual input (the layer
             then corrects the error carried from upstream, not only its own).
         max_tensors_per_run: tensors captured per ONNX Runtime run (non-sequential capture).
+        cv_folds: 0 (default): every consumer uses ``damp``. ``k >= 2``: each consumer picks its own
+            ridge strength from ``damp_grid`` by ``k``-fold cross-validation over the calibration batches
+            (batch ``i`` in fold ``i % k``): the value whose fits on ``k - 1`` folds reconstruct the
+            held-out fold's layer output best, then refitted on all of them. Needs ``method="lstsq"``
+            and at least ``k`` calibration batches; the statistics are held once per fold.
+        damp_grid: the ridge strengths ``cv_folds`` chooses from (relative, as ``damp``).
     """
 
     method: str = "lstsq"
@@ -52,6 +58,8 @@ class RecoveryConfig:
     bias: bool = True
     residual: bool = True
     max_tensors_per_run: int = 16
+    cv_folds: int = 0
+    damp_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
     def __post_init__(self) -> None:
         if self.method not in RECOVERY_METHODS:
@@ -69,12 +77,28 @@ class RecoveryConfig:
                 or self.max_tensors_per_run < 1):
             raise ConfigError("RecoveryConfig.max_tensors_per_run must be an integer >= 1, got "
                               f"{self.max_tensors_per_run!r}")
+        if (isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int) or self.cv_folds < 0
+                or self.cv_folds == 1):
+            raise ConfigError("RecoveryConfig.cv_folds must be 0 (off) or an integer >= 2, got "
+                              f"{self.cv_folds!r}")
+        if self.cv_folds and self.method != "lstsq":
+            raise ConfigError(f"RecoveryConfig.cv_folds chooses the ridge of method 'lstsq'; method "
+                              f"{self.method!r} has none: set cv_folds=0 or method='lstsq'")
+        grid = self.damp_grid
+        if isinstance(grid, list):  # from YAML / JSON
+            grid = tuple(grid)
+            object.__setattr__(self, "damp_grid", grid)
+        if (not isinstance(grid, tuple) or not grid
+                or any(isinstance(d, bool) or not isinstance(d, int | float) or not d > 0 for d in grid)):
+            raise ConfigError(f"RecoveryConfig.damp_grid must be a non-empty list of numbers > 0, "
+                              f"got {grid!r}")
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""
         return {"method": self.method, "damp": self.damp, "prior": self.prior, "ridge": self.ridge,
                 "sequential": self.sequential,
-                "bias": self.bias, "residual": self.residual, "max_tensors_per_run": self.max_tensors_per_run}
+                "bias": self.bias, "residual": self.residual, "max_tensors_per_run": self.max_tensors_per_run,
+                "cv_folds": self.cv_folds, "damp_grid": list(self.damp_grid)}
 
     @classmethod
     def from_dict(cls, d: dict) -> RecoveryConfig:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -104,6 +104,31 @@ class RepairStats:
             self.se += e.sum(axis=0, dtype=np.float64)
             self.ee += float(np.einsum("ij,ij->", e, e, dtype=np.float64))
 
+    def minus(self, other: RepairStats) -> RepairStats:
+        """These statistics without ``other``'s rows (``other`` accumulated over a subset of them)."""
+        if self.gp is self.cross and self.cross is self.gd and other.gp is other.cross:
+            return RepairStats.dense(self.gp - other.gp, self.sp - other.sp, self.count - other.count)
+        out = RepairStats(count=self.count - other.count, ee=self.ee - other.ee)
+        for name in ("gp", "cross", "gd", "sp", "sd", "pe", "de", "se"):
+            a, b = getattr(self, name), getattr(other, name)
+            setattr(out, name, None if a is None else (a - b if b is not None else a.copy()))
+        return out
+
+    @classmethod
+    def summed(cls, parts: Sequence[RepairStats]) -> RepairStats:
+        """The statistics of all of ``parts``' rows together."""
+        if all(p.gp is p.cross and p.cross is p.gd for p in parts):
+            grams = [p.gp for p in parts if p.gp is not None]
+            if not grams:
+                return RepairStats()
+            sums = [p.sp for p in parts if p.sp is not None]
+            return RepairStats.dense(np.sum(grams, axis=0), np.sum(sums, axis=0), sum(p.count for p in parts))
+        out = RepairStats(count=sum(p.count for p in parts), ee=sum(p.ee for p in parts))
+        for name in ("gp", "cross", "gd", "sp", "sd", "pe", "de", "se"):
+            arrays = [getattr(p, name) for p in parts if getattr(p, name) is not None]
+            setattr(out, name, np.sum(arrays, axis=0) if arrays else None)
+        return out
+
     @classmethod
     def dense(cls, gram: np.ndarray, total: np.ndarray, count: int) -> RepairStats:
         """Statistics where the pruned-model input equals the dense one (non-sequential repair)."""
@@ -125,12 +150,16 @@ class RepairRecord:
     rows: int
     error_before: float
     error_after: float
+    damp: float | None = None  # the cross-validated ridge strength (cv_folds), else None
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""
-        return {"node": self.node, "weight": self.weight, "axis": self.axis, "bias": self.bias,
-                "bias_created": self.bias_created, "kept": self.kept, "rows": self.rows,
-                "error_before": round(self.error_before, 6), "error_after": round(self.error_after, 6)}
+        out = {"node": self.node, "weight": self.weight, "axis": self.axis, "bias": self.bias,
+               "bias_created": self.bias_created, "kept": self.kept, "rows": self.rows,
+               "error_before": round(self.error_before, 6), "error_after": round(self.error_after, 6)}
+        if self.damp is not None:
+            out["damp"] = self.damp
+        return out
 
 
 @dataclass
@@ -270,6 +299,41 @@ def insert_bias(model: ir.Model, node: ir.Node, name: str, arr: np.ndarray) -> i
 # solving
 
 
+@dataclass
+class _Terms:
+    """The quadratic form of one consumer's output error ``||T - X'_S W' - 1 d||^2`` on some statistics:
+    ``gss = X'_S^T X'_S``, ``sps = 1^T X'_S``, ``cross = X'_S^T T``, ``tsum = 1^T T``, ``total = ||T||^2``."""
+
+    n: int
+    gss: np.ndarray
+    sps: np.ndarray
+    cross: np.ndarray
+    tsum: np.ndarray
+    total: float
+
+    def error(self, wk: np.ndarray, d: np.ndarray) -> float:
+        """The absolute squared output error of kept rows ``wk`` and bias correction ``d``."""
+        quad = float(np.sum(wk * (self.gss @ wk))) + 2.0 * float((self.sps @ wk) @ d) + self.n * float(d @ d)
+        lin = float(np.sum(wk * self.cross)) + float(d @ self.tsum)
+        return max(self.total - 2.0 * lin + quad, 0.0)
+
+    @property
+    def centred(self) -> float:
+        return self.total - float(self.tsum @ self.tsum) / max(self.n, 1)
+
+
+def _terms(stats: RepairStats, w: np.ndarray, s: np.ndarray) -> _Terms:
+    """The error terms of keeping rows ``s`` of ``w`` (float64, rows x outputs) under ``stats``."""
+    target_cross = stats.cross[s] @ w  # X'_S^T T with T = X W (+ E)
+    target_sum = stats.sd @ w  # 1^T T
+    total = float(np.sum(w * (stats.gd @ w)))  # ||T||^2
+    if stats.pe is not None and stats.pe.shape[1] == w.shape[1]:
+        target_cross = target_cross + stats.pe[s]
+        target_sum = target_sum + stats.se
+        total += 2.0 * float(np.sum(w * stats.de)) + stats.ee
+    return _Terms(max(stats.count, 1), stats.gp[np.ix_(s, s)], stats.sp[s], target_cross, target_sum, total)
+
+
 def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryConfig
           ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Refit the kept rows of ``w`` (rows x outputs) and a bias correction from ``stats``.
@@ -278,24 +342,14 @@ def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryC
     relative squared output errors before (kept rows unchanged, no correction) and after.
     """
     s = np.flatnonzero(keep)
-    n = max(stats.count, 1)
     w = np.asarray(w, dtype=np.float64)
     ws = w[s]
-    target_cross = stats.cross[s] @ w  # X'_S^T T with T = X W (+ E)
-    target_sum = stats.sd @ w  # 1^T T
-    total = float(np.sum(w * (stats.gd @ w)))  # ||T||^2
-    if stats.pe is not None and stats.pe.shape[1] == w.shape[1]:
-        target_cross = target_cross + stats.pe[s]
-        target_sum = target_sum + stats.se
-        total += 2.0 * float(np.sum(w * stats.de)) + stats.ee
-    centred = total - float(target_sum @ target_sum) / n
-    gss = stats.gp[np.ix_(s, s)]
-    sps = stats.sp[s]
+    t = _terms(stats, w, s)
+    n, gss, sps, target_cross, target_sum = t.n, t.gss, t.sps, t.cross, t.tsum
+    centred = t.centred
 
     def error(wk: np.ndarray, d: np.ndarray) -> float:
-        quad = float(np.sum(wk * (gss @ wk))) + 2.0 * float((sps @ wk) @ d) + n * float(d @ d)
-        lin = float(np.sum(wk * target_cross)) + float(d @ target_sum)
-        return max(total - 2.0 * lin + quad, 0.0) / max(centred, 1e-30)
+        return t.error(wk, d) / max(centred, 1e-30)
 
     before = error(ws, np.zeros(w.shape[1]))
     if config.method == "bias":
@@ -332,6 +386,54 @@ def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryC
     if not after < before:  # an ill-conditioned solve never makes a layer worse
         return ws, np.zeros(w.shape[1]), before, before
     return wk, d, before, after
+
+
+def cross_validated_damp(folds: Sequence[RepairStats], total: RepairStats, w: np.ndarray, keep: np.ndarray,
+                         config: RecoveryConfig) -> tuple[float, dict[float, float]]:
+    """The ridge strength of ``config.damp_grid`` whose fits on all folds but one reconstruct the left-out
+    fold best, summed over the folds (``total`` is the sum of ``folds``).
+
+    Each training fit is the ``lstsq`` solution of :func:`solve` (bias eliminated by centring, which is
+    the same solution); one eigendecomposition per fold serves every grid value. Returns the chosen
+    value and the cross-validated error of each, relative to the layer's centred output energy.
+    """
+    s = np.flatnonzero(keep)
+    w = np.asarray(w, dtype=np.float64)
+    ws = w[s]
+    cv = dict.fromkeys(config.damp_grid, 0.0)
+    for held in folds:
+        train = total.minus(held)
+        th = _terms(held, w, s)
+        for damp, wk, d in _ridge_path(_terms(train, w, s), ws, config):
+            cv[damp] += th.error(wk, d)
+    energy = sum(max(_terms(f, w, s).centred, 0.0) for f in folds)
+    cv = {k: v / max(energy, 1e-30) for k, v in cv.items()}
+    return min(config.damp_grid, key=lambda d: (cv[d], d)), cv
+
+
+def _ridge_path(t: _Terms, ws: np.ndarray, config: RecoveryConfig):
+    """``(damp, w_kept, d)`` of the ``lstsq`` fit for every value of ``config.damp_grid``, from one
+    eigendecomposition: with the bias eliminated by centring and the ridge scale ``D`` (``mean(diag)`` or
+    ``diag`` of the Gram matrix) folded in, ``(D^-1/2 A D^-1/2 + damp I) D^1/2 W' = D^-1/2 B + damp D^1/2 P``.
+    """
+    a, b = t.gss, t.cross
+    if config.bias:
+        a = a - np.outer(t.sps, t.sps) / t.n
+        b = b - np.outer(t.sps, t.tsum) / t.n
+    k = ws.shape[0]
+    mean_diag = max(float(np.trace(t.gss)) / max(k, 1), 1e-30)
+    if config.ridge == "diagonal":
+        scale = np.maximum(np.diag(t.gss), 1e-12 * mean_diag)
+    else:
+        scale = np.full(k, mean_diag)
+    r = 1.0 / np.sqrt(scale)
+    evals, q = np.linalg.eigh(a * r[:, None] * r[None, :])
+    qb = q.T @ (b * r[:, None])
+    qp = q.T @ (ws * np.sqrt(scale)[:, None]) if config.prior == "kept" else np.zeros_like(qb)
+    for damp in config.damp_grid:
+        wk = (q @ ((qb + damp * qp) / np.maximum(evals + damp, 1e-12)[:, None])) * r[:, None]
+        d = (t.tsum - t.sps @ wk) / t.n if config.bias else np.zeros(ws.shape[1])
+        yield damp, wk, d
 
 
 def _solve_mask(gss: np.ndarray, sps: np.ndarray, n: int, ws: np.ndarray, target_cross: np.ndarray,
@@ -460,13 +562,14 @@ class _PairCapture:
         """Release the dense session."""
         self._stack.close()
 
-    def stage(self, current: ir.Model, stage: list[Consumer]) -> dict[str, RepairStats]:
-        """Statistics of ``stage``'s consumers, keyed by node name."""
+    def stage(self, current: ir.Model, stage: list[Consumer], folds: int = 1) -> dict[str, list[RepairStats]]:
+        """Statistics of ``stage``'s consumers, keyed by node name: one per fold (batch ``i`` in fold
+        ``i % folds``)."""
         names = {c.activation for c in stage} | {c.residual for c in stage if self.residual and c.residual}
         fetch = sorted(n for n in names if n not in self.inputs)
-        stats = {c.node.name: RepairStats() for c in stage}
+        stats = {c.node.name: [RepairStats() for _ in range(folds)] for c in stage}
         with ort_session(_with_outputs(current, fetch)) as sc:
-            for batch in self.calibration.batches():
+            for index, batch in enumerate(self.calibration.batches()):
                 fd, fc = complete_feeds(self.dense, batch), complete_feeds(sc, batch)
                 od = dict(zip(fetch, self.dense.run(fetch, fd), strict=True)) if fetch else {}
                 oc = dict(zip(fetch, sc.run(fetch, fc), strict=True)) if fetch else {}
@@ -479,7 +582,7 @@ class _PairCapture:
                     e = None
                     if self.residual and c.residual:
                         e = _rows_of(od[c.residual], -1, valid) - _rows_of(oc[c.residual], -1, valid)
-                    stats[c.node.name].add(xc, xd, e)
+                    stats[c.node.name][index % folds].add(xc, xd, e)
         return stats
 
 
@@ -511,6 +614,11 @@ def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, s
     if not consumers:
         return report
     values = values_by_name(model)
+    folds = max(config.cv_folds, 1)
+    if config.cv_folds and len(calibration) < config.cv_folds:
+        raise ConfigError(f"RecoveryConfig(cv_folds={config.cv_folds}) needs at least {config.cv_folds} "
+                          f"calibration batches, got {len(calibration)}: use more samples, a smaller "
+                          "CalibrationConfig.batch_size, or fewer folds")
     if config.sequential:
         stages = _stages(consumers, values)
         capture = _PairCapture(model.clone(), calibration, consumers, config.residual)
@@ -518,8 +626,12 @@ def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, s
         stages = [consumers]
         requests = sorted({StatRequest(c.activation, c.act_axis, gram=True) for c in consumers},
                           key=lambda r: (r.name, r.axis))
-        captured = capture_activations(model, calibration, requests, shapes=shapes,
-                                       max_tensors_per_run=config.max_tensors_per_run)
+        batches = list(calibration.batches())
+        parts = [calibration] if folds == 1 else [
+            CalibrationData(batches[f::folds], calibration.config, source=calibration.source)
+            for f in range(folds)]
+        captured = [capture_activations(model, part, requests, shapes=shapes,
+                                        max_tensors_per_run=config.max_tensors_per_run) for part in parts]
     report.stages = len(stages)
     try:
         _repair_stages(model, stages, config, report, capture if config.sequential else None,
@@ -531,29 +643,36 @@ def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, s
 
 
 def _repair_stages(model: ir.Model, stages: list[list[Consumer]], config: RecoveryConfig,
-                   report: RepairReport, capture: _PairCapture | None, captured: dict | None) -> None:
+                   report: RepairReport, capture: _PairCapture | None, captured: list[dict] | None) -> None:
+    folds = max(config.cv_folds, 1)
     for stage in stages:
         if capture is not None:
-            pair_stats = capture.stage(model, stage)
+            pair_stats = capture.stage(model, stage, folds)
         for c in stage:
             if capture is not None:
-                st = pair_stats[c.node.name]
+                parts = pair_stats[c.node.name]
             else:
-                cs = captured[(c.activation, c.act_axis)]
-                st = RepairStats.dense(cs.gram, cs.sum, cs.count)
+                parts = [RepairStats.dense(cs.gram, cs.sum, cs.count)
+                         for cs in (fold[(c.activation, c.act_axis)] for fold in captured)]
+            st = parts[0] if len(parts) == 1 else RepairStats.summed(parts)
             w_rows = _as_rows(c.weight.const_value.numpy(), c.axis)
             if st.gp is None or st.gp.shape[0] != w_rows.shape[0]:
                 report.skipped.append(f"{c.node.name}: input has {None if st.gp is None else st.gp.shape[0]} "
                                       f"channels, weight {w_rows.shape[0]} rows")
                 continue
             keep = ~c.removed
-            wk, d, before, after = solve(st, w_rows, keep, config)
+            fit = config
+            damp = None
+            if config.cv_folds:
+                damp, _ = cross_validated_damp(parts, st, w_rows, keep, config)
+                fit = replace(config, damp=damp)
+            wk, d, before, after = solve(st, w_rows, keep, fit)
             new = np.zeros_like(w_rows)
             new[keep] = wk
             bias_name, created = _write(c, model, new, d, config)
             report.records.append(RepairRecord(c.node.name, c.weight.name, c.axis, bias_name, created,
-                                               int(keep.sum()), int(keep.size), before, after))
+                                               int(keep.sum()), int(keep.size), before, after, damp))
 
 
-__all__ = ["Consumer", "RepairRecord", "RepairReport", "RepairStats", "find_consumers", "insert_bias",
-           "repair", "solve"]
+__all__ = ["Consumer", "RepairRecord", "RepairReport", "RepairStats", "cross_validated_damp",
+           "find_consumers", "insert_bias", "repair", "solve"]

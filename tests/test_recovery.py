@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optimum_prune import ConfigError, ORTPruner, PruningConfig, verify
 from optimum_prune.calibration import CalibrationConfig, CalibrationData
 from optimum_prune.configuration import RecoveryConfig
-from optimum_prune.recovery import RepairStats, solve
+from optimum_prune.recovery import RepairStats, _ridge_path, _terms, cross_validated_damp, solve
 from optimum_prune.verify import RELATIVE_TOLERANCE
 from test_criteria import (
     _sentences,
@@ -155,8 +155,93 @@ def test_solve_with_dense_statistics_is_the_closed_form():
     assert after == pytest.approx(np.sum(res ** 2) / np.sum(centred ** 2), rel=1e-6)
 
 
+@pytest.mark.parametrize("ridge, prior, bias", [("identity", "kept", True), ("diagonal", "zero", True),
+                                               ("identity", "zero", False), ("diagonal", "kept", False)])
+def test_the_ridge_path_is_the_solve_solution_at_every_grid_value(ridge, prior, bias):
+    """Cross-validation fits every grid value from one eigendecomposition (bias eliminated by centring):
+    the same rows and bias as :func:`solve`'s joint system."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((150, 7)) @ rng.standard_normal((7, 7)) + 0.5
+    w = rng.standard_normal((7, 3))
+    keep = np.array([True, False, True, True, False, True, True])
+    st = RepairStats()
+    st.add(x, x)
+    config = RecoveryConfig(ridge=ridge, prior=prior, bias=bias, damp_grid=(0.01, 0.3, 5.0))
+    s = np.flatnonzero(keep)
+    for damp, wk, d in _ridge_path(_terms(st, w, s), w[s], config):
+        ref_w, ref_d, _, _ = solve(st, w, keep, dataclasses.replace(config, damp=damp))
+        np.testing.assert_allclose(wk, ref_w, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(d, ref_d, rtol=1e-7, atol=1e-9)
+
+
+def _folds(x, y_noise, rng, folds=4):
+    """RepairStats per fold of rows of x whose target is x @ w plus noise carried as the residual term."""
+    parts = []
+    for xs, es in zip(np.array_split(x, folds), np.array_split(y_noise, folds), strict=True):
+        st = RepairStats()
+        st.add(xs, xs, es)
+        parts.append(st)
+    return parts
+
+
+def test_cross_validation_picks_a_weak_ridge_for_plentiful_data_and_a_strong_one_for_scarce_data():
+    rng = np.random.default_rng(0)
+    k, out = 12, 4
+    w = rng.standard_normal((k, out))
+    keep = np.ones(k, bool)
+    keep[::3] = False
+    config = RecoveryConfig(cv_folds=4)
+    # plentiful rows, correlated channels, a noise-free target: the removed rows are predictable
+    mix = rng.standard_normal((k, k))
+    x = rng.standard_normal((4000, k)) @ mix
+    parts = _folds(x, np.zeros((4000, out)), rng)
+    plentiful, cv = cross_validated_damp(parts, RepairStats.summed(parts), w, keep, config)
+    assert plentiful == min(config.damp_grid) and cv[plentiful] < cv[max(config.damp_grid)]
+    # as many rows as channels and a target drowned in noise: only a strong ridge generalises
+    x = rng.standard_normal((24, k)) @ mix
+    parts = _folds(x, 20.0 * rng.standard_normal((24, out)), rng)
+    scarce, cv = cross_validated_damp(parts, RepairStats.summed(parts), w, keep, config)
+    assert scarce >= 1.0 and cv[scarce] < cv[min(config.damp_grid)]
+
+
+def test_summed_and_minus_are_inverse():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 5))
+    parts = _folds(x, rng.standard_normal((40, 2)), rng)
+    total = RepairStats.summed(parts)
+    rest = total.minus(parts[0])
+    again = RepairStats.summed(parts[1:])
+    for name in ("gp", "cross", "gd", "sp", "sd", "pe", "de", "se"):
+        np.testing.assert_allclose(getattr(rest, name), getattr(again, name), atol=1e-9)
+    assert rest.count == again.count and rest.ee == pytest.approx(again.ee)
+    dense = [RepairStats.dense(x[:20].T @ x[:20], x[:20].sum(0), 20), RepairStats.dense(x[20:].T @ x[20:],
+                                                                                           x[20:].sum(0), 20)]
+    both = RepairStats.summed(dense)
+    assert both.gp is both.cross is both.gd and both.count == 40
+
+
+def test_cross_validated_repair_records_each_consumers_damp(tmp_path):
+    w1, b1, w2, b2 = _weights()
+    folder = _mlp(tmp_path, w1, b1, w2, b2)
+    calibration = CalibrationData.from_feeds(_feeds(batches=4), CalibrationConfig(batch_size=4))
+    held_out = _feeds(seed=7)
+    dense = _run(folder / "model.onnx", held_out)
+    plain = _run(_prune(folder, tmp_path / "plain", False) / "model.onnx", held_out)
+    for sequential in (False, True):
+        config = RecoveryConfig(cv_folds=2, sequential=sequential, damp_grid=(0.01, 0.1, 1.0))
+        out = _prune(folder, tmp_path / f"cv-{sequential}", config, calibration=calibration)
+        (rec,) = json.loads((out / "report.json").read_text())["stages"][-1]["repair"]["records"]
+        assert rec["damp"] in (0.01, 0.1, 1.0) and rec["error_after"] < rec["error_before"]
+        repaired = _run(out / "model.onnx", held_out)
+        assert np.sum((repaired - dense) ** 2) < np.sum((plain - dense) ** 2)
+    with pytest.raises(ConfigError, match="at least 8 calibration batches"):
+        _prune(folder, tmp_path / "too-few", RecoveryConfig(cv_folds=8), calibration=calibration)
+
+
 @pytest.mark.parametrize("bad", [dict(method="newton"), dict(damp=-1.0), dict(prior="one"), dict(ridge="x"),
-                                 dict(sequential=1), dict(max_tensors_per_run=0)])
+                                 dict(sequential=1), dict(max_tensors_per_run=0), dict(cv_folds=1),
+                                 dict(cv_folds=-2), dict(cv_folds=3, method="mask"), dict(damp_grid=()),
+                                 dict(damp_grid=(0.1, 0.0)), dict(damp_grid="0.1")])
 def test_recovery_config_is_validated(bad):
     with pytest.raises(ConfigError):
         RecoveryConfig(**bad)
