@@ -208,6 +208,39 @@ def fused(onnx_dir: Path, dest: Path) -> Path:
 
 PEER_NAME = "peer: onnxsim structured + heads (fused)"
 
+# (tokens per row, rows) of the generated repair data
+GENERATED_SWEEP = [(128, 128), (64, 128), (32, 128), (128, 512), (64, 512), (32, 512), (16, 1024), (32, 1024)]
+
+
+def generated_sweep(onnx_dir: Path, out_root: Path, tokenizer, held: list[str], dense: np.ndarray,
+                    sparsities: list[float]) -> list[dict]:
+    """``fidelity(rounds=1) + repair (generated)`` with other shapes of generated repair data: the pruner's
+    data-free default (``optimum_prune.pruner.GENERATED_REPAIR_DATA``) patched for each run, the pruning
+    otherwise as in the main table."""
+    from unittest import mock
+
+    import optimum_prune.pruner as pruner_module
+    from optimum_prune import CalibrationConfig, ORTPruner, PruningConfig
+
+    rows = []
+    for sparsity, (length, samples) in ((s, g) for s in sparsities for g in GENERATED_SWEEP):
+        config = PruningConfig(sparsity=sparsity, scope=("ffn", "heads"), importance="fidelity",
+                               importance_options={"rounds": 1}, recover=True)
+        out = out_root / f"generated-{sparsity:.2f}-{length}x{samples}"
+        start = time.perf_counter()
+        with mock.patch.object(pruner_module, "GENERATED_REPAIR_DATA",
+                               CalibrationConfig(num_samples=samples, max_length=length)):
+            ORTPruner.from_pretrained(onnx_dir).prune(config, out)
+        cos = (embeddings(out / "model.onnx", tokenizer, held) * dense).sum(axis=1)
+        rows.append({"tokens_per_row": length, "rows": samples, "sparsity": sparsity,
+                     "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+                     "prune_s": round(time.perf_counter() - start, 1),
+                     "default": (samples, length) == (pruner_module.GENERATED_REPAIR_DATA.num_samples,
+                                                      pruner_module.GENERATED_REPAIR_DATA.max_length)})
+        print(f"{int(sparsity * 100)}% generated {length:>3} x {samples:>4}: cos {cos.mean():.4f}",
+              flush=True)
+    return rows
+
 
 def peer_rows(onnx_dir: Path, out_root: Path, tokenizer, held: list[str], dense: np.ndarray,
               sparsities: list[float], repeat: int) -> tuple[dict, list[dict]]:
@@ -273,6 +306,21 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_markdown(sweep: list[dict]) -> str:
+    """The generated-data sweep as a table: one row per data shape, one column per sparsity."""
+    sparsities = sorted({r["sparsity"] for r in sweep})
+    shapes = list(dict.fromkeys((r["tokens_per_row"], r["rows"]) for r in sweep))
+    cos = {(r["tokens_per_row"], r["rows"], r["sparsity"]): r for r in sweep}
+    head = " | ".join(f"{round(100 * s)}%: cos mean" for s in sparsities)
+    lines = [f"| generated repair data (rows x tokens) | {head} |", "|---|" + "---:|" * len(sparsities)]
+    for length, rows in shapes:
+        default = any(r.get("default") for r in sweep if (r["tokens_per_row"], r["rows"]) == (length, rows))
+        cells = " | ".join(f"{cos[(length, rows, s)]['cos_mean']:.3f}" if (length, rows, s) in cos else "-"
+                           for s in sparsities)
+        lines.append(f"| {rows} x {length}{' (default)' if default else ''} | {cells} |")
+    return "\n".join(lines)
+
+
 def _data_kind(r: dict) -> str:
     if r["data"] == "calibration" or r["repair"] == "calibration":
         return "calibration"
@@ -331,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="TEXT",
                         help="run only the rows whose name contains one of these (e.g. 'peer', "
                              "'standardized') and keep the other rows of the existing results JSON")
+    parser.add_argument("--generated-sweep", action="store_true",
+                        help="also rerun the sweep over the shape of the generated (data-free) repair data")
     args = parser.parse_args(argv)
     if args.only and args.quick:
         parser.error("--only and --quick do not combine")
@@ -405,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"(min {row['cos_min']:.3f}) {row['speedup']:.2f}x", flush=True)
     elif args.quick:
         data["peer"] = {"available": None, "reason": "skipped by --quick"}
+    if args.generated_sweep:
+        data["generated_sweep"] = generated_sweep(onnx_dir, out_root, tokenizer, held, dense, args.sparsities)
+    elif not args.quick and (RESULTS / "quality.json").is_file():
+        data["generated_sweep"] = json.loads((RESULTS / "quality.json").read_text()).get("generated_sweep")
     # rows in the order of a full run (the names do not depend on the sparsity), the peer last
     order = {label(r): i for i, r in enumerate(specs(args.sparsities[0], args.quick))}
     data["rows"].sort(key=lambda row: (row["name"] == PEER_NAME, row["sparsity"],

@@ -106,6 +106,10 @@ def _quality() -> str | None:
     else:
         lines.append(f"- peer not run: {peer.get('reason')}")
     lines += [f"- {note}" for note in data.get("notes", [])]
+    if data.get("generated_sweep"):
+        lines += ["", "Data-free repair, `fidelity(rounds=1)`: the shape of the generated repair data "
+                  "(`--generated-sweep`; the default is `optimum_prune.pruner.GENERATED_REPAIR_DATA`):", "",
+                  quality.sweep_markdown(data["generated_sweep"]), ""]
     split = data["split"]
     lines.append(f"- split: {split['held_out']} held out / {split['calibration']} calibration "
                  f"of {data['split']['pool']} reviews; {data['seconds']:.0f} s in all; "

@@ -149,7 +149,8 @@ class PruningConfig:
             so such a folder would not ``generate`` with ``ORTModelForCausalLM``.
         recover: repair the consumers of pruned groups by least squares on calibration data: ``True``
             (default :class:`RecoveryConfig`), a :class:`RecoveryConfig` (or its dict), or
-            ``False``/``None``. Without calibration data the pruner uses generated inputs. A repaired
+            ``False``/``None``. Without calibration data the pruner uses generated inputs (512 rows of 32
+            random tokens, ``optimum_prune.pruner.GENERATED_REPAIR_DATA``). A repaired
             model no longer equals the dense model with the removed consumer rows zeroed;
             :func:`optimum_prune.verify` then puts the repaired consumer weights into the zeroed dense
             model before comparing.

@@ -80,3 +80,15 @@ def test_decoder_markdown_says_which_rows_used_calibration():
     assert lines[0].startswith("| dense | 0.0 | none |")
     assert lines[1].startswith("| l2 | 0.2 | none |") and "+100.0%" in lines[1]
     assert lines[2].startswith("| l2+repair | 0.2 | 64 reviews |") and "+14.7%" in lines[2]
+
+
+def test_quality_sweep_table_has_a_column_per_sparsity_and_marks_the_default():
+    import quality
+
+    sweep = [{"tokens_per_row": 128, "rows": 128, "sparsity": 0.3, "cos_mean": 0.83, "default": False},
+             {"tokens_per_row": 32, "rows": 512, "sparsity": 0.3, "cos_mean": 0.855, "default": True},
+             {"tokens_per_row": 32, "rows": 512, "sparsity": 0.5, "cos_mean": 0.7, "default": True}]
+    lines = quality.sweep_markdown(sweep).splitlines()
+    assert lines[0] == "| generated repair data (rows x tokens) | 30%: cos mean | 50%: cos mean |"
+    assert lines[2] == "| 128 x 128 | 0.830 | - |"
+    assert lines[3] == "| 512 x 32 (default) | 0.855 | 0.700 |"

@@ -445,6 +445,17 @@ def test_generated_calibration_draws_ids_over_the_vocabulary(tiny_bert):
     assert all((b["attention_mask"] == 1).all() and (b["token_type_ids"] == 0).all() for b in batches)
 
 
+def test_data_free_repair_uses_many_short_generated_rows(tiny_bert, tmp_path):
+    from optimum_prune.pruner import GENERATED_REPAIR_DATA
+
+    out = tmp_path / "repaired"
+    ORTPruner.from_pretrained(tiny_bert).prune(PruningConfig(sparsity=0.5, recover=True), out)
+    calibration = json.loads((out / "report.json").read_text())["stages"][-1]["repair"]["calibration"]
+    assert calibration["source"] == "generated"
+    assert calibration["num_samples"] == GENERATED_REPAIR_DATA.num_samples == 512
+    assert calibration["config"]["max_length"] == GENERATED_REPAIR_DATA.max_length == 32
+
+
 @pytest.mark.slow
 def test_activation_prunes_real_minilm_exactly(minilm_onnx_dir, tmp_path):
     import pandas as pd
