@@ -72,7 +72,7 @@ bench: venv assets
 	$(PY) -m optimum_prune.assets --smollm2
 	$(PY) benchmarks/engine_speed.py
 	$(PY) benchmarks/zoo_table.py
-	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/quality.py --generated-sweep
 	$(PY) benchmarks/quality_classifier.py
 	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/decoder.py
