@@ -360,13 +360,8 @@ def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryC
         wk, d = _solve_mask(gss, sps, n, ws, target_cross, target_sum, config)
         after = error(wk, d)
         return (wk, d, before, after) if after < before else (ws, np.zeros(w.shape[1]), before, before)
-    ridge = config.damp * float(np.trace(gss)) / max(k, 1)
-    prior = ws if config.prior == "kept" else np.zeros_like(ws)
-    if config.ridge == "diagonal":
-        ridge = config.damp * np.maximum(np.diag(gss), 1e-12 * max(float(np.trace(gss)) / max(k, 1), 1e-30))
-        prior = ridge[:, None] * prior
-    else:
-        prior = ridge * prior
+    ridge = config.damp * _ridge_scale(gss, config)
+    prior = ridge[:, None] * (ws if config.prior == "kept" else np.zeros_like(ws))
     if config.bias:
         a = np.empty((k + 1, k + 1))
         a[:k, :k] = gss
@@ -375,7 +370,7 @@ def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryC
         b = np.vstack([target_cross + prior, target_sum[None, :]])
         a[np.arange(k), np.arange(k)] += ridge
     else:
-        a = gss + np.diag(np.broadcast_to(ridge, (k,)))
+        a = gss + np.diag(ridge)
         b = target_cross + prior
     try:
         theta = np.linalg.solve(a, b)
@@ -401,14 +396,24 @@ def cross_validated_damp(folds: Sequence[RepairStats], total: RepairStats, w: np
     w = np.asarray(w, dtype=np.float64)
     ws = w[s]
     cv = dict.fromkeys(config.damp_grid, 0.0)
+    energy = 0.0
     for held in folds:
-        train = total.minus(held)
         th = _terms(held, w, s)
-        for damp, wk, d in _ridge_path(_terms(train, w, s), ws, config):
+        energy += max(th.centred, 0.0)
+        for damp, wk, d in _ridge_path(_terms(total.minus(held), w, s), ws, config):
             cv[damp] += th.error(wk, d)
-    energy = sum(max(_terms(f, w, s).centred, 0.0) for f in folds)
     cv = {k: v / max(energy, 1e-30) for k, v in cv.items()}
     return min(config.damp_grid, key=lambda d: (cv[d], d)), cv
+
+
+def _ridge_scale(gss: np.ndarray, config: RecoveryConfig) -> np.ndarray:
+    """Per kept row, what ``damp`` multiplies: the mean diagonal of the Gram matrix (``ridge="identity"``)
+    or the row's own diagonal entry, floored at 1e-12 of the mean (``"diagonal"``)."""
+    k = gss.shape[0]
+    mean_diag = max(float(np.trace(gss)) / max(k, 1), 1e-30)
+    if config.ridge == "diagonal":
+        return np.maximum(np.diag(gss), 1e-12 * mean_diag)
+    return np.full(k, mean_diag)
 
 
 def _ridge_path(t: _Terms, ws: np.ndarray, config: RecoveryConfig):
@@ -420,12 +425,7 @@ def _ridge_path(t: _Terms, ws: np.ndarray, config: RecoveryConfig):
     if config.bias:
         a = a - np.outer(t.sps, t.sps) / t.n
         b = b - np.outer(t.sps, t.tsum) / t.n
-    k = ws.shape[0]
-    mean_diag = max(float(np.trace(t.gss)) / max(k, 1), 1e-30)
-    if config.ridge == "diagonal":
-        scale = np.maximum(np.diag(t.gss), 1e-12 * mean_diag)
-    else:
-        scale = np.full(k, mean_diag)
+    scale = _ridge_scale(t.gss, config)
     r = 1.0 / np.sqrt(scale)
     evals, q = np.linalg.eigh(a * r[:, None] * r[None, :])
     qb = q.T @ (b * r[:, None])

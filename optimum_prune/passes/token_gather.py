@@ -104,14 +104,11 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000) -> HoistRep
     """
     graph = model.graph
     shapes = infer_shapes(model)
-    known: dict[int, Shape] = {}  # id(value) -> shape, for the values this pass creates
     indices: dict[int, ir.Value] = {}
 
     def shape_of(value: ir.Value | None) -> Shape | None:
         if value is None:
             return None
-        if id(value) in known:
-            return known[id(value)]
         if value.const_value is not None:
             return tuple(int(d) for d in value.const_value.shape)
         producer = value.producer()
@@ -121,9 +118,8 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000) -> HoistRep
                 return tuple(arr.shape)
         if value.name in shapes:
             return shapes[value.name]
-        if value.shape is not None:
-            return tuple(d if isinstance(d, int) else (str(d) if d is not None and str(d) else None)
-                         for d in value.shape.dims)
+        if value.shape is not None:  # the values this pass creates carry their shape
+            return tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in value.shape.dims)
         return None
 
     def index_value(i: int) -> ir.Value:
@@ -143,7 +139,7 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000) -> HoistRep
         for gather in list(graph):
             if gather.graph is not graph:
                 continue
-            outcome = _try_move(graph, gather, shape_of, known, index_value, dropped)
+            outcome = _try_move(graph, gather, shape_of, index_value, dropped)
             if outcome is None:
                 continue
             if isinstance(outcome, str):
@@ -175,11 +171,13 @@ def _gather_key(node: ir.Node, rank: int | None) -> tuple[int, int] | None:
     return (axis % rank if rank else axis), int(idx)
 
 
-def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, known: dict[int, Shape],
-              index_value: Callable[[int], ir.Value], dropped: list[ir.Value]) -> _Moved | str | None:
+def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[[int], ir.Value],
+              dropped: list[ir.Value]) -> _Moved | str | None:
     """Move ``gather`` above its input's producer. Returns what moved, a reason it cannot move, or None
     when ``gather`` is not a candidate at all."""
-    data = gather.inputs[0] if gather.inputs else None
+    if gather.op_type != "Gather" or not gather.inputs:
+        return None
+    data = gather.inputs[0]
     data_shape = shape_of(data)
     key = _gather_key(gather, len(data_shape) if data_shape is not None else None)
     if key is None or data is None:
@@ -226,8 +224,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, known: dict[int, Shape
         if value.dtype is not None:
             out.dtype = value.dtype
         if in_shape is not None:
-            known[id(out)] = in_shape[:take.axis] + in_shape[take.axis + 1:]
-            out.shape = ir.Shape(known[id(out)])
+            out.shape = ir.Shape(in_shape[:take.axis] + in_shape[take.axis + 1:])
         new_nodes.append(sub)
         new_inputs.append(out)
     moved = ir.Node(producer.domain, producer.op_type, new_inputs, attributes=list(attributes.values()),
@@ -237,8 +234,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, known: dict[int, Shape
     dtype = gather.outputs[0].dtype or data.dtype
     if dtype is not None:
         result.dtype = dtype
-    known[id(result)] = data_shape[:axis] + data_shape[axis + 1:]
-    result.shape = ir.Shape(known[id(result)])
+    result.shape = ir.Shape(data_shape[:axis] + data_shape[axis + 1:])
     new_nodes.append(moved)
     # each Gather's output becomes the moved op's output; a graph output keeps its name (and declared
     # type), through an Identity when several graph outputs were the same Gather
@@ -275,11 +271,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, known: dict[int, Shape
 
 def _rule_for(node: ir.Node) -> _Rule | None:
     if node.domain in ("", "ai.onnx"):
-        if node.op_type in _ELEMENTWISE:
-            return _elementwise
-        return {"MatMul": _matmul, "LayerNormalization": _normalization,
-                "SimplifiedLayerNormalization": _normalization, "RMSNormalization": _normalization,
-                "Softmax": _softmax, "LogSoftmax": _softmax, "Transpose": _transpose}.get(node.op_type)
+        return _elementwise if node.op_type in _ELEMENTWISE else _RULES.get(node.op_type)
     if node.domain == _MICROSOFT and node.op_type in _LAST_AXIS_CONTRIB:
         return _last_axis_contrib
     return None
@@ -386,6 +378,13 @@ def _last_axis_contrib(node, axis, index, rank, shape_of) -> _Plan | str:
             return take
         takes.append(take)
     return takes, _attrs(node)
+
+
+_RULES: dict[str, _Rule] = {
+    "MatMul": _matmul, "Transpose": _transpose, "Softmax": _softmax, "LogSoftmax": _softmax,
+    "LayerNormalization": _normalization, "SimplifiedLayerNormalization": _normalization,
+    "RMSNormalization": _normalization,
+}
 
 
 def _fresh(taken: set[str], base: str) -> str:

@@ -77,11 +77,12 @@ class OptimizeStage(Stage):
         return metrics
 
 
-def hoist_gathers_in_file(path: Path, *, rtol: float = 1e-4) -> dict[str, Any]:
+def hoist_gathers_in_file(path: Path, *, rtol: float | None = None) -> dict[str, Any]:
     """Apply :func:`~optimum_prune.passes.token_gather.hoist_token_gathers` to the model file ``path``.
 
     The rewritten model must give the same outputs as the file on generated inputs (two rows of 16
-    tokens; ``rtol`` relative to each output's largest magnitude) and pass the checker and an ONNX
+    tokens; ``rtol`` relative to each output's largest magnitude, by default the exactness oracle's
+    :data:`~optimum_prune.verify.RELATIVE_TOLERANCE`) and pass the checker and an ONNX
     Runtime run; it then replaces the file (atomically, with its external data if it has any).
     Otherwise the file is left as it is and the returned report says why (``"kept": false``).
     """
@@ -91,7 +92,9 @@ def hoist_gathers_in_file(path: Path, *, rtol: float = 1e-4) -> dict[str, Any]:
     from optimum_prune.passes.token_gather import hoist_token_gathers
     from optimum_prune.passes.validate import make_session, validate_model_file
     from optimum_prune.runtime import generate_feeds
+    from optimum_prune.verify import RELATIVE_TOLERANCE
 
+    rtol = RELATIVE_TOLERANCE if rtol is None else rtol
     model = load_model(path)
     report = hoist_token_gathers(model)
     result: dict[str, Any] = {**report.to_dict(), "kept": False}
@@ -102,7 +105,7 @@ def hoist_gathers_in_file(path: Path, *, rtol: float = 1e-4) -> dict[str, Any]:
         written = save_model_atomic(model, scratch / path.name)
         validate_model_file(written.path, source=path)
         before, after = make_session(path), make_session(written.path)
-        feeds = generate_feeds(before, load_model(path), rows=2, length=16)
+        feeds = generate_feeds(before, model, rows=2, length=16)  # the token tables are not touched
         outputs = zip(before.get_outputs(), before.run(None, feeds), after.run(None, feeds), strict=True)
         for meta, x, y in outputs:
             scale = max(float(np.max(np.abs(x))), 1e-12) if np.size(x) else 1.0
