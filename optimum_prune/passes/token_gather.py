@@ -224,7 +224,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
         if value.dtype is not None:
             out.dtype = value.dtype
         if in_shape is not None:
-            out.shape = ir.Shape(in_shape[:take.axis] + in_shape[take.axis + 1:])
+            _set_shape(out, in_shape[:take.axis] + in_shape[take.axis + 1:])
         new_nodes.append(sub)
         new_inputs.append(out)
     moved = ir.Node(producer.domain, producer.op_type, new_inputs, attributes=list(attributes.values()),
@@ -234,7 +234,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
     dtype = gather.outputs[0].dtype or data.dtype
     if dtype is not None:
         result.dtype = dtype
-    result.shape = ir.Shape(data_shape[:axis] + data_shape[axis + 1:])
+    _set_shape(result, data_shape[:axis] + data_shape[axis + 1:])
     new_nodes.append(moved)
     # each Gather's output becomes the moved op's output; a graph output keeps its name (and declared
     # type), through an Identity when several graph outputs were the same Gather
@@ -267,6 +267,13 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
     graph.remove(gathers, safe=True)
     graph.remove(producer, safe=True)
     return _Moved(producer.op_type)
+
+
+def _set_shape(value: ir.Value, dims: Shape) -> None:
+    """Declare ``value``'s shape when its type is known (onnx-ir cannot write a shape without a type; an
+    unknown shape only stops later moves through this value)."""
+    if value.dtype is not None:
+        value.shape = ir.Shape(dims)
 
 
 def _rule_for(node: ir.Node) -> _Rule | None:
