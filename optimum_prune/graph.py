@@ -247,3 +247,21 @@ def _inline_external_constants(model: ir.Model) -> bool:
             node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy()))
             found = True
     return found
+
+
+def fresh_name(taken: set[str], base: str) -> str:
+    """``base``, or ``base_<n>`` with the first ``n`` not in ``taken``; the result is added to ``taken``."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def value_names(graph: ir.Graph) -> set[str]:
+    """Names of the values of ``graph``'s top level: inputs, initializers and node outputs."""
+    names = {v.name for v in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        names.update(o.name for o in node.outputs if o.name)
+    return names

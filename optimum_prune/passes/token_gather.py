@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.graph import Shape, const_array, infer_shapes
+from optimum_prune.graph import Shape, const_array, fresh_name, infer_shapes, value_names
 
 # ops that apply numpy broadcasting to all their inputs and compute each output element from the
 # elements at the same position
@@ -124,7 +124,7 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000) -> HoistRep
 
     def index_value(i: int) -> ir.Value:
         if i not in indices:
-            name = _fresh(_value_names(graph), f"optimum_prune_token_index_{i}".replace("-", "m"))
+            name = fresh_name(value_names(graph), f"optimum_prune_token_index_{i}".replace("-", "m"))
             value = ir.Value(name=name, const_value=ir.tensor(np.array(i, dtype=np.int64), name=name))
             graph.register_initializer(value)
             indices[i] = value
@@ -210,17 +210,17 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
     new_nodes: list[ir.Node] = []
     new_inputs: list[ir.Value | None] = []
     node_names = {n.name for n in graph}
-    value_names = _value_names(graph)
+    taken_values = value_names(graph)
     for value, take in zip(producer.inputs, takes, strict=True):
         if take is None or value is None:
             new_inputs.append(value)
             continue
         sub = ir.Node("", "Gather", [value, index_value(take.index)],
                       attributes=[ir.Attr("axis", ir.AttributeType.INT, take.axis)],
-                      name=_fresh(node_names, f"{producer.name}/token_gather"))
+                      name=fresh_name(node_names, f"{producer.name}/token_gather"))
         in_shape = shape_of(value)
         out = sub.outputs[0]
-        out.name = _fresh(value_names, f"{value.name or producer.name}/token_gather")
+        out.name = fresh_name(taken_values, f"{value.name or producer.name}/token_gather")
         if value.dtype is not None:
             out.dtype = value.dtype
         if in_shape is not None:
@@ -228,7 +228,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
         new_nodes.append(sub)
         new_inputs.append(out)
     moved = ir.Node(producer.domain, producer.op_type, new_inputs, attributes=list(attributes.values()),
-                    num_outputs=1, name=_fresh(node_names, f"{producer.name}/on_gathered"),
+                    num_outputs=1, name=fresh_name(node_names, f"{producer.name}/on_gathered"),
                     version=producer.version)
     result = moved.outputs[0]
     dtype = gather.outputs[0].dtype or data.dtype
@@ -246,7 +246,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
         if old.is_graph_output():
             if named_output:
                 ident = ir.Node("", "Identity", [result], num_outputs=1,
-                                name=_fresh(node_names, f"{producer.name}/on_gathered_copy"))
+                                name=fresh_name(node_names, f"{producer.name}/on_gathered_copy"))
                 new_nodes.append(ident)
                 target = ident.outputs[0]
             named_output = True
@@ -259,7 +259,7 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
                 target.type = old.type
         replacements.append((old, target))
     if not result.name:
-        result.name = _fresh(value_names, f"{producer.name}/on_gathered_output")
+        result.name = fresh_name(taken_values, f"{producer.name}/on_gathered_output")
     graph.insert_before(producer, new_nodes)
     for old, target in replacements:
         old.replace_all_uses_with(target, replace_graph_outputs=True)
@@ -392,20 +392,3 @@ _RULES: dict[str, _Rule] = {
     "LayerNormalization": _normalization, "SimplifiedLayerNormalization": _normalization,
     "RMSNormalization": _normalization,
 }
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    """``base``, or ``base_<n>`` with the first ``n`` not in ``taken``; the result is added to ``taken``."""
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
-
-
-def _value_names(graph: ir.Graph) -> set[str]:
-    names = {v.name for v in graph.inputs} | set(graph.initializers)
-    for node in graph:
-        names.update(o.name for o in node.outputs if o.name)
-    return names

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +32,25 @@ class OptimizeConfig(StageConfig):
             above the token-wise ops that feed them, so those run on the read positions only
             (:func:`optimum_prune.passes.token_gather.hoist_token_gathers`; exact). The result is
             checked against the fused model on generated inputs and dropped if it differs.
+        split_skip_layer_norms: last, write each fused ``SkipLayerNormalization`` back as ``Sum`` +
+            ``LayerNormalization`` (:func:`optimum_prune.passes.layer_norm_split.split_skip_layer_norms`),
+            whose CPU kernels are faster than the fused one (``benchmarks/norm_kernels.py``); checked
+            the same way.
     """
 
     level: str = "O2"
     options: dict = dataclasses.field(default_factory=dict)
     hoist_gathers: bool = True
+    split_skip_layer_norms: bool = True
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ConfigError(f"optimize level must be one of {LEVELS}; got {self.level!r}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"optimize options must be a mapping; got {self.options!r}")
-        if not isinstance(self.hoist_gathers, bool):
-            raise ConfigError(f"optimize hoist_gathers must be true or false; got {self.hoist_gathers!r}")
+        for name in ("hoist_gathers", "split_skip_layer_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"optimize {name} must be true or false; got {getattr(self, name)!r}")
 
 
 class OptimizeStage(Stage):
@@ -74,33 +80,56 @@ class OptimizeStage(Stage):
         metrics: dict[str, Any] = {"fused_ops": _contrib_ops(output_dir / MODEL_FILE)}
         if self.config.hoist_gathers:
             metrics["hoisted_gathers"] = hoist_gathers_in_file(output_dir / MODEL_FILE)
+        if self.config.split_skip_layer_norms:
+            metrics["split_skip_layer_norms"] = split_skip_layer_norms_in_file(output_dir / MODEL_FILE)
         return metrics
 
 
 def hoist_gathers_in_file(path: Path, *, rtol: float | None = None) -> dict[str, Any]:
     """Apply :func:`~optimum_prune.passes.token_gather.hoist_token_gathers` to the model file ``path``.
 
+    Checked and written as :func:`rewrite_model_file` does; returns the pass's report with ``kept``.
+    """
+    from optimum_prune.passes.token_gather import hoist_token_gathers
+
+    return rewrite_model_file(path, hoist_token_gathers, changed=lambda r: r.moved > 0,
+                              what="hoisting Gathers", rtol=rtol)
+
+
+def split_skip_layer_norms_in_file(path: Path, *, rtol: float | None = None) -> dict[str, Any]:
+    """Apply :func:`~optimum_prune.passes.layer_norm_split.split_skip_layer_norms` to the model file
+    ``path``, checked and written as :func:`rewrite_model_file` does."""
+    from optimum_prune.passes.layer_norm_split import split_skip_layer_norms
+
+    return rewrite_model_file(path, split_skip_layer_norms, changed=lambda r: r.split > 0,
+                              what="splitting SkipLayerNormalization", rtol=rtol)
+
+
+def rewrite_model_file(path: Path, rewrite: Callable[[Any], Any], *, changed: Callable[[Any], bool],
+                       what: str, rtol: float | None = None) -> dict[str, Any]:
+    """Apply an exact graph rewrite ``rewrite(model) -> report`` to the model file ``path``.
+
     The rewritten model must give the same outputs as the file on generated inputs (two rows of 16
     tokens; ``rtol`` relative to each output's largest magnitude, by default the exactness oracle's
-    :data:`~optimum_prune.verify.RELATIVE_TOLERANCE`) and pass the checker and an ONNX
-    Runtime run; it then replaces the file (atomically, with its external data if it has any).
-    Otherwise the file is left as it is and the returned report says why (``"kept": false``).
+    :data:`~optimum_prune.verify.RELATIVE_TOLERANCE`) and pass the checker and an ONNX Runtime run; it
+    then replaces the file (atomically, with its external data if it has any). Otherwise the file is
+    left as it is and the returned report says why (``"kept": false``). The report is
+    ``rewrite``'s (its ``to_dict()``) plus ``kept``.
     """
     import numpy as np
 
     from optimum_prune.graph import load_model, save_model_atomic
-    from optimum_prune.passes.token_gather import hoist_token_gathers
     from optimum_prune.passes.validate import make_session, validate_model_file
     from optimum_prune.runtime import generate_feeds
     from optimum_prune.verify import RELATIVE_TOLERANCE
 
     rtol = RELATIVE_TOLERANCE if rtol is None else rtol
     model = load_model(path)
-    report = hoist_token_gathers(model)
+    report = rewrite(model)
     result: dict[str, Any] = {**report.to_dict(), "kept": False}
-    if not report.moved:
+    if not changed(report):
         return result
-    scratch = Path(tempfile.mkdtemp(prefix=".hoist-", dir=path.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".rewrite-", dir=path.parent))
     try:
         written = save_model_atomic(model, scratch / path.name)
         validate_model_file(written.path, source=path)
@@ -112,8 +141,8 @@ def hoist_gathers_in_file(path: Path, *, rtol: float | None = None) -> dict[str,
             diff = float(np.max(np.abs(np.asarray(x, np.float64) - y))) if np.size(x) else 0.0
             if diff > rtol * scale:
                 result["reason"] = (f"output {meta.name!r} changed by {diff:.3g} (largest magnitude "
-                                    f"{scale:.3g}); the model was left unhoisted")
-                logger.warning("hoisting Gathers in %s: %s", path, result["reason"])
+                                    f"{scale:.3g}); the model was left as it was")
+                logger.warning("%s in %s: %s", what, path, result["reason"])
                 return result
         del before, after
         if written.data_path is not None:
