@@ -20,7 +20,8 @@ For 30% and 50% of the ``ffn`` + ``heads`` units (uniform per layer unless the r
   and with repair on the calibration data, plus ``l2`` repaired on calibration data, ``activation`` with
   global allocation, ``activation`` with the sequential repair (``RecoveryConfig(sequential=True)``), and
   ``activation`` / ``fluctuation`` with standardized allocation (FLAP's adaptive structure),
-  ``fluctuation`` with global allocation, and ``activation`` / ``fluctuation`` with global allocation and
+  ``fluctuation`` with global allocation, and ``activation`` / ``fluctuation`` / ``obs`` with global
+  allocation and
   the sequential repair whose ridge strength each layer picks by 4-fold cross-validation over the
   calibration batches (``RecoveryConfig(sequential=True, cv_folds=4)``);
 * the peer, onnxsim's ``apply_structured_pruning`` then ``apply_attention_head_pruning`` at the same
@@ -133,7 +134,7 @@ def specs(sparsity: float, quick: bool) -> list[dict]:
                              allocation="standardized"))
         rows.append(dict(importance="fluctuation", options={}, data="calibration", repair="calibration",
                          allocation="global"))
-        for crit in ("activation", "fluctuation"):
+        for crit in ("activation", "fluctuation", "obs"):
             rows.append(dict(importance=crit, options={}, data="calibration", repair="calibration",
                              allocation="global", sequential=True, cv=CV_FOLDS))
     for r in rows:
