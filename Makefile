@@ -82,6 +82,7 @@ bench: venv assets
 	$(PY) benchmarks/decoder.py --criteria fluctuation+repair@standardized --pack --damp 0.1 \
 		--calibration-samples 128 --append
 	$(PY) benchmarks/decoder_token_time.py --also $(foreach s,10 20 30,$(DECODER_RUNS)/fluctuation+repair-standardized-$(s)-128x256-tokenwindows-damp0.1)
+	$(PY) benchmarks/norm_kernels.py
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/readme_tables.py
 

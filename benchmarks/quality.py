@@ -23,7 +23,9 @@ For 30% and 50% of the ``ffn`` + ``heads`` units (uniform per layer unless the r
   ``fluctuation`` with global allocation, and ``activation`` / ``fluctuation`` / ``obs`` with global
   allocation and
   the sequential repair whose ridge strength each layer picks by 4-fold cross-validation over the
-  calibration batches (``RecoveryConfig(sequential=True, cv_folds=4)``);
+  calibration batches (``RecoveryConfig(sequential=True, cv_folds=4)``), and ``activation`` /
+  ``fluctuation`` with that repair weighting each position by the following LayerNorm's scale
+  (``norm_weighted=True``);
 * the peer, onnxsim's ``apply_structured_pruning`` then ``apply_attention_head_pruning`` at the same
   sparsity on the ONNX-Runtime-fused model (it prunes nothing on the raw export), when onnxsim is
   installed (the JSON says so when it is not).
@@ -137,11 +139,15 @@ def specs(sparsity: float, quick: bool) -> list[dict]:
         for crit in ("activation", "fluctuation", "obs"):
             rows.append(dict(importance=crit, options={}, data="calibration", repair="calibration",
                              allocation="global", sequential=True, cv=CV_FOLDS))
+        for crit in ("activation", "fluctuation"):
+            rows.append(dict(importance=crit, options={}, data="calibration", repair="calibration",
+                             allocation="global", sequential=True, cv=CV_FOLDS, norm_weighted=True))
     for r in rows:
         r["sparsity"] = sparsity
         r.setdefault("allocation", "uniform")
         r.setdefault("sequential", False)
         r.setdefault("cv", 0)
+        r.setdefault("norm_weighted", False)
     return rows
 
 
@@ -154,6 +160,7 @@ def label(r: dict) -> str:
         name += f", {r['allocation']}"
     if r["repair"]:
         extra = (", sequential" if r.get("sequential") else "") + (f", cv {r['cv']}" if r.get("cv") else "")
+        extra += ", norm-weighted" if r.get("norm_weighted") else ""
         name += f" + repair ({r['repair']}{extra})"
     return name
 
@@ -164,7 +171,8 @@ def run_row(r: dict, onnx_dir: Path, out_root: Path, calib, tokenizer, held: lis
     from optimum_prune import ORTPruner, PruningConfig
     from optimum_prune.configuration import RecoveryConfig
 
-    recover = RecoveryConfig(sequential=r["sequential"], cv_folds=r.get("cv", 0)) if r["repair"] else False
+    recover = RecoveryConfig(sequential=r["sequential"], cv_folds=r.get("cv", 0),
+                             norm_weighted=r.get("norm_weighted", False)) if r["repair"] else False
     config = PruningConfig(sparsity=r["sparsity"], scope=("ffn", "heads"), importance=r["importance"],
                            importance_options=r["options"], allocation=r["allocation"], recover=recover)
     needs_calib = r["data"] == "calibration" or r["repair"] == "calibration"
@@ -181,7 +189,7 @@ def run_row(r: dict, onnx_dir: Path, out_root: Path, calib, tokenizer, held: lis
     cos = (emb * dense).sum(axis=1)
     ms = latency_ms(out / "model.onnx", repeat)
     row = {"name": label(r), **{k: r[k] for k in ("importance", "options", "data", "repair", "allocation",
-                                                   "sequential", "cv", "sparsity")},
+                                                   "sequential", "cv", "norm_weighted", "sparsity")},
            "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
            "params": report["params_after"], "flops": report["flops_after"],
            "params_before": report["params_before"], "flops_before": report["flops_before"],

@@ -198,12 +198,24 @@ def _latency_budget() -> str | None:
     return "\n".join(lines)
 
 
+def _norm_kernels() -> str | None:
+    path = RESULTS / "norm_kernels.json"
+    if not path.is_file():
+        return None
+    import norm_kernels
+
+    data = json.loads(path.read_text())
+    return (norm_kernels.markdown(data) + "\n\n" + f"- mean of {data['runs']} runs per form; largest output "
+            f"difference {max(r['max_abs_diff'] for r in data['rows']):.1e}; onnxruntime "
+            f"{data['machine']['onnxruntime']}, {data['machine']['cpu_count']} cores, {data['created']}")
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
                          ("quality_classifier", _quality_classifier), ("latency_budget", _latency_budget),
-                         ("decoder", _decoder), ("distill", _distill)):
+                         ("decoder", _decoder), ("distill", _distill), ("norm_kernels", _norm_kernels)):
         body = render()
         if body is None:
             continue

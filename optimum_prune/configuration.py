@@ -48,6 +48,11 @@ class RecoveryConfig:
             held-out fold's layer output best, then refitted on all of them. Needs ``method="lstsq"``
             and at least ``k`` calibration batches; the statistics are held once per fold.
         damp_grid: the ridge strengths ``cv_folds`` chooses from (relative, as ``damp``).
+        norm_weighted: sequential only: when the consumer's output reaches a LayerNormalization (or an
+            RMS norm) through its residual ``Add``, weight each position's squared error by the inverse
+            variance (mean square) of the dense model's normalised input there, which is how much
+            the norm scales that position's error; the fit then matches the normalised output rather
+            than the raw stream, where a few high-norm positions would dominate.
     """
 
     method: str = "lstsq"
@@ -60,6 +65,7 @@ class RecoveryConfig:
     max_tensors_per_run: int = 16
     cv_folds: int = 0
     damp_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    norm_weighted: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in RECOVERY_METHODS:
@@ -70,7 +76,7 @@ class RecoveryConfig:
             raise ConfigError(f"RecoveryConfig.ridge must be one of {RIDGES}, got {self.ridge!r}")
         if self.prior not in ("kept", "zero"):
             raise ConfigError(f"RecoveryConfig.prior must be 'kept' or 'zero', got {self.prior!r}")
-        for name in ("sequential", "bias", "residual"):
+        for name in ("sequential", "bias", "residual", "norm_weighted"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"RecoveryConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if (isinstance(self.max_tensors_per_run, bool) or not isinstance(self.max_tensors_per_run, int)
@@ -84,6 +90,9 @@ class RecoveryConfig:
         if self.cv_folds and self.method != "lstsq":
             raise ConfigError(f"RecoveryConfig.cv_folds chooses the ridge of method 'lstsq'; method "
                               f"{self.method!r} has none: set cv_folds=0 or method='lstsq'")
+        if self.norm_weighted and not self.sequential:
+            raise ConfigError("RecoveryConfig.norm_weighted weights the sequential fit: set sequential=True "
+                              "or norm_weighted=False")
         grid = self.damp_grid
         if isinstance(grid, list):  # from YAML / JSON
             grid = tuple(grid)
@@ -98,7 +107,8 @@ class RecoveryConfig:
         return {"method": self.method, "damp": self.damp, "prior": self.prior, "ridge": self.ridge,
                 "sequential": self.sequential,
                 "bias": self.bias, "residual": self.residual, "max_tensors_per_run": self.max_tensors_per_run,
-                "cv_folds": self.cv_folds, "damp_grid": list(self.damp_grid)}
+                "cv_folds": self.cv_folds, "damp_grid": list(self.damp_grid),
+                "norm_weighted": self.norm_weighted}
 
     @classmethod
     def from_dict(cls, d: dict) -> RecoveryConfig:

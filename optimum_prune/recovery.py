@@ -63,6 +63,7 @@ class Consumer:
     removed: np.ndarray  # boolean mask over the weight's ``axis``
     bias: ir.Value | None = None
     residual: str | None = None  # the stream the output is added to
+    norm: tuple[str, str, float] | None = None  # (normalised value, "center" | "rms", epsilon) after it
 
 
 @dataclass
@@ -81,28 +82,34 @@ class RepairStats:
     se: np.ndarray | None = None  # sum of E
     ee: float = 0.0  # ||E||^2
 
-    def add(self, xp: np.ndarray, xd: np.ndarray, e: np.ndarray | None = None) -> None:
-        """Accumulate one batch of rows (positions x channels) of both inputs (and of ``E``)."""
+    def add(self, xp: np.ndarray, xd: np.ndarray, e: np.ndarray | None = None,
+            weight: np.ndarray | None = None) -> None:
+        """Accumulate one batch of rows (positions x channels) of both inputs (and of ``E``), each row's
+        products multiplied by ``weight`` (one value per row; 1 when None)."""
         k = xp.shape[1]
         if self.gp is None:
             self.gp, self.cross, self.gd = (np.zeros((k, k)) for _ in range(3))
             self.sp, self.sd = np.zeros(k), np.zeros(k)
         xp32, xd32 = xp.astype(np.float32, copy=False), xd.astype(np.float32, copy=False)
-        self.gp += xp32.T @ xp32
-        self.cross += xp32.T @ xd32
-        self.gd += xd32.T @ xd32
-        self.sp += xp.sum(axis=0, dtype=np.float64)
-        self.sd += xd.sum(axis=0, dtype=np.float64)
-        self.count += xp.shape[0]
+        w = None if weight is None else np.asarray(weight, dtype=np.float32)[:, None]
+        xpw = xp32 if w is None else xp32 * w
+        xdw = xd32 if w is None else xd32 * w
+        self.gp += xpw.T @ xp32
+        self.cross += xpw.T @ xd32
+        self.gd += xdw.T @ xd32
+        self.sp += xpw.sum(axis=0, dtype=np.float64)
+        self.sd += xdw.sum(axis=0, dtype=np.float64)
+        self.count += xp.shape[0] if w is None else float(np.sum(weight, dtype=np.float64))
         if e is not None:
             e32 = e.astype(np.float32, copy=False)
+            ew = e32 if w is None else e32 * w
             if self.pe is None:
                 self.pe, self.de = np.zeros((k, e.shape[1])), np.zeros((k, e.shape[1]))
                 self.se = np.zeros(e.shape[1])
-            self.pe += xp32.T @ e32
-            self.de += xd32.T @ e32
-            self.se += e.sum(axis=0, dtype=np.float64)
-            self.ee += float(np.einsum("ij,ij->", e, e, dtype=np.float64))
+            self.pe += xpw.T @ e32
+            self.de += xdw.T @ e32
+            self.se += ew.sum(axis=0, dtype=np.float64)
+            self.ee += float(np.einsum("ij,ij->", ew, e32, dtype=np.float64))
 
     def minus(self, other: RepairStats) -> RepairStats:
         """These statistics without ``other``'s rows (``other`` accumulated over a subset of them)."""
@@ -226,7 +233,7 @@ def find_consumers(model: ir.Model, groups: Sequence[PruningGroup], removed: dic
                 continue
             bias = _find_bias(node)
             found[key] = Consumer(node, w, li.weight.axis, li.activation.name, li.activation.axis,
-                                  mask.copy(), bias, _find_residual(node, bias))
+                                  mask.copy(), bias, _find_residual(node, bias), _find_norm(node, bias))
     order = {id(n): i for i, n in enumerate(model.graph)}
     return sorted(found.values(), key=lambda c: order[id(c.node)])
 
@@ -271,6 +278,29 @@ def _find_residual(node: ir.Node, bias: ir.Value | None) -> str | None:
     if other.shape is not None and out.shape is not None and len(other.shape) != len(out.shape):
         return None
     return other.name
+
+
+_NORMS = {"LayerNormalization": "center", "RMSNormalization": "rms", "SimplifiedLayerNormalization": "rms"}
+
+
+def _find_norm(node: ir.Node, bias: ir.Value | None) -> tuple[str, str, float] | None:
+    """``(value, kind, epsilon)`` of the norm that reads ``node``'s (biased) output after its residual
+    ``Add``: the value it normalises over the last axis, ``"center"`` (LayerNormalization) or ``"rms"``."""
+    out = node.outputs[0]
+    if bias is not None and node.op_type != "Gemm":
+        out = next(iter(out.uses()))[0].outputs[0]
+    uses = list(out.uses())
+    if len(uses) != 1 or uses[0][0].op_type != "Add":
+        return None
+    stream = uses[0][0].outputs[0]
+    for user, idx in stream.uses():
+        kind = _NORMS.get(user.op_type)
+        axis = user.attributes["axis"].as_int() if "axis" in user.attributes else -1
+        rank = len(stream.shape) if stream.shape is not None else None
+        if kind and idx == 0 and (axis == -1 or (rank is not None and axis == rank - 1)):
+            eps = user.attributes["epsilon"].as_float() if "epsilon" in user.attributes else 1e-5
+            return stream.name, kind, eps
+    return None
 
 
 def insert_bias(model: ir.Model, node: ir.Node, name: str, arr: np.ndarray) -> ir.Value:
@@ -548,12 +578,12 @@ class _PairCapture:
     session per stage) on the same calibration batches."""
 
     def __init__(self, dense: ir.Model, calibration: CalibrationData, consumers: list[Consumer],
-                 residual: bool) -> None:
+                 residual: bool, norm_weighted: bool = False) -> None:
         self.calibration = calibration
         self.residual = residual
+        self.norm_weighted = norm_weighted
         self.inputs = {v.name for v in dense.graph.inputs}
-        names = {c.activation for c in consumers} | {c.residual for c in consumers if residual and c.residual}
-        self.fetch_all = sorted(n for n in names if n not in self.inputs)
+        self.fetch_all = sorted(n for c in consumers for n in self._names(c) if n not in self.inputs)
         self.masked = _token_dims(dense) is not None
         self._stack = ExitStack()
         self.dense = self._stack.enter_context(ort_session(_with_outputs(dense, self.fetch_all)))
@@ -562,11 +592,18 @@ class _PairCapture:
         """Release the dense session."""
         self._stack.close()
 
+    def _names(self, c: Consumer) -> set[str]:
+        names = {c.activation}
+        if self.residual and c.residual:
+            names.add(c.residual)
+        if self.norm_weighted and c.norm:
+            names.add(c.norm[0])
+        return names
+
     def stage(self, current: ir.Model, stage: list[Consumer], folds: int = 1) -> dict[str, list[RepairStats]]:
         """Statistics of ``stage``'s consumers, keyed by node name: one per fold (batch ``i`` in fold
         ``i % folds``)."""
-        names = {c.activation for c in stage} | {c.residual for c in stage if self.residual and c.residual}
-        fetch = sorted(n for n in names if n not in self.inputs)
+        fetch = sorted({n for c in stage for n in self._names(c)} - self.inputs)
         stats = {c.node.name: [RepairStats() for _ in range(folds)] for c in stage}
         with ort_session(_with_outputs(current, fetch)) as sc:
             for index, batch in enumerate(self.calibration.batches()):
@@ -582,8 +619,21 @@ class _PairCapture:
                     e = None
                     if self.residual and c.residual:
                         e = _rows_of(od[c.residual], -1, valid) - _rows_of(oc[c.residual], -1, valid)
-                    stats[c.node.name][index % folds].add(xc, xd, e)
+                    weight = None
+                    if self.norm_weighted and c.norm:
+                        weight = _norm_weight(_rows_of(od[c.norm[0]], -1, valid), c.norm[1], c.norm[2])
+                    stats[c.node.name][index % folds].add(xc, xd, e, weight)
         return stats
+
+
+def _norm_weight(rows: np.ndarray, kind: str, eps: float) -> np.ndarray:
+    """Per row, the square of the factor a norm over the last axis scales it by: ``1 / (var + eps)``
+    (``"center"``, LayerNormalization) or ``1 / (mean square + eps)`` (``"rms"``), divided by the batch's
+    mean so that the weighted row count stays the row count."""
+    x = rows.astype(np.float64, copy=False)
+    spread = x.var(axis=1) if kind == "center" else np.mean(x * x, axis=1)
+    weight = 1.0 / (spread + eps)
+    return weight / max(float(weight.mean()), 1e-30) if weight.size else weight
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +671,7 @@ def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, s
                           "CalibrationConfig.batch_size, or fewer folds")
     if config.sequential:
         stages = _stages(consumers, values)
-        capture = _PairCapture(model.clone(), calibration, consumers, config.residual)
+        capture = _PairCapture(model.clone(), calibration, consumers, config.residual, config.norm_weighted)
     else:
         stages = [consumers]
         requests = sorted({StatRequest(c.activation, c.act_axis, gram=True) for c in consumers},

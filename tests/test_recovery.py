@@ -139,6 +139,76 @@ def test_repair_creates_a_bias_where_there_is_none_and_touches_only_consumers(tm
     assert result.repaired == 1 and result.exact, result.outputs
 
 
+def _residual_block(tmp_path, seed=0, hidden=8, units=16):
+    """x[B,S,8] -> MatMul(W1) -> Relu -> MatMul(W2) (the consumer) -> Add(x) -> LayerNormalization -> y."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((hidden, units)) / np.sqrt(hidden)
+    w2 = rng.standard_normal((units, hidden)) / np.sqrt(units)
+    gamma, beta = 1.0 + 0.1 * rng.standard_normal(hidden), 0.1 * rng.standard_normal(hidden)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m"], name="up"),
+             helper.make_node("Relu", ["m"], ["h"], name="act"),
+             helper.make_node("MatMul", ["h", "W2"], ["z"], name="down"),
+             helper.make_node("Add", ["z", "x"], ["r"], name="residual"),
+             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], name="norm", axis=-1,
+                              epsilon=1e-5)]
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n)
+             for n, a in (("W1", w1), ("W2", w2), ("gamma", gamma), ("beta", beta))]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])
+    model = helper.make_model(helper.make_graph(nodes, "block", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    folder = tmp_path / "block"
+    folder.mkdir(exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    return folder
+
+
+def _uneven_feeds(seed, batches=6, hidden=8):
+    """Positions whose scale varies by 100x, as the high-norm tokens of a transformer's residual stream."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(batches):
+        x = rng.standard_normal((4, 8, hidden))
+        x *= rng.choice([0.1, 1.0, 10.0], size=(4, 8, 1))
+        feeds.append({"x": x.astype(np.float32)})
+    return feeds
+
+
+def test_norm_weighted_repair_matches_the_normalised_output_better(tmp_path):
+    """The fit weighted by the LayerNorm's per-position scale has a lower error after the norm (what
+    the model outputs) than the plain fit, which spends itself on the high-norm positions."""
+    folder = _residual_block(tmp_path)
+    calibration = CalibrationData.from_feeds(_uneven_feeds(seed=1))
+    held_out = _uneven_feeds(seed=2)
+    dense = np.concatenate([_run_all(folder / "model.onnx", f) for f in held_out])
+    errors = {}
+    for weighted in (False, True):
+        recover = RecoveryConfig(sequential=True, damp=0.01, norm_weighted=weighted)
+        pruner = ORTPruner.from_pretrained(folder)
+        config = PruningConfig(sparsity=0.5, scope=("ffn",), importance="l2", recover=recover)
+        out = pruner.prune(config, tmp_path / f"weighted-{weighted}", calibration=calibration)
+        got = np.concatenate([_run_all(out / "model.onnx", f) for f in held_out])
+        errors[weighted] = float(np.sum((got - dense) ** 2))
+    assert errors[True] < 0.9 * errors[False], errors
+
+
+def test_norm_weighting_without_a_following_norm_changes_nothing(tmp_path):
+    w1, b1, w2, b2 = _weights()
+    folder = _mlp(tmp_path, w1, b1, w2, b2)
+    calibration = CalibrationData.from_feeds(_feeds())
+    outs = [_prune(folder, tmp_path / f"w{weighted}", RecoveryConfig(sequential=True, norm_weighted=weighted),
+                   calibration=calibration) for weighted in (False, True)]
+    a, b = (onnx.load(o / "model.onnx") for o in outs)
+    weights = [{i.name: numpy_helper.to_array(i) for i in m.graph.initializer} for m in (a, b)]
+    for name, arr in weights[0].items():
+        np.testing.assert_array_equal(weights[1][name], arr)
+
+
+def _run_all(path, feeds):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0].reshape(-1, session.get_outputs()[0].shape[-1])
+
+
 def test_solve_with_dense_statistics_is_the_closed_form():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 6))
@@ -241,7 +311,8 @@ def test_cross_validated_repair_records_each_consumers_damp(tmp_path):
 @pytest.mark.parametrize("bad", [dict(method="newton"), dict(damp=-1.0), dict(prior="one"), dict(ridge="x"),
                                  dict(sequential=1), dict(max_tensors_per_run=0), dict(cv_folds=1),
                                  dict(cv_folds=-2), dict(cv_folds=3, method="mask"), dict(damp_grid=()),
-                                 dict(damp_grid=(0.1, 0.0)), dict(damp_grid="0.1")])
+                                 dict(damp_grid=(0.1, 0.0)), dict(damp_grid="0.1"),
+                                 dict(norm_weighted=True), dict(norm_weighted=1, sequential=True)])
 def test_recovery_config_is_validated(bad):
     with pytest.raises(ConfigError):
         RecoveryConfig(**bad)
