@@ -31,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimum_prune.graph import Shape, const_array, fresh_name, infer_shapes, value_names
+from optimum_prune.passes.attention_query import gather_attention_queries
 
 # ops that apply numpy broadcasting to all their inputs and compute each output element from the
 # elements at the same position
@@ -95,8 +96,13 @@ _Plan = tuple[list[_Take | None], dict[str, ir.Attr]]
 _Rule = Callable[[ir.Node, int, int, int, Callable[[ir.Value | None], Shape | None]], "_Plan | str"]
 
 
-def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000) -> HoistReport:
+def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000, attention_queries: bool = True
+                        ) -> HoistReport:
     """Move every constant-index ``Gather`` of ``model`` as far up through token-wise ops as it can go.
+
+    With ``attention_queries``, a fused ``Attention`` the moved ``Gather`` then reads is rewritten to
+    compute that one position's query
+    (:func:`~optimum_prune.passes.attention_query.gather_attention_queries`).
 
     The model is changed in place; call on a copy to keep the original. Returns what moved and where
     each ``Gather`` stopped. Outputs are unchanged up to floating-point rounding of the same operations
@@ -132,23 +138,33 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000) -> HoistRep
 
     report = HoistReport()
     dropped: list[ir.Value] = []  # index constants of the Gathers that moved
-    moved_any = True
-    while moved_any and report.moved < max_moves:
-        moved_any = False
-        report.stopped_at = []
-        for gather in list(graph):
-            if gather.graph is not graph:
-                continue
-            outcome = _try_move(graph, gather, shape_of, index_value, dropped)
-            if outcome is None:
-                continue
-            if isinstance(outcome, str):
-                report.stopped_at.append(outcome)
-                continue
-            report.moved += 1
-            report.ops[outcome.op_type] = report.ops.get(outcome.op_type, 0) + 1
-            moved_any = True
-            break
+
+    def hoist_all() -> None:
+        moved_any = True
+        while moved_any and report.moved < max_moves:
+            moved_any = False
+            report.stopped_at = []
+            for gather in list(graph):
+                if gather.graph is not graph:
+                    continue
+                outcome = _try_move(graph, gather, shape_of, index_value, dropped)
+                if outcome is None:
+                    continue
+                if isinstance(outcome, str):
+                    report.stopped_at.append(outcome)
+                    continue
+                report.moved += 1
+                report.ops[outcome.op_type] = report.ops.get(outcome.op_type, 0) + 1
+                moved_any = True
+                break
+
+    hoist_all()
+    if attention_queries:
+        rewritten, _ = gather_attention_queries(model)
+        if rewritten:
+            report.moved += rewritten
+            report.ops["Attention (one query)"] = rewritten
+            hoist_all()  # the stop reasons, after the rewrite
     report.stopped_at = sorted(set(report.stopped_at))
     for value in dropped:
         if value.uses() or value.is_graph_output():

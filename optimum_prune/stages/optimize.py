@@ -29,7 +29,8 @@ class OptimizeConfig(StageConfig):
             approximate GELU). ``O4`` (fp16, GPU only) is not offered.
         options: further ``OptimizationConfig`` fields, e.g. ``{"disable_attention_fusion": true}``.
         hoist_gathers: after the fusions, move constant-index ``Gather`` ops (first-token pooling)
-            above the token-wise ops that feed them, so those run on the read positions only
+            above the token-wise ops that feed them, so those run on the read positions only, and a
+            fused ``Attention`` read at one position computes that position's query only
             (:func:`optimum_prune.passes.token_gather.hoist_token_gathers`; exact). The result is
             checked against the fused model on generated inputs and dropped if it differs.
         split_skip_layer_norms: last, write each fused ``SkipLayerNormalization`` back as ``Sum`` +
