@@ -181,7 +181,7 @@ def verdicts(data: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kd-steps", type=int, default=150, help="distillation steps (batch 32)")
-    parser.add_argument("--repeat", type=int, default=100, help="latency runs per model")
+    parser.add_argument("--repeat", type=int, default=300, help="latency runs per model")
     parser.add_argument("--deep-sparsity", type=float, default=0.7,
                         help="the deeper cut's sparsity (0: no deeper-cut rows)")
     parser.add_argument("--deep-kd-steps", type=int, default=300, help="distillation steps of the deeper cut")

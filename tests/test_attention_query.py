@@ -95,7 +95,7 @@ def test_an_attention_read_at_every_position_is_not_touched():
     assert done == 0 and kept == []
 
 
-def test_the_hoist_rewrites_the_attention_its_gather_reaches():
+def test_the_hoist_rewrites_the_attention_its_gather_reaches_when_asked(tmp_path):
     """Gather after a token-wise op after the attention: the hoist moves it up, then the attention
     computes one query; the report counts it."""
     rng = np.random.default_rng(3)
@@ -111,9 +111,45 @@ def test_the_hoist_rewrites_the_attention_its_gather_reaches():
             y = Gather<axis = 1>(r, idx)
         }}""", inits, opset=17, domains={MS: 1})
     m = ir.from_proto(model)
-    report = hoist_token_gathers(m)
+    report = hoist_token_gathers(m, attention_queries=True)
     assert report.ops == {"Attention (one query)": 1, "MatMul": 1, "Relu": 1}, report
     out = ir.to_proto(m)
     onnx.checker.check_model(out, full_check=True)
     feeds = _feeds("raw")
     np.testing.assert_allclose(_run(out, feeds), _run(model, feeds), rtol=1e-4, atol=1e-5)
+
+
+def test_the_optimize_option_is_validated():
+    from optimum_prune.errors import ConfigError
+    from optimum_prune.stages import OptimizeStage
+
+    with pytest.raises(ConfigError, match="one_query_attention"):
+        OptimizeStage(level="O2", hoist_gathers=False, one_query_attention=True)
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta"])
+def test_optimize_stage_one_query_attention_on_exported_classifiers(tmp_path, name):
+    """ONNX Runtime's fusion gives the exported classifier's Attention a 1-D key-length mask; padded
+    batches must give the same logits as the fused model."""
+    from transformers import AutoTokenizer
+
+    from optimum_prune.stages import ExportStage, OptimizeStage, read_report
+    from tiny_folders import tiny_hf_folder
+
+    hf = tiny_hf_folder(name, tmp_path / "zoo", tmp_path)
+    exported = ExportStage(task="text-classification").run(hf, tmp_path / "export")
+    plain = OptimizeStage(level="O2", hoist_gathers=False).run(exported, tmp_path / "fused")
+    one = OptimizeStage(level="O2", one_query_attention=True).run(exported, tmp_path / "one-query")
+    entry = next(e for e in read_report(one) if e["stage"] == "optimize")["hoisted_gathers"]
+    assert entry["kept"] and entry["ops"].get("Attention (one query)") == 1, entry
+    tokenizer = AutoTokenizer.from_pretrained(one)
+    feeds = dict(tokenizer(["a tiny test", "another, much longer test sentence with padding"],
+                           padding=True, return_tensors="np"))
+
+    def logits(folder):
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
+    np.testing.assert_allclose(logits(one), logits(plain), rtol=1e-4, atol=1e-5)
+    onnx.checker.check_model(str(one / "model.onnx"), full_check=True)

@@ -96,7 +96,7 @@ _Plan = tuple[list[_Take | None], dict[str, ir.Attr]]
 _Rule = Callable[[ir.Node, int, int, int, Callable[[ir.Value | None], Shape | None]], "_Plan | str"]
 
 
-def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000, attention_queries: bool = True
+def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000, attention_queries: bool = False
                         ) -> HoistReport:
     """Move every constant-index ``Gather`` of ``model`` as far up through token-wise ops as it can go.
 
