@@ -18,8 +18,7 @@ adds. The dense model with the same fusions, hoist and split is a reference row.
 (``--deep-sparsity``, 70% by default) goes through the same repair, KD, fusions and INT8, to show what
 the 3x speed target costs in accuracy. Latency is ONNX Runtime's median at batch 1 x 128 tokens
 (default threads and settings) against the dense FP32 export, measured in interleaved rounds; a second
-measurement with thread spinning off (``session.intra_op.allow_spinning=0``) is in the last column, and
-each model timed alone in a fresh process (no other session alive) checks the interleaved figures.
+measurement with thread spinning off (``session.intra_op.allow_spinning=0``) is in the last column.
 Run folders go under ``outputs/bench/distill/``.
 """
 
@@ -90,46 +89,17 @@ def latencies_ms(model_paths: dict[str, Path], repeat: int, batch: int, sequence
                 "p90_ms": round(1000 * float(np.percentile(t, 90)), 3)} for k, t in times.items()}
 
 
-def _time_one(model_path: Path, repeat: int, batch: int, sequence: int) -> list[float]:
-    """Seconds per run of one model, the only session of this process (ONNX Runtime defaults)."""
-    session, feeds = _session_and_feeds(model_path, batch, sequence, spinning=True)
-    for _ in range(10):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def isolated_latencies_ms(model_paths: dict[str, Path], repeat: int, batch: int, sequence: int,
-                          passes: int = 2) -> dict[str, dict]:
-    """Each model timed alone in a fresh Python process (no other session, so no other thread pool, is
-    alive), ``passes`` times in turn; the median of the pooled runs. A check on the interleaved numbers."""
-    import subprocess
-
-    times: dict[str, list[float]] = {k: [] for k in model_paths}
-    for _ in range(passes):
-        for key, path in model_paths.items():
-            out = subprocess.run([sys.executable, __file__, "--time-one", str(path), "--repeat", str(repeat)],
-                                 capture_output=True, text=True, check=True)
-            times[key] += json.loads(out.stdout.strip().splitlines()[-1])
-    return {k: {"p50_ms": round(1000 * float(np.median(t)), 3)} for k, t in times.items()}
-
-
 def markdown(data: dict) -> str:
     """The README table."""
     dense = data["rows"][0]
     lines = ["| model | accuracy | vs teacher (points) | params (M) | size (MB) | p50 latency b1 x 128 (ms) "
-             "| speedup | vs fused dense | speedup, alone | speedup, no spinning |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| speedup | vs fused dense | speedup, no spinning |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         delta = 100 * (r["accuracy"] - dense["accuracy"])
         lines.append(f"| {r['name']} | {r['accuracy']:.3f} | {delta:+.1f} | {r['params'] / 1e6:.1f} | "
                      f"{r['size_mb']:.1f} | {r['latency']['p50_ms']:.2f} | {r['speedup']:.2f}x | "
                      f"{r.get('speedup_vs_fused', float('nan')):.2f}x | "
-                     f"{r.get('speedup_isolated', float('nan')):.2f}x | "
                      f"{r.get('speedup_no_spin', float('nan')):.2f}x |")
     return "\n".join(lines)
 
@@ -143,10 +113,7 @@ def _int8_verdict(label: str, row: dict, teacher: float) -> str:
     change = 100 * (row["accuracy"] - teacher)
     ok = -change <= TARGETS["kd_int8_points"] + 1e-9
     fast = row["speedup"] >= TARGETS["kd_int8_speedup"]
-    no_spin = ""
-    if "speedup_isolated" in row:
-        no_spin = (f" ({row['speedup_isolated']:.2f}x timed alone in fresh processes, "
-                   f"{row['speedup_no_spin']:.2f}x with thread spinning off)")
+    no_spin = f" ({row['speedup_no_spin']:.2f}x with thread spinning off)" if "speedup_no_spin" in row else ""
     return (f"{label}: {_versus_teacher(change)} (target: at most {TARGETS['kd_int8_points']} below): "
             f"{'met' if ok else 'missed'}; {row['speedup']:.2f}x faster than dense FP32 at ONNX Runtime's "
             f"default settings{no_spin} (target >= {TARGETS['kd_int8_speedup']}x): "
@@ -186,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the deeper cut's sparsity (0: no deeper-cut rows)")
     parser.add_argument("--deep-kd-steps", type=int, default=300, help="distillation steps of the deeper cut")
     parser.add_argument("--quick", action="store_true", help="8 KD steps, 100 held-out reviews, no JSON")
-    parser.add_argument("--time-one", type=Path, help=argparse.SUPPRESS)  # isolated_latencies_ms's worker
     args = parser.parse_args(argv)
-    if args.time_one:
-        print(json.dumps(_time_one(args.time_one, args.repeat, LATENCY["batch"], LATENCY["sequence"])))
-        return 0
     kd_steps = 8 if args.quick else args.kd_steps
 
     from engine_speed import write_results
@@ -279,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     paths = {k: f / "model.onnx" for k, (_, f) in folders.items()}
     latency = latencies_ms(paths, args.repeat, LATENCY["batch"], LATENCY["sequence"])
     latency_no_spin = latencies_ms(paths, args.repeat, LATENCY["batch"], LATENCY["sequence"], spinning=False)
-    isolated = isolated_latencies_ms(paths, args.repeat, LATENCY["batch"], LATENCY["sequence"])
     for key, (name, folder) in folders.items():
         model = folder / "model.onnx"
         acc = accuracy(model, tokenizer, texts, labels, max_length=64)
@@ -288,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         params[key] = params[parent] if parent else count_parameters(load_model(model))
         rows.append({"key": key, "name": name, "accuracy": acc, "params": params[key],
                      "size_mb": round(model_size_bytes(folder) / 1e6, 2), "latency": lat,
-                     "latency_no_spin": latency_no_spin[key], "latency_isolated": isolated[key]})
+                     "latency_no_spin": latency_no_spin[key]})
         print(f"{name:<36} acc {acc:.3f}  p50 {lat['p50_ms']:.2f} ms", flush=True)
     by_key = {r["key"]: r for r in rows}
     for r in rows:
@@ -296,8 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_vs_fused"] = round(by_key["dense-fused"]["latency"]["p50_ms"] / r["latency"]["p50_ms"], 3)
         r["speedup_no_spin"] = round(by_key["dense"]["latency_no_spin"]["p50_ms"]
                                      / r["latency_no_spin"]["p50_ms"], 3)
-        r["speedup_isolated"] = round(by_key["dense"]["latency_isolated"]["p50_ms"]
-                                      / r["latency_isolated"]["p50_ms"], 3)
     distill_entry = next(e for e in read_report(kd) if e["stage"] == "distill")
     data = {
         "teacher": {"folder": "minilm-rotten-tomatoes (optimum_prune.classifier)",
@@ -321,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     "statistic": "median over interleaved rounds (each model 10 timed runs per round, "
                                  "after a 50 ms pause and 2 untimed runs)",
                     "threads": "ONNX Runtime default (spinning on); latency_no_spin: "
-                               "session.intra_op.allow_spinning=0",
-                    "isolated": "latency_isolated: each model alone in a fresh process, 2 passes, "
-                                "median of the pooled runs"},
+                               "session.intra_op.allow_spinning=0"},
         "targets": TARGETS,
         "rows": rows,
         "quick": args.quick,

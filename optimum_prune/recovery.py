@@ -70,7 +70,7 @@ class Consumer:
 class RepairStats:
     """Gram products accumulated for one consumer (``Xp``: pruned-model input, ``Xd``: dense input)."""
 
-    count: int = 0
+    count: float = 0  # rows (their summed weights when rows are weighted)
     gp: np.ndarray | None = None  # Xp^T Xp
     cross: np.ndarray | None = None  # Xp^T Xd
     gd: np.ndarray | None = None  # Xd^T Xd
@@ -263,8 +263,9 @@ def _find_bias(node: ir.Node) -> ir.Value | None:
     return other if tuple(other.const_value.shape) == (n_out,) else None
 
 
-def _find_residual(node: ir.Node, bias: ir.Value | None) -> str | None:
-    """The other input of the ``Add`` that sums ``node``'s (biased) output into a residual stream."""
+def _residual_add(node: ir.Node, bias: ir.Value | None) -> tuple[ir.Node, int, ir.Value] | None:
+    """``(add, index, output)``: the only reader of ``node``'s (biased) output, when it is an ``Add``,
+    with the input index the output takes there."""
     out = node.outputs[0]
     if bias is not None and node.op_type != "Gemm":
         out = next(iter(out.uses()))[0].outputs[0]
@@ -272,6 +273,15 @@ def _find_residual(node: ir.Node, bias: ir.Value | None) -> str | None:
     if len(uses) != 1 or uses[0][0].op_type != "Add":
         return None
     add, idx = uses[0]
+    return add, idx, out
+
+
+def _find_residual(node: ir.Node, bias: ir.Value | None) -> str | None:
+    """The other input of the ``Add`` that sums ``node``'s (biased) output into a residual stream."""
+    found = _residual_add(node, bias)
+    if found is None:
+        return None
+    add, idx, out = found
     other = add.inputs[1 - idx]
     if other is None or const_array(other) is not None:
         return None
@@ -286,13 +296,10 @@ _NORMS = {"LayerNormalization": "center", "RMSNormalization": "rms", "Simplified
 def _find_norm(node: ir.Node, bias: ir.Value | None) -> tuple[str, str, float] | None:
     """``(value, kind, epsilon)`` of the norm that reads ``node``'s (biased) output after its residual
     ``Add``: the value it normalises over the last axis, ``"center"`` (LayerNormalization) or ``"rms"``."""
-    out = node.outputs[0]
-    if bias is not None and node.op_type != "Gemm":
-        out = next(iter(out.uses()))[0].outputs[0]
-    uses = list(out.uses())
-    if len(uses) != 1 or uses[0][0].op_type != "Add":
+    found = _residual_add(node, bias)
+    if found is None:
         return None
-    stream = uses[0][0].outputs[0]
+    stream = found[0].outputs[0]
     for user, idx in stream.uses():
         kind = _NORMS.get(user.op_type)
         axis = user.attributes["axis"].as_int() if "axis" in user.attributes else -1

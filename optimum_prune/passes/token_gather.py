@@ -160,11 +160,12 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000, attention_q
 
     hoist_all()
     if attention_queries:
-        rewritten, _ = gather_attention_queries(model)
+        rewritten, left_fused = gather_attention_queries(model)
         if rewritten:
             report.moved += rewritten
             report.ops["Attention (one query)"] = rewritten
             hoist_all()  # the stop reasons, after the rewrite
+        report.stopped_at += [f"Attention {reason} (left fused)" for reason in left_fused]
     report.stopped_at = sorted(set(report.stopped_at))
     for value in dropped:
         if value.uses() or value.is_graph_output():
