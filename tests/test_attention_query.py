@@ -78,6 +78,14 @@ def test_a_smaller_value_size_and_an_explicit_scale():
     np.testing.assert_allclose(_run(out, feeds), _run(model, feeds), rtol=1e-4, atol=1e-5)
 
 
+def test_a_start_and_end_mask_stays_fused():
+    """A 1-D mask of 2 x batch values (key end and start positions) is not the one-length-per-row form."""
+    model = _model("lengths")
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "B2"
+    out, done, kept = _rewritten(model)
+    assert done == 0 and "one key length per row" in kept[0]
+
+
 def test_a_causal_attention_stays_fused():
     out, done, kept = _rewritten(_model("none", attrs=", unidirectional = 1"))
     assert done == 0 and "unidirectional" in kept[0]

@@ -103,6 +103,10 @@ def _why_not(node: ir.Node, shapes: dict[str, Shape]) -> str | None:
         return "only a 1-D (key lengths) or 2-D (batch, sequence) mask is rewritten"
     if _rank(inputs[0], shapes) != 3:
         return "the input is not (batch, sequence, hidden)"
+    if len(inputs) > 3 and inputs[3] is not None and _rank(inputs[3], shapes) == 1:
+        batch = shapes.get(inputs[0].name, (None,))[0]
+        if batch is None or shapes.get(inputs[3].name) != (batch,):
+            return "a 1-D mask is rewritten only when it is one key length per row (not end + start)"
     sizes = _sizes(node, weight)
     heads = attrs["num_heads"].as_int() if "num_heads" in attrs else 0
     if sizes is None or heads < 1 or any(s % heads for s in sizes) or sizes[0] != sizes[1]:
