@@ -156,3 +156,17 @@ def test_optimize_stage_splits_an_exported_encoder(work):
 def test_split_option_is_validated():
     with pytest.raises(ConfigError, match="split_skip_layer_norms"):
         OptimizeStage(level="O2", split_skip_layer_norms=1)
+
+
+def test_the_default_epsilon_is_onnx_runtimes():
+    """An SLN without an epsilon attribute on rows of tiny variance, where the epsilon decides the output:
+    the split node must use the epsilon ONNX Runtime's kernel defaults to."""
+    rng = np.random.default_rng(4)
+    model = _build(f"""
+        g (float[B, S, 8] x, float[B, S, 8] r) => (float[B, S, 8] y) {{
+            y = {MS}.SkipLayerNormalization(x, r, g1, b1)
+        }}""", _inits(rng, g1=(8,), b1=(8,)), opset=17, domains={MS: 1})
+    out, report = _split(model)
+    assert report.split == 1
+    feeds = {k: (1e-5 * v).astype(np.float32) for k, v in make_inputs(model).items()}  # variance ~1e-10
+    np.testing.assert_allclose(_run(out, feeds)[0], _run(model, feeds)[0], rtol=1e-3, atol=1e-3)
