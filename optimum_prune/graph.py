@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +265,37 @@ def value_names(graph: ir.Graph) -> set[str]:
     for node in graph:
         names.update(o.name for o in node.outputs if o.name)
     return names
+
+
+def redirect_outputs(olds: Sequence[ir.Value], new: ir.Value, copy_name: Callable[[], str]) -> list[ir.Node]:
+    """Make every reader of ``olds`` (values that compute the same thing) read ``new`` instead.
+
+    A graph output keeps its name and declared type: the first through ``new`` itself, each further one
+    through an ``Identity`` of ``new`` named ``copy_name()``. Returns those ``Identity`` nodes for the
+    caller to insert after ``new``'s producer. ``new`` takes an old value's type when it has none.
+    """
+    copies: list[ir.Node] = []
+    pairs: list[tuple[ir.Value, ir.Value]] = []
+    named = False
+    for old in olds:
+        target = new
+        if old.is_graph_output():
+            if named:
+                copy = ir.Node("", "Identity", [new], num_outputs=1, name=copy_name())
+                copies.append(copy)
+                target = copy.outputs[0]
+            named = True
+            name, old.name = old.name, None
+            target.name = name
+            if old.shape is not None:  # the declared output type, symbolic dim names included
+                target.shape = old.shape
+            if old.type is not None:
+                target.type = old.type
+        elif target.type is None and old.type is not None:
+            target.type = old.type
+            if old.shape is not None:
+                target.shape = old.shape
+        pairs.append((old, target))
+    for old, target in pairs:
+        old.replace_all_uses_with(target, replace_graph_outputs=True)
+    return copies

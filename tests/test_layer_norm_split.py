@@ -49,6 +49,16 @@ def _inits(rng, **shapes) -> dict[str, np.ndarray]:
     return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
 
 
+def _one_node_model(outputs: str = "float[B, S, 8] y", results: str = "y", opset: int = 17,
+                    seed: int = 1) -> onnx.ModelProto:
+    """One SkipLayerNormalization of two graph inputs, without bias or epsilon attribute."""
+    rng = np.random.default_rng(seed)
+    return _build(f"""
+        g (float[B, S, 8] x, float[B, S, 8] r) => ({outputs}) {{
+            {results} = {MS}.SkipLayerNormalization(x, r, g1, b1)
+        }}""", _inits(rng, g1=(8,), b1=(8,)), opset=opset, domains={MS: 1})
+
+
 def _two_block_model() -> onnx.ModelProto:
     """Two residual blocks as ONNX Runtime fuses them: the first SLN has a bias and hands its residual
     sum (4th output) to the second, which has neither bias nor epsilon attribute (default 1e-12)."""
@@ -83,23 +93,14 @@ def test_split_gives_the_same_outputs_and_ort_does_not_fuse_it_back(tmp_path):
 
 
 def test_a_read_mean_output_keeps_the_node_fused():
-    rng = np.random.default_rng(1)
-    model = _build(f"""
-        g (float[B, S, 8] x, float[B, S, 8] r) => (float[B, S, 8] y, float[B, S, 1] m) {{
-            y, m = {MS}.SkipLayerNormalization(x, r, g1, b1)
-        }}""", _inits(rng, g1=(8,), b1=(8,)), opset=17, domains={MS: 1})
+    model = _one_node_model(outputs="float[B, S, 8] y, float[B, S, 1] m", results="y, m")
     out, report = _split(model)
     assert report.split == 0 and len(report.kept) == 1 and "mean output is read" in report.kept[0]
     assert _ops(out)["SkipLayerNormalization"] == 1
 
 
 def test_opset_below_17_keeps_every_node_fused():
-    rng = np.random.default_rng(2)
-    model = _build(f"""
-        g (float[B, S, 8] x, float[B, S, 8] r) => (float[B, S, 8] y) {{
-            y = {MS}.SkipLayerNormalization(x, r, g1, b1)
-        }}""", _inits(rng, g1=(8,), b1=(8,)), opset=16, domains={MS: 1})
-    out, report = _split(model)
+    out, report = _split(_one_node_model(opset=16, seed=2))
     assert report.split == 0 and "opset 16" in report.kept[0]
     assert _ops(out)["SkipLayerNormalization"] == 1
 
@@ -161,11 +162,7 @@ def test_split_option_is_validated():
 def test_the_default_epsilon_is_onnx_runtimes():
     """An SLN without an epsilon attribute on rows of tiny variance, where the epsilon decides the output:
     the split node must use the epsilon ONNX Runtime's kernel defaults to."""
-    rng = np.random.default_rng(4)
-    model = _build(f"""
-        g (float[B, S, 8] x, float[B, S, 8] r) => (float[B, S, 8] y) {{
-            y = {MS}.SkipLayerNormalization(x, r, g1, b1)
-        }}""", _inits(rng, g1=(8,), b1=(8,)), opset=17, domains={MS: 1})
+    model = _one_node_model(seed=4)
     out, report = _split(model)
     assert report.split == 1
     feeds = {k: (1e-5 * v).astype(np.float32) for k, v in make_inputs(model).items()}  # variance ~1e-10

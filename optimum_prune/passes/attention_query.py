@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.graph import Shape, const_array, fresh_name, infer_shapes, value_names
+from optimum_prune.graph import Shape, const_array, fresh_name, infer_shapes, redirect_outputs, value_names
 
 _MICROSOFT = "com.microsoft"
 _DEFAULT_MASK_FILTER = -10000.0  # com.microsoft::Attention's default mask_filter_value
@@ -34,8 +34,9 @@ def gather_attention_queries(model: ir.Model, shapes: dict[str, Shape] | None = 
                              ) -> tuple[int, list[str]]:
     """Rewrite each fused ``Attention`` whose output is read at one constant position only.
 
-    Changes ``model`` in place. ``shapes`` are the model's inferred shapes
-    (:func:`optimum_prune.graph.infer_shapes`, computed when not given). Returns how many were rewritten
+    Changes ``model`` in place. ``shapes`` are inferred shapes (:func:`optimum_prune.graph.infer_shapes`,
+    computed when not given; shapes inferred before an earlier rewrite serve as long as the attention
+    inputs are unchanged). Returns how many were rewritten
     and, for each fused ``Attention`` read through a constant-index ``Gather`` that stayed fused, why
     (``"<node>: <reason>"``).
     """
@@ -190,23 +191,9 @@ def _rewrite(graph: ir.Graph, node: ir.Node, gathers: list[ir.Node], mask_rank: 
     context = op("MatMul", [probs, v4], "context")  # [B, heads, 1, dv]
     result = op("Reshape", [context, i64("out_shape", [0, hv])], "joined")
     graph.insert_before(node, new)
-    named = False
-    for g in gathers:
-        old = g.outputs[0]
-        target = result
-        if old.is_graph_output():
-            if named:
-                ident = ir.Node("", "Identity", [result], name=fresh_name(nodes_taken, f"{base}/copy"))
-                graph.insert_before(node, [ident])
-                target = ident.outputs[0]
-            named = True
-            name, old.name = old.name, None
-            target.name = name
-        if old.type is not None:
-            target.type = old.type
-            if old.shape is not None:
-                target.shape = old.shape
-        old.replace_all_uses_with(target, replace_graph_outputs=True)
+    copies = redirect_outputs([g.outputs[0] for g in gathers], result,
+                              lambda: fresh_name(nodes_taken, f"{base}/copy"))
+    graph.insert_before(node, copies)
     graph.remove(gathers, safe=True)
     graph.remove(node, safe=True)
     for value in (w_value, b_value):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.graph import Shape, const_array, fresh_name, infer_shapes, value_names
+from optimum_prune.graph import Shape, const_array, fresh_name, infer_shapes, redirect_outputs, value_names
 from optimum_prune.passes.attention_query import gather_attention_queries
 
 # ops that apply numpy broadcasting to all their inputs and compute each output element from the
@@ -160,7 +160,7 @@ def hoist_token_gathers(model: ir.Model, *, max_moves: int = 10_000, attention_q
 
     hoist_all()
     if attention_queries:
-        rewritten, left_fused = gather_attention_queries(model)
+        rewritten, left_fused = gather_attention_queries(model, shapes)
         if rewritten:
             report.moved += rewritten
             report.ops["Attention (one query)"] = rewritten
@@ -253,33 +253,14 @@ def _try_move(graph: ir.Graph, gather: ir.Node, shape_of, index_value: Callable[
         result.dtype = dtype
     _set_shape(result, data_shape[:axis] + data_shape[axis + 1:])
     new_nodes.append(moved)
-    # each Gather's output becomes the moved op's output; a graph output keeps its name (and declared
-    # type), through an Identity when several graph outputs were the same Gather
-    replacements: list[tuple[ir.Value, ir.Value]] = []
-    named_output = False
-    for g in gathers:
-        old = g.outputs[0]
-        target = result
-        if old.is_graph_output():
-            if named_output:
-                ident = ir.Node("", "Identity", [result], num_outputs=1,
-                                name=fresh_name(node_names, f"{producer.name}/on_gathered_copy"))
-                new_nodes.append(ident)
-                target = ident.outputs[0]
-            named_output = True
-            name = old.name
-            old.name = None
-            target.name = name
-            if old.shape is not None:  # keep the declared output type (symbolic dim names)
-                target.shape = old.shape
-            if old.type is not None:
-                target.type = old.type
-        replacements.append((old, target))
     if not result.name:
         result.name = fresh_name(taken_values, f"{producer.name}/on_gathered_output")
     graph.insert_before(producer, new_nodes)
-    for old, target in replacements:
-        old.replace_all_uses_with(target, replace_graph_outputs=True)
+    # each Gather's output becomes the moved op's output (graph outputs keep their names)
+    olds = [g.outputs[0] for g in gathers]
+    copies = redirect_outputs(olds, result,
+                              lambda: fresh_name(node_names, f"{producer.name}/on_gathered_copy"))
+    graph.insert_before(producer, copies)
     dropped.extend(g.inputs[1] for g in gathers)
     graph.remove(gathers, safe=True)
     graph.remove(producer, safe=True)
