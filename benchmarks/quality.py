@@ -165,6 +165,11 @@ def label(r: dict) -> str:
     return name
 
 
+def run_dir(r: dict, out_root: Path) -> Path:
+    """The folder a row's pruned model is written to (one per sparsity and row name)."""
+    return out_root / f"{r['sparsity']:.2f}-{hashlib.sha1(label(r).encode()).hexdigest()[:10]}"
+
+
 def run_row(r: dict, onnx_dir: Path, out_root: Path, calib, tokenizer, held: list[str], dense: np.ndarray,
             dense_ms: float, repeat: int) -> dict:
     """Prune, evaluate and time one row."""
@@ -176,7 +181,7 @@ def run_row(r: dict, onnx_dir: Path, out_root: Path, calib, tokenizer, held: lis
     config = PruningConfig(sparsity=r["sparsity"], scope=("ffn", "heads"), importance=r["importance"],
                            importance_options=r["options"], allocation=r["allocation"], recover=recover)
     needs_calib = r["data"] == "calibration" or r["repair"] == "calibration"
-    out = out_root / f"{r['sparsity']:.2f}-{hashlib.sha1(label(r).encode()).hexdigest()[:10]}"
+    out = run_dir(r, out_root)
     start = time.perf_counter()
     import warnings
 

@@ -449,12 +449,23 @@ def _cache_resized(groups: list[PruningGroup], removed: dict[int, set[int]]) -> 
     return any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
 
 
+def _kv_heads_pruned(cfg: dict, groups: list[PruningGroup], removed: dict[int, set[int]],
+                     n_heads: int | None) -> bool:
+    """Whether the pruned head groups remove key/value heads: False when their units are query heads
+    that share fewer key/value heads (multi-query attention: the KV head is broadcast to every query
+    head, so query heads go alone and the KV-head count stays)."""
+    n_kv = next((cfg[k] for k in _KV_KEYS if isinstance(cfg.get(k), int)), None)
+    units = {g.units for g in groups if g.kind == "heads" and removed.get(g.id)}
+    return not (n_kv is not None and n_heads and n_kv < n_heads and units == {n_heads})
+
+
 def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
     """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
 
     When pruned head groups resize the key/value cache, only the KV-head count changes (with an
     explicit ``head_dim``): Optimum's runtime sizes the cache as ``num_key_value_heads`` x
-    ``hidden_size // num_attention_heads``, so ``num_attention_heads`` keeps its source value.
+    ``hidden_size // num_attention_heads``, so ``num_attention_heads`` keeps its source value. Query
+    heads pruned alone (multi-query attention) change neither count, for the same reason.
     Otherwise new head counts are recorded when they still divide the hidden size (some config
     classes reject other values, and the graph does not read them). Returns notes on what was kept.
     Raises :class:`PruningError` when the cache was resized unevenly (no config can describe it).
@@ -476,8 +487,9 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
         new = dict(cfg)
         if n_heads and isinstance(hidden, int) and cfg.get("head_dim") is None:
             new["head_dim"] = hidden // n_heads
-        if cache_resized:
-            for k in _KV_KEYS:
+        query_only = not cache_resized and not _kv_heads_pruned(cfg, groups, removed, n_heads)
+        if cache_resized or query_only:
+            for k in _KV_KEYS if cache_resized else ():
                 if isinstance(cfg.get(k), int):
                     new[k] = int(round(cfg[k] * heads))
             notes.append(f"config.json keeps num_attention_heads={n_heads} (the graph has "

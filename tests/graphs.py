@@ -1218,6 +1218,70 @@ gqa (float[B, S, 10] x) => (float[B, S, 7] y) {
     return _build(text, inits)
 
 
+# MQA: 4 query heads share one KV head (head_dim 3), repeat_kv as transformers exports it:
+# k[B,1,S,3] -> Unsqueeze(axes=[2]) -> [B,1,1,S,3] -> Expand([1,1,4,1,1]) -> [B,1,4,S,3] (broadcast from
+# 1 along the query-head axis) -> Reshape([B, kv * 4, S, 3]) with kv read at run time by Shape (= 1).
+# Query heads are prunable one by one (each removed head drops its copy of the shared K/V); K and V are
+# one unit each (their only KV head) and stay. (same for v with Wv[10,3])
+def mqa_block(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+mqa (float[B, S, 10] x) => (float[B, S, 7] y) {
+  q0 = MatMul(x, Wq)
+  q1 = Reshape(q0, q_shape)
+  q = Transpose<perm = [0, 2, 1, 3]>(q1)
+  k0 = MatMul(x, Wk)
+  k1 = Reshape(k0, kv_shape)
+  k2 = Transpose<perm = [0, 2, 1, 3]>(k1)
+  ks = Shape(k2)
+  kb = Gather(ks, i0)
+  kh = Gather(ks, i1)
+  kl = Gather(ks, i2)
+  kr = Mul(kh, n_rep)
+  kb1 = Unsqueeze(kb, ax0)
+  kr1 = Unsqueeze(kr, ax0)
+  kl1 = Unsqueeze(kl, ax0)
+  merge = Concat<axis = 0>(kb1, kr1, kl1, head_dim)
+  k3 = Unsqueeze(k2, ax2)
+  k4 = Expand(k3, rep_shape)
+  k = Reshape(k4, merge)
+  kt = Transpose<perm = [0, 1, 3, 2]>(k)
+  v0 = MatMul(x, Wv)
+  v1 = Reshape(v0, kv_shape)
+  v2 = Transpose<perm = [0, 2, 1, 3]>(v1)
+  v3 = Unsqueeze(v2, ax2)
+  v4 = Expand(v3, rep_shape)
+  v = Reshape(v4, merge)
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  p = Softmax<axis = -1>(sc)
+  c0 = MatMul(p, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {
+        "Wq": _mat(rng, 10, 12),
+        "Wk": _mat(rng, 10, 3),
+        "Wv": _mat(rng, 10, 3),
+        "Wo": _mat(rng, 12, 7),
+        "q_shape": _i64(0, 0, 4, 3),
+        "kv_shape": _i64(0, 0, 1, 3),
+        "i0": np.array(0, dtype=np.int64),
+        "i1": np.array(1, dtype=np.int64),
+        "i2": np.array(2, dtype=np.int64),
+        "n_rep": np.array(4, dtype=np.int64),
+        "ax0": _i64(0),
+        "ax2": _i64(2),
+        "head_dim": _i64(3),
+        "rep_shape": _i64(1, 1, 4, 1, 1),
+        "mg_shape": _i64(0, 0, 12),
+        "scale": _f32(1.0 / math.sqrt(3.0)),
+    }
+    return _build(text, inits)
+
+
 # --------------------------------------------------------------------------------------------
 # com.microsoft contrib ops (all verified to run on the onnxruntime 1.31 CPU EP)
 # --------------------------------------------------------------------------------------------
@@ -1560,6 +1624,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("gqa_block", gqa_block, "heads"),
+    ("mqa_block", mqa_block, "heads"),
     ("ms_attention", ms_attention, "heads"),
     ("ms_multihead_attention", ms_multihead_attention, "heads"),
     ("ms_group_query_attention", ms_group_query_attention, "heads"),

@@ -284,11 +284,20 @@ def test_a_few_kd_steps_lower_the_kd_loss(work):
     examples, collator = encode_examples(hf, data, student, max_length=32, label_column="label")
     config = DistillationConfig(max_steps=30, batch_size=8, learning_rate=2e-3, warmup_ratio=0.0,
                                 progress=False, alpha_ce=0.1)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    flags = [p.requires_grad for p in teacher.parameters()]
     result = distill(student, teacher, examples[:40], config, collator=collator,
                      eval_examples=examples[40:])
     assert result.steps == 30 and result.history
     assert result.loss_after < 0.8 * result.loss_before
-    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher stays frozen
+    # the teacher was frozen while the student trained, and is given back as it came
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert [p.requires_grad for p in teacher.parameters()] == flags and any(flags)
+    # so a second student built from it trains too (it used to inherit requires_grad=False)
+    again, _ = build_student(teacher, onnx_dir, pruned)
+    short = DistillationConfig(max_steps=5, batch_size=8, progress=False, learning_rate=2e-3, alpha_ce=0.1)
+    second = distill(again, teacher, examples[:40], short, collator=collator, eval_examples=examples[40:])
+    assert second.loss_after < second.loss_before
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -90,6 +90,26 @@ def test_kv_group_pruning_keeps_generation_working(zoo_root, tmp_path, name):
     assert tokens.shape == (1, 7)
 
 
+@pytest.mark.parametrize("past", [False, True])
+def test_multi_query_attention_prunes_query_heads_and_keeps_the_shared_kv_head(zoo_root, tmp_path, past):
+    """One KV head broadcast to every query head (Expand from 1, then a Reshape to ``kv * n_rep`` heads
+    read at run time): query heads go one by one, the cache keeps its one KV head, generate() runs."""
+    src = export_zoo_model("llama-mqa", zoo_root, with_past=past)
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 4  # 2 of 4 query heads in each of the 2 layers
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_key_value_heads"] == 1
+    result = verify(src, out)
+    assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE
+    import torch
+
+    model = load_ort_model("llama-mqa", out)
+    tokens = model.generate(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                            max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert tokens.shape == (1, 7)
+
+
 def test_kv_head_pruning_refused_when_the_config_cannot_describe_the_cache(zoo_root, tmp_path):
     src = export_zoo_model("gpt2", zoo_root, with_past=True)
     with pytest.raises(ConfigError, match="no key/value-head count"):

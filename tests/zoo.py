@@ -434,6 +434,14 @@ def _llama() -> PretrainedConfig:
     return LlamaConfig(**_decoder_common())
 
 
+def _llama_mqa() -> PretrainedConfig:
+    from transformers import LlamaConfig
+
+    # Multi-query attention (one key/value head shared by the 4 query heads, as Gemma-2B / Falcon-7B):
+    # repeat_kv broadcasts it from 1, so query heads are pruned without touching the cache.
+    return LlamaConfig(**{**_decoder_common(), "num_key_value_heads": 1})
+
+
 def _qwen2() -> PretrainedConfig:
     from transformers import Qwen2Config
 
@@ -663,6 +671,15 @@ ZOO: dict[str, ZooSpec] = {
     "llama": ZooSpec(
         "llama",
         _llama,
+        _TASK_CAUSAL,
+        is_decoder=True,
+        fusable="gpt2",
+        fusion_opt_level=0,
+        fusion_note=_ROPE_L0,
+    ),
+    "llama-mqa": ZooSpec(
+        "llama",
+        _llama_mqa,
         _TASK_CAUSAL,
         is_decoder=True,
         fusable="gpt2",

@@ -255,6 +255,8 @@ class Walk:
             dynamic = [v for v in node.inputs if v is not None and not is_constant(v)]
             if not dynamic:
                 self.fail("shape arithmetic on constants only")
+            if op == "Mul" and len(dynamic) == 1 and self._patch_factor(node, dynamic[0], index, owner):
+                return
             for v in dynamic:
                 trace(v, index if self.rank(v) else 0)
             return
@@ -268,6 +270,52 @@ class Walk:
         if op == "ConstantOfShape":
             return
         self.fail(f"cannot trace shape element {index} through {op} '{node.name}'")
+
+    def _patch_factor(self, node: ir.Node, dynamic: ir.Value, index: int, owner: np.ndarray) -> bool:
+        """``dim * c`` where ``dim`` is read at run time from an axis of static size 1 and the constant ``c``
+        counts the channels (``num_key_value_heads * n_rep`` with one key/value head, as ``repeat_kv``
+        exports it): patch ``c``. False when the element has another form."""
+        const = next(v for v in node.inputs if v is not None and v is not dynamic)
+        arr = const_array(const)
+        if arr is None or arr.size == 0:
+            return False
+        k = index if arr.size > 1 else 0
+        if int(arr.reshape(-1)[k]) != owner.size:
+            return False
+        if self._static_element(dynamic, index if self.rank(dynamic) else 0, depth=0) != 1:
+            return False
+        holder = _constant_holder(const)
+        self._add_patch("constant", holder.name, k, "", self._source or owner)
+        return True
+
+    def _static_element(self, value: ir.Value, index: int, depth: int) -> int | None:
+        """The value of element ``index`` of a shape vector when it is a statically known dimension."""
+        if depth > 16:
+            return None
+        arr = const_array(value)
+        if arr is not None:
+            flat = arr.reshape(-1)
+            return int(flat[index]) if index < flat.size else None
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+            return self._static_element(node.inputs[0], index, depth + 1)
+        if node.op_type == "Gather":
+            idx = const_array(node.inputs[1])
+            if idx is None:
+                return None
+            return self._static_element(node.inputs[0], int(idx.reshape(-1)[index if idx.size > 1 else 0]),
+                                        depth + 1)
+        if node.op_type == "Shape":
+            start = int(node.attributes["start"].value) if "start" in node.attributes else 0
+            rank = self.rank(node.inputs[0])
+            if not isinstance(rank, int):
+                return None
+            axis = (start + rank if start < 0 else start) + index
+            dim = self.dim(node.inputs[0], axis) if 0 <= axis < rank else None
+            return dim if isinstance(dim, int) else None
+        return None
 
     def run(self, seed: ir.Value, axis: int) -> None:
         """Walk from ``seed``'s ``axis`` to a fixpoint."""

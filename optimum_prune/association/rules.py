@@ -696,13 +696,20 @@ def pad(node: ir.Node, entry: Entry, walk: Walk) -> None:
 
 
 def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Expand: the channel axis passes (not broadcast from 1); the target shape element is patched."""
+    """Expand: the channel axis passes, or is broadcast from 1 (a shared key/value head repeated for its
+    query heads, as ``repeat_kv`` exports it): then the input has no channels to slice and only the
+    target shape element, which counts the channels, is patched."""
     x, shape_v, y = node.inputs[0], node.inputs[1], node.outputs[0]
     ri, ro = walk.rank(x), walk.rank(y)
     out_axis = entry.axis if entry.is_output else entry.axis + ro - ri
     in_axis = out_axis - (ro - ri)
     if in_axis < 0 or walk.dim(x, in_axis) == 1:
-        walk.fail("Expand broadcasts along the channel axis")
+        if not entry.is_output:
+            walk.fail("Expand broadcasts along the channel axis")
+        walk.link(y, out_axis, entry.owner)
+        walk.patch_shape_element(shape_v, out_axis, entry.owner, node,
+                                 source=(y, out_axis, 0, entry.owner.size))
+        return
     walk.link(x, in_axis, entry.owner)
     walk.link(y, out_axis, entry.owner)
     walk.patch_shape_element(shape_v, out_axis, entry.owner, node, broadcast_ok=True,
@@ -728,9 +735,8 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if sin is None or sout is None:
         walk.fail(f"{node.op_type} with unknown input or output shape")
     sin, sout = _solve_wildcard(list(sin), list(sout))
-    blocks = _align_blocks(sin, sout)
     src_shape, dst_shape = (sout, sin) if entry.is_output else (sin, sout)
-    for bin_, bout in blocks:
+    for bin_, bout in _align_blocks(sin, sout):
         src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
         if entry.axis in src_axes:
             break

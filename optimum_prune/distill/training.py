@@ -188,7 +188,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
         eval_examples: when given, the distillation loss on them is measured before and after training.
         hidden_kept: the teacher's hidden positions the student kept, when the hidden size was pruned.
     """
-    from transformers import TrainingArguments, default_data_collator, set_seed
+    from transformers import default_data_collator, set_seed
 
     config = config or DistillationConfig()
     if not len(train_examples):
@@ -200,6 +200,30 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
     kd_loss = config.loss(hidden_kept)
     set_seed(config.seed)
     frozen = _freeze(student, config.freeze)
+    # the trainer freezes the teacher and puts it in eval mode: both are given back afterwards, so the
+    # caller's model is unchanged (a student built from it later must still be trainable)
+    teacher_flags = [(p, p.requires_grad) for p in teacher.parameters()]
+    teacher_training = teacher.training
+    try:
+        output, seconds, history, before = _train(student, teacher, train_examples, config, kd_loss, collator,
+                                                  eval_examples)
+        student.eval()
+        after = kd_loss_on(student, teacher, eval_examples, kd_loss, collator) if eval_examples else None
+    finally:
+        for param, flag in teacher_flags:
+            param.requires_grad_(flag)
+        teacher.train(teacher_training)
+        for param in frozen:
+            param.requires_grad_(True)
+    return DistillationResult(steps=int(output.global_step), seconds=round(seconds, 2), history=history,
+                              loss_before=before, loss_after=after)
+
+
+def _train(student, teacher, train_examples, config: DistillationConfig, kd_loss: DistillationLoss, collator,
+           eval_examples):
+    """The ``Trainer`` run of :func:`distill`: (train output, seconds, loss history, eval loss before)."""
+    from transformers import TrainingArguments
+
     before = kd_loss_on(student, teacher, eval_examples, kd_loss, collator) if eval_examples else None
     with tempfile.TemporaryDirectory(prefix="optimum-prune-kd-") as scratch:
         args = TrainingArguments(
@@ -218,9 +242,4 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train_examples: 
         seconds = time.perf_counter() - start
         history = [{"step": int(e["step"]), "loss": float(e["loss"])}
                    for e in trainer.state.log_history if "loss" in e]
-    for param in frozen:
-        param.requires_grad_(True)
-    student.eval()
-    after = kd_loss_on(student, teacher, eval_examples, kd_loss, collator) if eval_examples else None
-    return DistillationResult(steps=int(output.global_step), seconds=round(seconds, 2), history=history,
-                              loss_before=before, loss_after=after)
+    return output, seconds, history, before
