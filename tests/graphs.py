@@ -179,6 +179,54 @@ conv (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
     return _build(text, inits)
 
 
+# x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu -> Resize(scales=[1,1,2,2], linear) -> [B,8,14,18]
+#   -> Conv(W2[6,8,1,1]) -> y[B,6,14,18]             (an FPN / decoder upsampling: channels pass)
+def resize_scales(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+resize (float[B, 3, 7, 9] x) => (float[B, 6, 14, 18] y) {
+  c = Conv<pads = [1, 1, 1, 1]>(x, W1)
+  r = Relu(c)
+  u = Resize<mode = "linear">(r, "", sc)
+  y = Conv(u, W2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1),
+             "sc": np.array([1.0, 1.0, 2.0, 2.0], dtype=np.float32)}
+    return _build(text, inits)
+
+
+# the same with target sizes on the spatial axes only (opset 18 ``axes``), cubic
+def resize_sizes_axes(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+resize (float[B, 3, 7, 9] x) => (float[B, 6, 10, 5] y) {
+  c = Conv<pads = [1, 1, 1, 1]>(x, W1)
+  r = Relu(c)
+  u = Resize<mode = "cubic", axes = [2, 3]>(r, "", "", sz)
+  y = Conv(u, W2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "sz": _i64(10, 5)}
+    return _build(text, inits)
+
+
+# Resize(scales=[1,2,1,1]) interpolates between channels: the filters of W1 cannot be removed
+def resize_channel_axis(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+resize (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c = Conv<pads = [1, 1, 1, 1]>(x, W1)
+  r = Relu(c)
+  u = Resize<mode = "linear">(r, "", sc)
+  y = Conv(u, W2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 16, 1, 1),
+             "sc": np.array([1.0, 2.0, 1.0, 1.0], dtype=np.float32)}
+    return _build(text, inits)
+
+
 # x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu
 #   -> Conv(W2[12,4,3,3], B2[12], group=2, pads=1)     (8 in = 2 groups x 4, 12 out = 2 groups x 6)
 #   -> Relu -> Conv(W3[6,12,1,1]) -> y[B,6,7,9]
@@ -1614,6 +1662,9 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("softmax_seq", softmax_seq, "ffn"),
     ("squeeze_unsqueeze", squeeze_unsqueeze, "ffn"),
     ("expand", expand, "ffn"),
+    ("resize_scales", resize_scales, "conv"),
+    ("resize_sizes_axes", resize_sizes_axes, "conv"),
+    ("resize_channel_axis", resize_channel_axis, "conv"),
     ("layernorm", layernorm, "hidden"),
     ("rmsnorm_reciprocal", rmsnorm_reciprocal, "hidden"),
     ("rmsnorm_div", rmsnorm_div, "hidden"),
@@ -1648,12 +1699,14 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "softmax_channel_axis",
     "reduce_mean_channel_axis",
     "graph_output_channels",
+    "resize_channel_axis",
     "chunk_computed_offset",
     "chunk_computed_unpaired",
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
     "chunk_computed_offset": "does not follow pruning",
+    "resize_channel_axis": "resamples the channel axis",
     "chunk_computed_unpaired": "do not all own the same share",
 }
 

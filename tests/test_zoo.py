@@ -110,6 +110,17 @@ def test_multi_query_attention_prunes_query_heads_and_keeps_the_shared_kv_head(z
     assert tokens.shape == (1, 7)
 
 
+def test_beit_heads_prune_with_their_relative_position_bias(zoo_root, tmp_path):
+    """BEiT's per-head relative position bias table is interpolated by a Resize (scale 1 on the head
+    axis) before it is added to the scores: its head columns are sliced with the heads."""
+    src = export_zoo_model("beit", zoo_root)
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 4  # 2 of 4 heads in each of the 2 layers
+    result = verify(src, out)
+    assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE
+
+
 def test_kv_head_pruning_refused_when_the_config_cannot_describe_the_cache(zoo_root, tmp_path):
     src = export_zoo_model("gpt2", zoo_root, with_past=True)
     with pytest.raises(ConfigError, match="no key/value-head count"):

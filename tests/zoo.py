@@ -338,6 +338,15 @@ def _deit() -> PretrainedConfig:
     return DeiTConfig(**_vit_common(), architectures=["DeiTForImageClassificationWithTeacher"])
 
 
+def _beit() -> PretrainedConfig:
+    from transformers import BeitConfig
+
+    # Per-layer relative position bias: a [relative distances, heads] table gathered and interpolated
+    # (a Resize with scale 1 on the head axis) before it is added to the attention scores.
+    common = {k: v for k, v in _vit_common().items() if k != "qkv_bias"}
+    return BeitConfig(**common, use_relative_position_bias=True)
+
+
 def _swin() -> PretrainedConfig:
     from transformers import SwinConfig
 
@@ -644,6 +653,8 @@ ZOO: dict[str, ZooSpec] = {
     # Vision ------------------------------------------------------------------------------------------------
     "vit": ZooSpec("vit", _vit, _TASK_IMAGE, fusable="vit", fusion_note=_VIT_NOTE),
     "deit": ZooSpec("deit", _deit, _TASK_IMAGE, fusable="vit", fusion_note=_VIT_NOTE),
+    "beit": ZooSpec("beit", _beit, _TASK_IMAGE, fusion_note="not fused: the relative position bias is not a "
+                    "pattern of ONNX Runtime's transformer optimizer"),
     "swin": ZooSpec(
         "swin",
         _swin,

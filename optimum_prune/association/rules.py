@@ -695,6 +695,37 @@ def pad(node: ir.Node, entry: Entry, walk: Walk) -> None:
     walk.link(node.inputs[0] if entry.is_output else node.outputs[0], entry.axis, entry.owner)
 
 
+def resize(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Resize / Upsample: the channel axis passes when it is not resampled: a scale of 1 there, or a
+    target size that counts the channels (patched). Every interpolation mode reads whole positions
+    along an axis of scale 1, except ``tf_crop_and_resize`` (its region of interest moves them)."""
+    x, y = node.inputs[0], node.outputs[0]
+    if entry.value is not x and entry.value is not y:
+        walk.fail(f"{node.op_type}: channels in its roi / scales / sizes input")
+    rank = walk.rank(x)
+    mode = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    if mode == "tf_crop_and_resize":
+        walk.fail(f"{node.op_type}: tf_crop_and_resize moves positions along every axis")
+    axes = _attr(node, "axes")
+    axes = list(range(rank)) if not axes else [_norm_axis(int(a), rank) for a in axes]
+    if entry.axis in axes:
+        i = axes.index(entry.axis)
+        legacy = node.op_type == "Upsample" or len(node.inputs) == 2  # (X, scales): opset < 11
+        scales = node.inputs[1] if legacy else _optional(node, 2)
+        sizes = None if legacy else _optional(node, 3)
+        if sizes is not None:
+            if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+                walk.fail(f"{node.op_type}: keep_aspect_ratio_policy scales the channel axis with the others")
+            walk.patch_shape_element(sizes, i, entry.owner, node, source=(y, entry.axis, 0, entry.owner.size))
+        else:
+            arr = const_array(scales) if scales is not None else None
+            if arr is None:
+                walk.fail(f"{node.op_type} with computed scales")
+            if float(np.asarray(arr).reshape(-1)[i]) != 1.0:
+                walk.fail(f"{node.op_type} resamples the channel axis")
+    walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+
+
 def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Expand: the channel axis passes, or is broadcast from 1 (a shared key/value head repeated for its
     query heads, as ``repeat_kv`` exports it): then the input has no channels to slice and only the
@@ -1059,6 +1090,7 @@ def default_registry() -> RuleRegistry:
     reg.register(POOL_OPS, pool)
     reg.register(("Pad",), pad)
     reg.register(("Expand",), expand)
+    reg.register(("Resize", "Upsample"), resize)
     reg.register(("Shape", "Size"), shape_sink)
     reg.register(("Constant",), constant)
     reg.register(("Reshape",), reshape)
