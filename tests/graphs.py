@@ -179,6 +179,38 @@ conv (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
     return _build(text, inits)
 
 
+# x[B,8] -> MatMul(W1[8,12]) -> Unsqueeze(axes=[1]) -> [B,1,12] -> Tile([1,3,1]) -> [B,3,12] -> Relu
+#   -> MatMul(W2[12,6]) -> y[B,3,6]                    (repeats 1 along the channel axis: it passes)
+def tile(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+tile (float[B, 8] x) => (float[B, 3, 6] y) {
+  h = MatMul(x, W1)
+  u = Unsqueeze(h, ax1)
+  t = Tile(u, reps)
+  r = Relu(t)
+  y = MatMul(r, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "ax1": _i64(1), "reps": _i64(1, 3, 1)}
+    return _build(text, inits)
+
+
+# the same tiled twice along the channel axis: [B,24] -> MatMul(W2[24,6]); the copies cannot be sliced
+def tile_channel_axis(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+tile (float[B, 8] x) => (float[B, 6] y) {
+  h = MatMul(x, W1)
+  t = Tile(h, reps)
+  r = Relu(t)
+  y = MatMul(r, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 24, 6), "reps": _i64(1, 2)}
+    return _build(text, inits)
+
+
 # x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu -> Resize(scales=[1,1,2,2], linear) -> [B,8,14,18]
 #   -> Conv(W2[6,8,1,1]) -> y[B,6,14,18]             (an FPN / decoder upsampling: channels pass)
 def resize_scales(seed: int = 0) -> onnx.ModelProto:
@@ -1662,6 +1694,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("softmax_seq", softmax_seq, "ffn"),
     ("squeeze_unsqueeze", squeeze_unsqueeze, "ffn"),
     ("expand", expand, "ffn"),
+    ("tile", tile, "ffn"),
+    ("tile_channel_axis", tile_channel_axis, "ffn"),
     ("resize_scales", resize_scales, "conv"),
     ("resize_sizes_axes", resize_sizes_axes, "conv"),
     ("resize_channel_axis", resize_channel_axis, "conv"),
@@ -1700,6 +1734,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "reduce_mean_channel_axis",
     "graph_output_channels",
     "resize_channel_axis",
+    "tile_channel_axis",
     "chunk_computed_offset",
     "chunk_computed_unpaired",
 }
@@ -1707,6 +1742,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
 EXPECTED_REASON: dict[str, str] = {
     "chunk_computed_offset": "does not follow pruning",
     "resize_channel_axis": "resamples the channel axis",
+    "tile_channel_axis": "Tile repeats the channel axis",
     "chunk_computed_unpaired": "do not all own the same share",
 }
 

@@ -726,6 +726,19 @@ def resize(node: ir.Node, entry: Entry, walk: Walk) -> None:
     walk.link(x if entry.is_output else y, entry.axis, entry.owner)
 
 
+def tile(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """Tile: the channel axis passes when it is repeated once (repeats[axis] == 1)."""
+    x, y = node.inputs[0], node.outputs[0]
+    if entry.value is not x and entry.value is not y:
+        walk.fail("Tile: channels in its repeats input")
+    repeats = const_array(node.inputs[1])
+    if repeats is None:
+        walk.fail("Tile with computed repeats")
+    if int(np.asarray(repeats).reshape(-1)[entry.axis]) != 1:
+        walk.fail("Tile repeats the channel axis")
+    walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+
+
 def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Expand: the channel axis passes, or is broadcast from 1 (a shared key/value head repeated for its
     query heads, as ``repeat_kv`` exports it): then the input has no channels to slice and only the
@@ -1091,6 +1104,7 @@ def default_registry() -> RuleRegistry:
     reg.register(("Pad",), pad)
     reg.register(("Expand",), expand)
     reg.register(("Resize", "Upsample"), resize)
+    reg.register(("Tile",), tile)
     reg.register(("Shape", "Size"), shape_sink)
     reg.register(("Constant",), constant)
     reg.register(("Reshape",), reshape)

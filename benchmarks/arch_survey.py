@@ -1,0 +1,174 @@
+"""Architectures beyond the test zoo: export, prune, verify (the engine on models no test names).
+
+    .venv/bin/python benchmarks/arch_survey.py              # -> benchmarks/results/arch_survey.json
+    .venv/bin/python benchmarks/arch_survey.py gptj beit    # only these
+
+Each architecture is a tiny random-weight config (the zoo's dimensions: hidden 32, FFN 48, 4 heads,
+2 layers; vision: hidden 36, image 32, patch 8), exported with optimum-onnx through the zoo's own
+machinery (``tests/zoo.py``), decoders with and without past key/values, pruned at 30% of ``ffn`` +
+``heads`` + ``conv`` with the default ``l2`` criterion and checked by the exactness oracle
+(:func:`optimum_prune.verify`). The JSON records the share of parameters removed, the units removed per
+kind, the oracle's error and the analysis' reasons for the groups it refused; a config that does not
+export is recorded as such (that is optimum-onnx's or the config's limit, not the pruner's). Each
+variant runs in its own process, so one crash cannot end the survey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "outputs" / "arch_survey"
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+_TEXT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+             max_position_embeddings=64)
+_VISION = dict(image_size=32, patch_size=8, hidden_size=36, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=56, num_labels=10)
+_GPT = dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=64, bos_token_id=1,
+            eos_token_id=2)
+
+# name -> (transformers config class, keyword arguments, task kind)
+SPECS: dict[str, tuple[str, dict, str]] = {
+    "roformer": ("RoFormerConfig", dict(_TEXT, embedding_size=32), "features"),
+    "esm": ("EsmConfig", dict(_TEXT, vocab_size=33, position_embedding_type="rotary", pad_token_id=1,
+                              mask_token_id=32), "features"),
+    "data2vec-text": ("Data2VecTextConfig", _TEXT, "features"),
+    "gptj": ("GPTJConfig", dict(_GPT, rotary_dim=4), "causal"),
+    "codegen": ("CodeGenConfig", dict(_GPT, n_ctx=64, rotary_dim=4), "causal"),
+    "gpt_bigcode": ("GPTBigCodeConfig", dict(_GPT, multi_query=True), "causal"),
+    "gpt_neo": ("GPTNeoConfig", dict(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4,
+                                     intermediate_size=48, max_position_embeddings=64,
+                                     attention_types=[[["global", "local"], 1]], window_size=16,
+                                     bos_token_id=1, eos_token_id=2), "causal"),
+    "stablelm": ("StableLmConfig", "decoder", "causal"),
+    "olmo": ("OlmoConfig", "decoder", "causal"),
+    "granite": ("GraniteConfig", "decoder", "causal"),
+    "phi": ("PhiConfig", {"num_key_value_heads": 4}, "causal"),
+    "qwen3": ("Qwen3Config", {"head_dim": 8}, "causal"),
+    "cohere": ("CohereConfig", "decoder", "causal"),
+    "gemma-mqa": ("GemmaConfig", {"num_key_value_heads": 1, "head_dim": 8}, "causal"),
+    "mpt": ("MptConfig", dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, expansion_ratio=1.5,
+                              max_seq_len=64), "causal"),
+    "beit": ("BeitConfig", dict(_VISION, use_relative_position_bias=True), "image"),
+    "data2vec-vision": ("Data2VecVisionConfig", _VISION, "image"),
+    "mobilevit": ("MobileViTConfig", dict(image_size=32, patch_size=2, hidden_sizes=[16, 24, 32],
+                                          neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48], num_attention_heads=2,
+                                          num_labels=10), "image"),
+    "regnet": ("RegNetConfig", dict(embedding_size=8, hidden_sizes=[16, 24], depths=[1, 1], groups_width=8,
+                                    num_labels=10), "image"),
+    "poolformer": ("PoolFormerConfig", dict(hidden_sizes=[16, 24, 32, 40], depths=[1, 1, 1, 1],
+                                            num_labels=10), "image"),
+    "cvt": ("CvtConfig", dict(embed_dim=[16, 24, 32], num_heads=[1, 2, 4], depth=[1, 1, 1], num_labels=10),
+            "image"),
+}
+
+
+def _spec(name: str):
+    import transformers
+
+    import zoo
+
+    cls_name, kwargs, kind = SPECS[name]
+    task = {"features": zoo._TASK_FEATURES, "causal": zoo._TASK_CAUSAL, "image": zoo._TASK_IMAGE}[kind]
+    if kwargs == "decoder" or kind == "causal" and not any(k in kwargs for k in ("n_embd", "d_model",
+                                                                                  "num_layers")):
+        kwargs = {**zoo._decoder_common(), **({} if kwargs == "decoder" else kwargs)}
+    cls = getattr(transformers, cls_name)
+    arch = cls.model_type
+    return zoo.ZooSpec(arch, lambda: cls(**kwargs), task, is_decoder=kind == "causal",
+                       is_cnn=name in ("regnet", "poolformer"))
+
+
+def run_variant(name: str, past: bool) -> dict:
+    """Export, prune and verify one variant (in this process)."""
+    import zoo
+    from optimum_prune import ORTPruner, PruningConfig, verify
+
+    zoo.ZOO[name] = _spec(name)
+    row: dict = {"arch": name, "past": past}
+    try:
+        src = zoo.export_zoo_model(name, CACHE, with_past=past)
+    except Exception as e:  # the config or optimum-onnx, not the pruner
+        return dict(row, ok=False, stage="export", error=f"{type(e).__name__}: {e}"[:300])
+    try:
+        pruner = ORTPruner.from_pretrained(src)
+        analysis = pruner.analyze()
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            out = pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn", "heads", "conv")), Path(tmp) / "p")
+            seconds = time.perf_counter() - start
+            report = json.loads((out / "report.json").read_text())["stages"][-1]
+            result = verify(src, out)
+        refused = sorted({g.reason for g in analysis.groups if not g.prunable and g.reason})
+        return dict(row, ok=True, prune_s=round(seconds, 2),
+                    params_removed=round(1 - report["params_after"] / report["params_before"], 4),
+                    units_removed=report["units_removed"], max_rel_error=result.max_rel_error,
+                    exact=bool(result.exact_groups), refused=refused[:6])
+    except Exception as e:
+        return dict(row, ok=False, stage="prune", error=f"{type(e).__name__}: {e}"[:500],
+                    traceback=traceback.format_exc()[-1500:])
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| arch | past | params removed | units removed (ffn/heads/conv) | oracle max rel err | "
+             "refused groups |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        past = "yes" if r["past"] else ""
+        if not r["ok"]:
+            lines.append(f"| {r['arch']} | {past} | {r['stage']} failed: {r['error'][:70]} | | | |")
+            continue
+        u = r["units_removed"]
+        why = "; ".join(x[:90] for x in r["refused"][:2])
+        lines.append(f"| {r['arch']} | {past} | {100 * r['params_removed']:.1f}% | "
+                     f"{u['ffn']}/{u['heads']}/{u['conv']} | {r['max_rel_error']:.1e} | {why} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help=f"architectures (default: all of {', '.join(SPECS)})")
+    parser.add_argument("--worker", nargs=2, metavar=("NAME", "PAST"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print("ROW " + json.dumps(run_variant(args.worker[0], args.worker[1] == "past")), flush=True)
+        return 0
+    from engine_speed import write_results
+
+    t0 = time.perf_counter()
+    rows = []
+    for name in args.names or list(SPECS):
+        for past in (False, True) if SPECS[name][2] == "causal" else (False,):
+            try:
+                command = [sys.executable, __file__, "--worker", name, "past" if past else "plain"]
+                proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
+                found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+                row = json.loads(found[0]) if found else {"arch": name, "past": past, "ok": False,
+                                                          "stage": "worker", "error": proc.stderr[-300:]}
+            except subprocess.TimeoutExpired:
+                row = {"arch": name, "past": past, "ok": False, "stage": "worker", "error": "timeout (900 s)"}
+            rows.append(row)
+            print(markdown([row]).splitlines()[-1], flush=True)
+    ok = [r for r in rows if r["ok"]]
+    data = {"benchmark": "arch_survey", "sparsity": 0.3, "scope": ["ffn", "heads", "conv"],
+            "importance": "l2", "rows": rows,
+            "verified": sum(r["exact"] and r["max_rel_error"] <= 1e-4 for r in ok),
+            "pruned": len(ok), "variants": len(rows)}
+    if not args.names:
+        write_results(data, RESULTS / "arch_survey.json", t0)
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
