@@ -59,7 +59,6 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "gemma-mqa": ("GemmaConfig", {"num_key_value_heads": 1, "head_dim": 8}, "causal"),
     "mpt": ("MptConfig", dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, expansion_ratio=1.5,
                               max_seq_len=64), "causal"),
-    "beit": ("BeitConfig", dict(_VISION, use_relative_position_bias=True), "image"),
     "data2vec-vision": ("Data2VecVisionConfig", _VISION, "image"),
     "mobilevit": ("MobileViTConfig", dict(image_size=32, patch_size=2, hidden_sizes=[16, 24, 32],
                                           neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48], num_attention_heads=2,

@@ -210,12 +210,50 @@ def _norm_kernels() -> str | None:
             f"{data['machine']['onnxruntime']}, {data['machine']['cpu_count']} cores, {data['created']}")
 
 
+def _quality_ceiling() -> str | None:
+    path = RESULTS / "quality_ceiling.json"
+    if not path.is_file():
+        return None
+    import quality_ceiling
+
+    data = json.loads(path.read_text())
+    t = data["training"]
+    grads = [r for r in data["rows"] if r["name"].startswith("gradient")]
+    lines = [quality_ceiling.markdown(data), "",
+             f"- configuration: {data['configuration']} (the best row of `quality.py` at 30%)",
+             f"- gradient reconstruction: {t['loss']}; batch {t['batch_size']}, dropout {t['dropout']}, "
+             f"frozen {t['frozen']}; 128 reviews: {t['small']['epochs']} epochs at lr "
+             f"{t['small']['learning_rate']}, large: {t['large']['epochs']} epochs at lr "
+             f"{t['large']['learning_rate']}",
+             "- training time per row: " + ", ".join(f"{int(100 * r['sparsity'])}% {r['reviews']} reviews "
+                                                   f"{r['train_s'] / 60:.1f} min" for r in grads),
+             f"- held out: the same {data['split']['held_out']} reviews as `quality.py`; "
+             f"{data['split']['rule']}; targets {data['targets']}; {data['seconds'] / 60:.0f} min in all; "
+             f"commit {data['machine']['git']['commit'][:7]}, {data['created']}"]
+    return "\n".join(lines)
+
+
+def _arch_survey() -> str | None:
+    path = RESULTS / "arch_survey.json"
+    if not path.is_file():
+        return None
+    import arch_survey
+
+    data = json.loads(path.read_text())
+    head = (f"{data['pruned']} of {data['variants']} variants exported and pruned, {data['verified']} "
+            f"of them exact under the oracle (sparsity {data['sparsity']}, scope {'+'.join(data['scope'])}, "
+            f"{data['importance']}; {data['seconds']:.0f} s; commit {data['machine']['git']['commit'][:7]}, "
+            f"{data['created']}).")
+    return head + "\n\n" + arch_survey.markdown(data["rows"])
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
                          ("quality_classifier", _quality_classifier), ("latency_budget", _latency_budget),
-                         ("decoder", _decoder), ("distill", _distill), ("norm_kernels", _norm_kernels)):
+                         ("decoder", _decoder), ("distill", _distill), ("norm_kernels", _norm_kernels),
+                         ("arch_survey", _arch_survey), ("quality_ceiling", _quality_ceiling)):
         body = render()
         if body is None:
             continue

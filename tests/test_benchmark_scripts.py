@@ -92,3 +92,29 @@ def test_quality_sweep_table_has_a_column_per_sparsity_and_marks_the_default():
     assert lines[0] == "| generated repair data (rows x tokens) | 30%: cos mean | 50%: cos mean |"
     assert lines[2] == "| 128 x 128 | 0.830 | - |"
     assert lines[3] == "| 512 x 32 (default) | 0.855 | 0.700 |"
+
+
+def test_quality_ceiling_table_has_a_row_per_repair_and_a_column_per_sparsity():
+    import quality_ceiling
+
+    rows = [{"name": "least squares, 128 reviews", "repair_kind": "least squares", "reviews": 128,
+             "sparsity": 0.3, "cos_mean": 0.9446, "cos_min": 0.756},
+            {"name": "least squares, 128 reviews", "repair_kind": "least squares", "reviews": 128,
+             "sparsity": 0.5, "cos_mean": 0.886, "cos_min": 0.567},
+            {"name": "gradient, 4096 reviews", "repair_kind": "gradient", "reviews": 4096,
+             "sparsity": 0.3, "cos_mean": 0.969, "cos_min": 0.85}]
+    lines = quality_ceiling.markdown({"rows": rows}).splitlines()
+    assert lines[0] == "| repair | calibration reviews | 30%: cos mean / min | 50%: cos mean / min |"
+    assert lines[2] == "| least squares | 128 | 0.945 / 0.756 | 0.886 / 0.567 |"
+    assert lines[3] == "| gradient | 4096 | 0.969 / 0.850 |  |"
+
+
+def test_arch_survey_table_says_which_stage_failed():
+    import arch_survey
+
+    rows = [{"arch": "gptj", "past": True, "ok": True, "params_removed": 0.086,
+             "units_removed": {"ffn": 28, "heads": 0, "conv": 0}, "max_rel_error": 0.0, "refused": []},
+            {"arch": "funnel", "past": False, "ok": False, "stage": "export", "error": "TypeError: x"}]
+    lines = arch_survey.markdown(rows).splitlines()
+    assert lines[2] == "| gptj | yes | 8.6% | 28/0/0 | 0.0e+00 |  |"
+    assert lines[3].startswith("| funnel |  | export failed: TypeError: x")
