@@ -64,7 +64,8 @@ lint: venv
 
 # Every benchmark, then the README tables from their JSON (quality ~8 min, classifier ~15 min plus ~10 min
 # training on first use, decoder ~13 min, zoo ~5 min, engine_speed ~10 min with the > 2 GB decoder's
-# one-off export, decoder_token_time ~2 min, distill ~5 min on an idle machine).
+# one-off export, decoder_token_time ~2 min, distill ~5 min, arch_survey ~8 min, quality_ceiling ~60 min on an
+# idle machine).
 DECODER_RUNS = outputs/bench/decoder
 
 bench: venv assets
@@ -72,7 +73,9 @@ bench: venv assets
 	$(PY) -m optimum_prune.assets --smollm2
 	$(PY) benchmarks/engine_speed.py
 	$(PY) benchmarks/zoo_table.py
+	$(PY) benchmarks/arch_survey.py
 	$(PY) benchmarks/quality.py --generated-sweep
+	$(PY) benchmarks/quality_ceiling.py
 	$(PY) benchmarks/quality_classifier.py
 	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/decoder.py
