@@ -343,8 +343,7 @@ def _beit() -> PretrainedConfig:
 
     # Per-layer relative position bias: a [relative distances, heads] table gathered and interpolated
     # (a Resize with scale 1 on the head axis) before it is added to the attention scores.
-    common = {k: v for k, v in _vit_common().items() if k != "qkv_bias"}
-    return BeitConfig(**common, use_relative_position_bias=True)
+    return BeitConfig(**_vit_common(), use_relative_position_bias=True)
 
 
 def _swin() -> PretrainedConfig:
