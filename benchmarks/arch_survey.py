@@ -37,7 +37,8 @@ _VISION = dict(image_size=32, patch_size=8, hidden_size=36, num_hidden_layers=2,
 _GPT = dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=64, bos_token_id=1,
             eos_token_id=2)
 
-# name -> (transformers config class, keyword arguments, task kind)
+# name -> (transformers config class, keyword arguments, task kind); "llama" is a causal LM whose keyword
+# arguments extend the zoo's llama-style decoder dimensions (zoo._decoder_common)
 SPECS: dict[str, tuple[str, dict, str]] = {
     "roformer": ("RoFormerConfig", dict(_TEXT, embedding_size=32), "features"),
     "esm": ("EsmConfig", dict(_TEXT, vocab_size=33, position_embedding_type="rotary", pad_token_id=1,
@@ -50,13 +51,13 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                      intermediate_size=48, max_position_embeddings=64,
                                      attention_types=[[["global", "local"], 1]], window_size=16,
                                      bos_token_id=1, eos_token_id=2), "causal"),
-    "stablelm": ("StableLmConfig", "decoder", "causal"),
-    "olmo": ("OlmoConfig", "decoder", "causal"),
-    "granite": ("GraniteConfig", "decoder", "causal"),
-    "phi": ("PhiConfig", {"num_key_value_heads": 4}, "causal"),
-    "qwen3": ("Qwen3Config", {"head_dim": 8}, "causal"),
-    "cohere": ("CohereConfig", "decoder", "causal"),
-    "gemma-mqa": ("GemmaConfig", {"num_key_value_heads": 1, "head_dim": 8}, "causal"),
+    "stablelm": ("StableLmConfig", {}, "llama"),
+    "olmo": ("OlmoConfig", {}, "llama"),
+    "granite": ("GraniteConfig", {}, "llama"),
+    "phi": ("PhiConfig", {"num_key_value_heads": 4}, "llama"),
+    "qwen3": ("Qwen3Config", {"head_dim": 8}, "llama"),
+    "cohere": ("CohereConfig", {}, "llama"),
+    "gemma-mqa": ("GemmaConfig", {"num_key_value_heads": 1, "head_dim": 8}, "llama"),
     "mpt": ("MptConfig", dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, expansion_ratio=1.5,
                               max_seq_len=64), "causal"),
     "data2vec-vision": ("Data2VecVisionConfig", _VISION, "image"),
@@ -78,13 +79,12 @@ def _spec(name: str):
     import zoo
 
     cls_name, kwargs, kind = SPECS[name]
-    task = {"features": zoo._TASK_FEATURES, "causal": zoo._TASK_CAUSAL, "image": zoo._TASK_IMAGE}[kind]
-    if kwargs == "decoder" or kind == "causal" and not any(k in kwargs for k in ("n_embd", "d_model",
-                                                                                  "num_layers")):
-        kwargs = {**zoo._decoder_common(), **({} if kwargs == "decoder" else kwargs)}
+    if kind == "llama":
+        kwargs = {**zoo._decoder_common(), **kwargs}
+    causal = kind in ("causal", "llama")
+    task = zoo._TASK_CAUSAL if causal else {"features": zoo._TASK_FEATURES, "image": zoo._TASK_IMAGE}[kind]
     cls = getattr(transformers, cls_name)
-    arch = cls.model_type
-    return zoo.ZooSpec(arch, lambda: cls(**kwargs), task, is_decoder=kind == "causal",
+    return zoo.ZooSpec(cls.model_type, lambda: cls(**kwargs), task, is_decoder=causal,
                        is_cnn=name in ("regnet", "poolformer"))
 
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = []
     for name in args.names or list(SPECS):
-        for past in (False, True) if SPECS[name][2] == "causal" else (False,):
+        for past in (False, True) if SPECS[name][2] in ("causal", "llama") else (False,):
             try:
                 command = [sys.executable, __file__, "--worker", name, "past" if past else "plain"]
                 proc = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -23,11 +23,16 @@ import quality  # noqa: E402
 import zoo_table  # noqa: E402
 
 
+def _results(name: str) -> dict | None:
+    """The JSON a benchmark wrote to ``benchmarks/results/NAME.json`` (None when it has not run)."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _engine_speed() -> str | None:
-    path = RESULTS / "engine_speed.json"
-    if not path.is_file():
+    data = _results("engine_speed")
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     rows = data["models"]
     lines = [engine_speed.markdown_table(rows), ""]
     for r in rows:
@@ -58,10 +63,9 @@ def _engine_speed() -> str | None:
 
 
 def _zoo() -> str | None:
-    path = RESULTS / "zoo.json"
-    if not path.is_file():
+    data = _results("zoo")
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     rows = data["rows"]
     ok = [r for r in rows if r["ok"]]
     worst = max((r["max_rel_error"] for r in ok), default=float("nan"))
@@ -72,12 +76,11 @@ def _zoo() -> str | None:
 
 
 def _decoder() -> str | None:
-    path = RESULTS / "decoder.json"
-    if not path.is_file():
+    data = _results("decoder")
+    if data is None:
         return None
     import decoder
 
-    data = json.loads(path.read_text())
     head = (f"{data['model']}; perplexity over the first {data['token_budget']} tokens of held-out Rotten "
             f"Tomatoes reviews in {data['chunk']}-token windows; calibration per row: `N reviews` (one "
             f"review per example, up to 128 tokens) or `N x 256-token windows` (reviews joined by blank "
@@ -89,10 +92,9 @@ def _decoder() -> str | None:
 
 
 def _quality() -> str | None:
-    path = RESULTS / "quality.json"
-    if not path.is_file():
+    data = _results("quality")
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     dense = data["dense"]
     peer = data.get("peer", {})
     lines = [quality.markdown(data), "",
@@ -120,10 +122,9 @@ def _quality() -> str | None:
 
 
 def _distill() -> str | None:
-    path = RESULTS / "distill.json"
-    if not path.is_file():
+    data = _results("distill")
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     kd, split, lat = data["kd"], data["split"], data["latency"]
     teacher = data["teacher"]["train_info"]
     lines = [distill.markdown(data), ""]
@@ -147,12 +148,11 @@ def _distill() -> str | None:
 
 
 def _quality_classifier() -> str | None:
-    path = RESULTS / "quality_classifier.json"
-    if not path.is_file():
+    data = _results("quality_classifier")
+    if data is None:
         return None
     import quality_classifier
 
-    data = json.loads(path.read_text())
     dense, info, split = data["dense"], data["classifier"]["train_info"], data["split"]
     lines = [quality_classifier.markdown(data), ""]
     lines += [f"- {line}" for line in data.get("findings", [])]
@@ -179,10 +179,9 @@ def _quality_classifier() -> str | None:
 
 
 def _latency_budget() -> str | None:
-    path = RESULTS / "latency_budget.json"
-    if not path.is_file():
+    data = _results("latency_budget")
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     lines = ["| latency budget | allocation | estimated saving | measured saving | ms per batch |",
              "|---:|---|---:|---:|---:|"]
     for r in data["rows"]:
@@ -199,24 +198,22 @@ def _latency_budget() -> str | None:
 
 
 def _norm_kernels() -> str | None:
-    path = RESULTS / "norm_kernels.json"
-    if not path.is_file():
+    data = _results("norm_kernels")
+    if data is None:
         return None
     import norm_kernels
 
-    data = json.loads(path.read_text())
     return (norm_kernels.markdown(data) + "\n\n" + f"- mean of {data['runs']} runs per form; largest output "
             f"difference {max(r['max_abs_diff'] for r in data['rows']):.1e}; onnxruntime "
             f"{data['machine']['onnxruntime']}, {data['machine']['cpu_count']} cores, {data['created']}")
 
 
 def _quality_ceiling() -> str | None:
-    path = RESULTS / "quality_ceiling.json"
-    if not path.is_file():
+    data = _results("quality_ceiling")
+    if data is None:
         return None
     import quality_ceiling
 
-    data = json.loads(path.read_text())
     t = data["training"]
     grads = [r for r in data["rows"] if r["name"].startswith("gradient")]
     lines = [quality_ceiling.markdown(data), "",
@@ -234,12 +231,11 @@ def _quality_ceiling() -> str | None:
 
 
 def _arch_survey() -> str | None:
-    path = RESULTS / "arch_survey.json"
-    if not path.is_file():
+    data = _results("arch_survey")
+    if data is None:
         return None
     import arch_survey
 
-    data = json.loads(path.read_text())
     head = (f"{data['pruned']} of {data['variants']} variants exported and pruned, {data['verified']} "
             f"of them exact under the oracle (sparsity {data['sparsity']}, scope {'+'.join(data['scope'])}, "
             f"{data['importance']}; {data['seconds']:.0f} s; commit {data['machine']['git']['commit'][:7]}, "

@@ -1254,25 +1254,33 @@ qkv (float[B, S, 10] x) => (float[B, S, 6] y) {
 # q @ k^T -> Mul(1/sqrt3) -> Softmax -> @ v -> Transpose(0,2,1,3) -> Reshape[0,0,12]
 #   -> MatMul(Wo[12,7]) -> y[B,S,7]
 def gqa_block(seed: int = 0) -> onnx.ModelProto:
+    return _repeat_kv_attention("gqa", seed, kv_heads=2, merge="rep_merge",
+                                merge_inits={"rep_merge": _i64(0, 4, -1, 3)})
+
+
+def _repeat_kv_attention(name: str, seed: int, *, kv_heads: int, merge: str, merge_nodes: str = "",
+                         merge_inits: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """4 query heads of head_dim 3 over ``kv_heads`` key/value heads, repeated by Unsqueeze + Expand
+    and merged by ``Reshape(., merge)`` (``merge_nodes`` compute it when it is not a constant)."""
     rng = np.random.default_rng(seed)
-    text = """
-gqa (float[B, S, 10] x) => (float[B, S, 7] y) {
+    text = f"""
+{name} (float[B, S, 10] x) => (float[B, S, 7] y) {{
   q0 = MatMul(x, Wq)
   q1 = Reshape(q0, q_shape)
   q = Transpose<perm = [0, 2, 1, 3]>(q1)
   k0 = MatMul(x, Wk)
   k1 = Reshape(k0, kv_shape)
   k2 = Transpose<perm = [0, 2, 1, 3]>(k1)
-  k3 = Unsqueeze(k2, ax2)
+{merge_nodes}  k3 = Unsqueeze(k2, ax2)
   k4 = Expand(k3, rep_shape)
-  k = Reshape(k4, rep_merge)
+  k = Reshape(k4, {merge})
   kt = Transpose<perm = [0, 1, 3, 2]>(k)
   v0 = MatMul(x, Wv)
   v1 = Reshape(v0, kv_shape)
   v2 = Transpose<perm = [0, 2, 1, 3]>(v1)
   v3 = Unsqueeze(v2, ax2)
   v4 = Expand(v3, rep_shape)
-  v = Reshape(v4, rep_merge)
+  v = Reshape(v4, {merge})
   sc0 = MatMul(q, kt)
   sc = Mul(sc0, scale)
   p = Softmax<axis = -1>(sc)
@@ -1280,20 +1288,20 @@ gqa (float[B, S, 10] x) => (float[B, S, 7] y) {
   c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
   c = Reshape(c1, mg_shape)
   y = MatMul(c, Wo)
-}
+}}
 """
     inits = {
         "Wq": _mat(rng, 10, 12),
-        "Wk": _mat(rng, 10, 6),
-        "Wv": _mat(rng, 10, 6),
+        "Wk": _mat(rng, 10, 3 * kv_heads),
+        "Wv": _mat(rng, 10, 3 * kv_heads),
         "Wo": _mat(rng, 12, 7),
         "q_shape": _i64(0, 0, 4, 3),
-        "kv_shape": _i64(0, 0, 2, 3),
+        "kv_shape": _i64(0, 0, kv_heads, 3),
         "ax2": _i64(2),
-        "rep_shape": _i64(1, 1, 2, 1, 1),
-        "rep_merge": _i64(0, 4, -1, 3),
+        "rep_shape": _i64(1, 1, 4 // kv_heads, 1, 1),
         "mg_shape": _i64(0, 0, 12),
         "scale": _f32(1.0 / math.sqrt(3.0)),
+        **merge_inits,
     }
     return _build(text, inits)
 
@@ -1304,16 +1312,7 @@ gqa (float[B, S, 10] x) => (float[B, S, 7] y) {
 # Query heads are prunable one by one (each removed head drops its copy of the shared K/V); K and V are
 # one unit each (their only KV head) and stay. (same for v with Wv[10,3])
 def mqa_block(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    text = """
-mqa (float[B, S, 10] x) => (float[B, S, 7] y) {
-  q0 = MatMul(x, Wq)
-  q1 = Reshape(q0, q_shape)
-  q = Transpose<perm = [0, 2, 1, 3]>(q1)
-  k0 = MatMul(x, Wk)
-  k1 = Reshape(k0, kv_shape)
-  k2 = Transpose<perm = [0, 2, 1, 3]>(k1)
-  ks = Shape(k2)
+    merge_nodes = """  ks = Shape(k2)
   kb = Gather(ks, i0)
   kh = Gather(ks, i1)
   kl = Gather(ks, i2)
@@ -1322,44 +1321,11 @@ mqa (float[B, S, 10] x) => (float[B, S, 7] y) {
   kr1 = Unsqueeze(kr, ax0)
   kl1 = Unsqueeze(kl, ax0)
   merge = Concat<axis = 0>(kb1, kr1, kl1, head_dim)
-  k3 = Unsqueeze(k2, ax2)
-  k4 = Expand(k3, rep_shape)
-  k = Reshape(k4, merge)
-  kt = Transpose<perm = [0, 1, 3, 2]>(k)
-  v0 = MatMul(x, Wv)
-  v1 = Reshape(v0, kv_shape)
-  v2 = Transpose<perm = [0, 2, 1, 3]>(v1)
-  v3 = Unsqueeze(v2, ax2)
-  v4 = Expand(v3, rep_shape)
-  v = Reshape(v4, merge)
-  sc0 = MatMul(q, kt)
-  sc = Mul(sc0, scale)
-  p = Softmax<axis = -1>(sc)
-  c0 = MatMul(p, v)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
-  y = MatMul(c, Wo)
-}
 """
-    inits = {
-        "Wq": _mat(rng, 10, 12),
-        "Wk": _mat(rng, 10, 3),
-        "Wv": _mat(rng, 10, 3),
-        "Wo": _mat(rng, 12, 7),
-        "q_shape": _i64(0, 0, 4, 3),
-        "kv_shape": _i64(0, 0, 1, 3),
-        "i0": np.array(0, dtype=np.int64),
-        "i1": np.array(1, dtype=np.int64),
-        "i2": np.array(2, dtype=np.int64),
-        "n_rep": np.array(4, dtype=np.int64),
-        "ax0": _i64(0),
-        "ax2": _i64(2),
-        "head_dim": _i64(3),
-        "rep_shape": _i64(1, 1, 4, 1, 1),
-        "mg_shape": _i64(0, 0, 12),
-        "scale": _f32(1.0 / math.sqrt(3.0)),
-    }
-    return _build(text, inits)
+    pairs = (("i0", 0), ("i1", 1), ("i2", 2), ("n_rep", 4))
+    scalar = {name: np.array(v, dtype=np.int64) for name, v in pairs}
+    return _repeat_kv_attention("mqa", seed, kv_heads=1, merge="merge", merge_nodes=merge_nodes,
+                                merge_inits={**scalar, "ax0": _i64(0), "head_dim": _i64(3)})
 
 
 # --------------------------------------------------------------------------------------------

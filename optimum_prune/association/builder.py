@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimum_prune.association.rules import Entry, RuleRegistry, default_registry
+from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr
 from optimum_prune.association.tree import Patch, PruningGroup, TensorSlice
 from optimum_prune.association.units import UnitSets
 from optimum_prune.graph import Shape, const_array, is_constant
@@ -282,40 +283,16 @@ class Walk:
         k = index if arr.size > 1 else 0
         if int(arr.reshape(-1)[k]) != owner.size:
             return False
-        if self._static_element(dynamic, index if self.rank(dynamic) else 0, depth=0) != 1:
+        try:
+            other = evaluate_dim_expr(dynamic, index if self.rank(dynamic) else 0, None, -1,
+                                      np.zeros(1, dtype=np.int64), self.shape)
+        except ShapeExprError:
+            return False
+        if not (other.known[0] and other.values[0] == 1):
             return False
         holder = _constant_holder(const)
         self._add_patch("constant", holder.name, k, "", self._source or owner)
         return True
-
-    def _static_element(self, value: ir.Value, index: int, depth: int) -> int | None:
-        """The value of element ``index`` of a shape vector when it is a statically known dimension."""
-        if depth > 16:
-            return None
-        arr = const_array(value)
-        if arr is not None:
-            flat = arr.reshape(-1)
-            return int(flat[index]) if index < flat.size else None
-        node = value.producer()
-        if node is None:
-            return None
-        if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
-            return self._static_element(node.inputs[0], index, depth + 1)
-        if node.op_type == "Gather":
-            idx = const_array(node.inputs[1])
-            if idx is None:
-                return None
-            return self._static_element(node.inputs[0], int(idx.reshape(-1)[index if idx.size > 1 else 0]),
-                                        depth + 1)
-        if node.op_type == "Shape":
-            start = int(node.attributes["start"].value) if "start" in node.attributes else 0
-            rank = self.rank(node.inputs[0])
-            if not isinstance(rank, int):
-                return None
-            axis = (start + rank if start < 0 else start) + index
-            dim = self.dim(node.inputs[0], axis) if 0 <= axis < rank else None
-            return dim if isinstance(dim, int) else None
-        return None
 
     def run(self, seed: ir.Value, axis: int) -> None:
         """Walk from ``seed``'s ``axis`` to a fixpoint."""

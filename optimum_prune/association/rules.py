@@ -750,7 +750,6 @@ def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if in_axis < 0 or walk.dim(x, in_axis) == 1:
         if not entry.is_output:
             walk.fail("Expand broadcasts along the channel axis")
-        walk.link(y, out_axis, entry.owner)
         walk.patch_shape_element(shape_v, out_axis, entry.owner, node,
                                  source=(y, out_axis, 0, entry.owner.size))
         return

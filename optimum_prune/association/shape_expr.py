@@ -71,11 +71,13 @@ class _T:
         return self.data[0]
 
 
-def evaluate_dim_expr(value: ir.Value, index: int, x: ir.Value, axis: int, dims: np.ndarray,
+def evaluate_dim_expr(value: ir.Value, index: int, x: ir.Value | None, axis: int, dims: np.ndarray,
                       shape_of: Callable[[ir.Value], Shape | None]) -> DimExpr:
     """Element ``index`` of the 1-D (or scalar) ``value`` for every channel dimension in ``dims``.
 
     ``x`` is the tensor whose ``axis`` is the channel dimension; ``shape_of`` gives inferred shapes.
+    With ``x=None`` there is no channel dimension: ``Shape`` of any tensor reads its static dimensions
+    (unknown where symbolic), so the result is the element's value when the graph fixes it.
     Raises :class:`ShapeExprError` when the expression cannot be evaluated.
     """
     ev = _Evaluator(x, axis, np.asarray(dims, dtype=np.int64), shape_of)
@@ -92,7 +94,7 @@ def evaluate_dim_expr(value: ir.Value, index: int, x: ir.Value, axis: int, dims:
 
 
 class _Evaluator:
-    def __init__(self, x: ir.Value, axis: int, dims: np.ndarray,
+    def __init__(self, x: ir.Value | None, axis: int, dims: np.ndarray,
                  shape_of: Callable[[ir.Value], Shape | None]) -> None:
         self.x = x
         self.axis = axis
@@ -182,7 +184,7 @@ def _identity(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
 
 def _shape(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
     src = node.inputs[0]
-    if src is not ev.x:
+    if ev.x is not None and src is not ev.x:
         raise ShapeExprError(f"Shape of '{src.name}', not of the sliced tensor")
     s = ev.shape_of(src)
     if s is None:
@@ -197,7 +199,7 @@ def _shape(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
     data = np.zeros((n, max(end - start, 0)), dtype=np.int64)
     known = np.zeros_like(data, dtype=bool)
     for j, k in enumerate(range(start, end)):
-        if k == ev.axis:
+        if ev.x is not None and k == ev.axis:
             data[:, j] = ev.dims
             known[:, j] = True
         elif isinstance(s[k], int):
