@@ -22,6 +22,7 @@ _EXPORTS = {
     "CalibrationData": "optimum_prune.calibration",
     "AnalysisReport": "optimum_prune.pruner",
     "ORTPruner": "optimum_prune.pruner",
+    "MultiFilePruner": "optimum_prune.multifile",
     "PruningConfig": "optimum_prune.configuration",
     "RecoveryConfig": "optimum_prune.configuration",
     "PruningPlan": "optimum_prune.plan",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         UnsupportedOpError,
         ValidationError,
     )
+    from optimum_prune.multifile import MultiFilePruner
     from optimum_prune.pipeline import Pipeline
     from optimum_prune.plan import PruningPlan
     from optimum_prune.pruner import AnalysisReport, ORTPruner
@@ -70,6 +72,7 @@ __all__ = [
     "CalibrationData",
     "ConfigError",
     "InvalidModelError",
+    "MultiFilePruner",
     "ORTPruner",
     "Pipeline",
     "PlanMismatchError",

@@ -64,6 +64,10 @@ class PruningPlan:
             version = data.get("version") if isinstance(data, dict) else None
             raise PlanMismatchError(f"unsupported plan version {version!r}; expected {PLAN_VERSION}: pass a "
                                     f"{PLAN_FILE} written by ORTPruner.prune")
+        if "components" in data:
+            raise PlanMismatchError(f"this is the plan of a multi-file model (components "
+                                    f"{sorted(data['components'])}): read one component with "
+                                    "optimum_prune.plan.load_plan(path, file_name)")
         try:
             return cls(groups=[GroupPlan(**g) for g in data["groups"]], config=data.get("config", {}),
                        source=data.get("source", ""), repairs=list(data.get("repairs", [])))
@@ -73,12 +77,7 @@ class PruningPlan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON (atomically)."""
-        path = Path(path)
-        # Not mkstemp: its file is private (0600) whatever the umask.
-        tmp = path.parent / f".plan-{uuid.uuid4().hex[:12]}"
-        with open(tmp, "x") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        _write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
@@ -89,3 +88,37 @@ class PruningPlan:
             raise PlanMismatchError(f"{path} is not a pruning plan ({e}): pass a {PLAN_FILE} written by "
                                     "ORTPruner.prune") from e
         return cls.from_dict(data)
+
+
+def save_component_plans(path: str | os.PathLike, plans: dict[str, PruningPlan]) -> None:
+    """Write the plans of a multi-file model (one per ONNX file) as one JSON file (atomically)."""
+    _write_json(Path(path), {"version": PLAN_VERSION,
+                             "components": {name: plan.to_dict() for name, plan in sorted(plans.items())}})
+
+
+def load_plan(path: str | os.PathLike, file_name: str = "model.onnx") -> PruningPlan:
+    """The plan of ``file_name`` in the plan file ``path`` (a plain plan, or a multi-file model's, written
+    by :func:`save_component_plans`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise PlanMismatchError(f"{path} is not a pruning plan ({e}): pass a {PLAN_FILE} written by "
+                                "ORTPruner.prune") from e
+    if isinstance(data, dict) and "components" in data:
+        if data.get("version") != PLAN_VERSION:
+            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; "
+                                    f"expected {PLAN_VERSION}")
+        components = data["components"]
+        if file_name not in components:
+            raise PlanMismatchError(f"{path} has no plan for {file_name}; it has plans for "
+                                    f"{sorted(components)}")
+        return PruningPlan.from_dict(components[file_name])
+    return PruningPlan.from_dict(data)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    # Not mkstemp: its file is private (0600) whatever the umask.
+    tmp = path.parent / f".plan-{uuid.uuid4().hex[:12]}"
+    with open(tmp, "x") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)

@@ -12,8 +12,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -49,6 +52,9 @@ from optimum_prune.passes.normalize import (
 from optimum_prune.passes.validate import check_generates, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
 from optimum_prune.recovery import repair
+
+if TYPE_CHECKING:
+    from optimum_prune.multifile import MultiFilePruner
 
 REPORT_FILE = "report.json"
 _MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
@@ -113,6 +119,85 @@ class _Prepared:
     groups: list[PruningGroup] = field(default_factory=list)
 
 
+@dataclass
+class PrunedModel:
+    """A pruned model in memory (:meth:`ORTPruner.prune_in_memory`), with what its report needs."""
+
+    model: ir.Model
+    plan: PruningPlan
+    groups: list[PruningGroup]
+    removed: dict[int, set[int]]
+    params_before: int
+    flops_before: int
+    params_after: int
+    flops_after: int
+    repair: object | None = None
+
+    def report(self, seconds: float, config_notes: list[str]) -> dict:
+        """The ``prune`` entry of ``report.json``."""
+        return {
+            "stage": "prune",
+            "config": self.plan.config,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+            "groups_found": len(self.groups),
+            "groups_pruned": sum(1 for r in self.removed.values() if r),
+            "units_removed": {k: sum(len(self.removed.get(g.id, ())) for g in self.groups if g.kind == k)
+                              for k in KINDS},
+            "seconds": round(seconds, 3),
+            "config_notes": config_notes,
+            **({"repair": self.repair.to_dict()} if self.repair is not None else {}),
+            "groups": [{**g.summary(), "kept": len(g_plan.kept)}
+                       for g, g_plan in zip(self.groups, self.plan.groups, strict=True)],
+        }
+
+
+def check_save_dir(save_dir: str | os.PathLike | None, source_folder: Path, config: PruningConfig | None,
+                   plan: PruningPlan | None) -> Path:
+    """``save_dir`` resolved, or a :class:`ConfigError` when it is missing, is (or holds) the input folder,
+    or is a non-empty folder that no earlier pruning wrote."""
+    if save_dir is None:
+        raise ConfigError("save_dir is required: the folder to write the pruned model to")
+    if config is None and plan is None:
+        raise ConfigError("pass a PruningConfig or a PruningPlan")
+    save_dir = Path(save_dir).resolve()
+    source = source_folder.resolve()
+    if save_dir == source or save_dir in source.parents:
+        what = "is the input folder" if save_dir == source else f"contains the input folder {source}"
+        raise ConfigError(f"save_dir {save_dir} {what}, which pruning would replace; choose a new folder "
+                          "outside it (inputs are never modified)")
+    if save_dir.exists() and any(save_dir.iterdir()) and not (save_dir / PLAN_FILE).exists():
+        raise ConfigError(f"save_dir {save_dir} exists and is not empty (and holds no earlier pruning "
+                          "output); choose a new folder")
+    return save_dir
+
+
+@contextmanager
+def staging_folder(save_dir: Path) -> Iterator[Path]:
+    """A fresh folder next to ``save_dir`` that replaces it when the block ends without error; on an
+    error it is removed, with every parent folder it created, so a failed run leaves nothing behind."""
+    created = [p for p in (save_dir.parent, *save_dir.parent.parents) if not p.exists()]
+    save_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkdtemp: its folder is private (0700) whatever the umask, and it becomes save_dir.
+    tmp = save_dir.parent / f".{save_dir.name}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if save_dir.exists():
+            shutil.rmtree(save_dir)
+        os.replace(tmp, save_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 class ORTPruner:
     """Structured pruner for an ONNX model folder exported by optimum-onnx (or any ONNX file).
 
@@ -129,8 +214,14 @@ class ORTPruner:
 
     @classmethod
     def from_pretrained(cls, model_or_path: str | os.PathLike, file_name: str = "model.onnx",
-                        registry: RuleRegistry | None = None) -> ORTPruner:
-        """Open a folder holding ``file_name`` (or an ``.onnx`` file directly)."""
+                        registry: RuleRegistry | None = None) -> ORTPruner | MultiFilePruner:
+        """Open a folder holding ``file_name`` (or an ``.onnx`` file directly).
+
+        A folder with no ``model.onnx`` that holds optimum-onnx's encoder-decoder files
+        (``encoder_model.onnx``, ``decoder_model.onnx``, ...) gives a
+        :class:`~optimum_prune.multifile.MultiFilePruner`, which prunes the files together; pass
+        ``file_name`` to prune one file alone.
+        """
         path = Path(model_or_path)
         if path.is_file():
             return cls(path, registry)
@@ -138,6 +229,11 @@ class ORTPruner:
             raise InvalidModelError(f"model folder not found: {path}. Export one with "
                                     f"`optimum-cli export onnx --model MODEL {path}`.")
         model_path = path / file_name
+        if not model_path.is_file() and file_name == "model.onnx":
+            from optimum_prune.multifile import MultiFilePruner, is_encoder_decoder_export
+
+            if is_encoder_decoder_export(path):
+                return MultiFilePruner(path, registry=registry)
         if not model_path.is_file():
             found = sorted(p.name for p in path.glob("*.onnx"))
             raise InvalidModelError(f"{model_path} not found; ONNX files in {path}: {found or 'none'}. "
@@ -178,9 +274,9 @@ class ORTPruner:
         prep = self._prepare(config.io_patterns)
         return self._plan(prep, config, calibration)
 
-    def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None
-              ) -> PruningPlan:
-        importance = get_importance(config.importance, calibration=calibration, **config.importance_options)
+    def _eligible(self, prep: _Prepared, config: PruningConfig) -> list[PruningGroup]:
+        """The groups ``config`` may prune: prunable, in scope, not excluded, and touching the key/value
+        cache only with ``prune_kv_heads``."""
         eligible: list[PruningGroup] = []
         for g in prep.groups:
             resizes_cache = any(s.io for s in g.slices)
@@ -189,6 +285,17 @@ class ORTPruner:
                 if resizes_cache and g.kind == "heads":
                     self._check_cache_describable()
                 eligible.append(g)
+        return eligible
+
+    def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None, *,
+              frozen: frozenset[int] = frozenset(), fixed: dict[int, list[int]] | None = None) -> PruningPlan:
+        """The plan of ``config``. ``frozen`` groups keep every unit; ``fixed`` groups keep the given units
+        (a multi-file model: a decoder twin follows the plan made for its sibling file). Neither takes part
+        in the allocation."""
+        fixed = fixed or {}
+        eligible = [g for g in self._eligible(prep, config) if g.id not in frozen and g.id not in fixed]
+        importance = get_importance(config.importance, calibration=calibration, **config.importance_options) \
+            if eligible or not (frozen or fixed) else None
         multiples = {g.id: config.multiple(g.kind) for g in eligible}
         scores: dict[int, np.ndarray] = {}
         latency = None
@@ -212,7 +319,9 @@ class ORTPruner:
             n = units_to_remove(g.units, config.sparsity, config.min_units)
             return round_removal(g.units, n, multiples[g.id], config.min_units)
 
-        if config.allocation == "uniform":
+        if not eligible:
+            n_remove: dict[int, int] = {}
+        elif config.allocation == "uniform":
             if config.target == "units":
                 n_remove = {g.id: uniform_share(g) for g in eligible}
             else:
@@ -250,7 +359,12 @@ class ORTPruner:
             scores.update({g.id: importance(g, prep.model) for g in missing})
         plans = []
         for g in prep.groups:
-            kept = select_kept(scores[g.id], n_remove[g.id]) if n_remove.get(g.id) else list(range(g.units))
+            if g.id in fixed:
+                kept = sorted(fixed[g.id])
+            elif n_remove.get(g.id):
+                kept = select_kept(scores[g.id], n_remove[g.id])
+            else:
+                kept = list(range(g.units))
             plans.append(GroupPlan(id=g.id, kind=g.kind, seed=f"{g.seed}:{g.seed_axis}", units=g.units,
                                    unit_size=g.unit_size, kept=kept,
                                    tensors=sorted({s.name for s in g.slices if s.constant})))
@@ -298,25 +412,37 @@ class ORTPruner:
         the repair step (``recover``; generated inputs are used when it is None). A saved ``plan`` whose
         config has ``recover`` is repaired again on ``calibration``.
         """
-        if save_dir is None:
-            raise ConfigError("save_dir is required: the folder to write the pruned model to")
+        save_dir = check_save_dir(save_dir, self.folder, config, plan)
+        start = time.perf_counter()
+        pruned = self.prune_in_memory(config, plan=plan, calibration=calibration)
+        with staging_folder(save_dir) as tmp:
+            model_file = tmp / self.model_path.name
+            written = save_model_atomic(pruned.model, model_file)
+            if validate:
+                validate_model_file(model_file, source=self.model_path, header=written.header)
+            self._copy_side_files(tmp)
+            config_notes = _update_config(tmp / "config.json", pruned.groups, pruned.removed)
+            if validate and _cache_resized(pruned.groups, pruned.removed) and (tmp / "config.json").is_file():
+                check_generates(tmp, model_file.name)
+            pruned.plan.save(tmp / PLAN_FILE)
+            report = pruned.report(time.perf_counter() - start, config_notes)
+            _write_report(tmp, self.folder, report)
+        return save_dir
+
+    def prune_in_memory(self, config: PruningConfig | None = None, *, plan: PruningPlan | None = None,
+                        calibration: CalibrationData | None = None, frozen: frozenset[int] = frozenset(),
+                        fixed: dict[int, list[int]] | None = None) -> PrunedModel:
+        """Plan (unless ``plan`` is given), repair and slice; return the pruned model without writing it.
+
+        ``frozen`` and ``fixed`` are passed to the planner (see :class:`~optimum_prune.MultiFilePruner`).
+        """
         if config is None and plan is None:
             raise ConfigError("pass a PruningConfig or a PruningPlan")
-        save_dir = Path(save_dir).resolve()
-        source = self.folder.resolve()
-        if save_dir == source or save_dir in source.parents:
-            what = "is the input folder" if save_dir == source else f"contains the input folder {source}"
-            raise ConfigError(f"save_dir {save_dir} {what}, which pruning would replace; choose a new folder "
-                              "outside it (inputs are never modified)")
-        if save_dir.exists() and any(save_dir.iterdir()) and not (save_dir / PLAN_FILE).exists():
-            raise ConfigError(f"save_dir {save_dir} exists and is not empty (and holds no earlier pruning "
-                              "output); choose a new folder")
-        start = time.perf_counter()
         io_patterns = tuple(plan.config.get("io_patterns", DEFAULT_IO_PATTERNS)) if plan and config is None \
             else config.io_patterns
         prep = self._prepare(io_patterns)
         if plan is None:
-            plan = self._plan(prep, config, calibration)
+            plan = self._plan(prep, config, calibration, frozen=frozen, fixed=fixed)
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)
@@ -333,53 +459,11 @@ class ORTPruner:
                                         for r in repair_report.records])
         apply_removals(prep.model, prep.groups, removed)
         reshare_vectors(prep.model)
-        params_after = count_parameters(prep.model)
-        created = [p for p in (save_dir.parent, *save_dir.parent.parents) if not p.exists()]
-        save_dir.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkdtemp: its folder is private (0700) whatever the umask, and it becomes save_dir.
-        tmp = save_dir.parent / f".{save_dir.name}-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-        try:
-            model_file = tmp / self.model_path.name
-            written = save_model_atomic(prep.model, model_file)
-            if validate:
-                validate_model_file(model_file, source=self.model_path, header=written.header)
-            flops_after = count_flops(prep.model, infer_shapes(prep.model))
-            self._copy_side_files(tmp)
-            config_notes = _update_config(tmp / "config.json", prep.groups, removed)
-            if validate and _cache_resized(prep.groups, removed) and (tmp / "config.json").is_file():
-                check_generates(tmp, model_file.name)
-            plan.save(tmp / PLAN_FILE)
-            report = {
-                "stage": "prune",
-                "config": plan.config,
-                "params_before": params_before,
-                "params_after": params_after,
-                "flops_before": flops_before,
-                "flops_after": flops_after,
-                "groups_found": len(prep.groups),
-                "groups_pruned": sum(1 for r in removed.values() if r),
-                "units_removed": {k: sum(len(removed.get(g.id, ())) for g in prep.groups if g.kind == k)
-                                  for k in KINDS},
-                "seconds": round(time.perf_counter() - start, 3),
-                "config_notes": config_notes,
-                **({"repair": repair_report.to_dict()} if repair_report is not None else {}),
-                "groups": [{**g.summary(), "kept": len(g_plan.kept)}
-                           for g, g_plan in zip(prep.groups, plan.groups, strict=True)],
-            }
-            _write_report(tmp, self.folder, report)
-            if save_dir.exists():
-                shutil.rmtree(save_dir)
-            os.replace(tmp, save_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for folder in created:  # innermost first: a failed run leaves no folder it made behind
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-            raise
-        return save_dir
+        return PrunedModel(model=prep.model, plan=plan, groups=prep.groups, removed=removed,
+                           params_before=params_before, flops_before=flops_before,
+                           params_after=count_parameters(prep.model),
+                           flops_after=count_flops(prep.model, infer_shapes(prep.model)),
+                           repair=repair_report)
 
     def _copy_side_files(self, dest: Path) -> None:
         for item in sorted(self.folder.iterdir()):

@@ -29,7 +29,7 @@ from optimum_prune.errors import InvalidModelError
 from optimum_prune.graph import const_array, save_model_atomic
 from optimum_prune.passes.apply import removed_mask
 from optimum_prune.passes.validate import generated_inputs, make_session
-from optimum_prune.plan import PLAN_FILE, PruningPlan
+from optimum_prune.plan import PLAN_FILE, load_plan
 from optimum_prune.pruner import ORTPruner, _match_plan
 
 RELATIVE_TOLERANCE = 1e-4
@@ -62,6 +62,10 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
            inputs: dict[str, np.ndarray] | None = None) -> VerificationResult:
     """Run the exactness oracle on a dense folder and the pruned folder made from it.
 
+    For a multi-file model (:class:`~optimum_prune.multifile.MultiFilePruner`) pass ``file_name`` to check
+    one file; with the default, every pruned file is checked and the results are combined
+    (:func:`combined_result`).
+
     The plan in ``pruned_dir`` says which units were removed; their consumer slices are zeroed in a
     copy of the dense model, and both models run under ONNX Runtime on the same generated inputs
     (graph inputs and outputs that were resized, such as the KV cache, are compared on kept positions).
@@ -72,7 +76,12 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
     if not plan_path.is_file():
         raise InvalidModelError(f"{plan_path} not found: {pruned_dir} is not a folder written by "
                                 "ORTPruner.prune")
-    plan = PruningPlan.load(plan_path)
+    components = component_files(plan_path)
+    if components and file_name == "model.onnx" and not (pruned_dir / file_name).is_file():
+        results = {name: verify(dense_dir, pruned_dir, file_name=name, seed=seed, dims=dims)
+                   for name in components}
+        return combined_result(results)
+    plan = load_plan(plan_path, file_name)
     pruner = ORTPruner.from_pretrained(dense_dir, file_name=file_name)
     prep = pruner._prepare(tuple(plan.config.get("io_patterns", DEFAULT_IO_PATTERNS)))
     removed = _match_plan(plan, prep.groups)
@@ -114,6 +123,27 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
         max_abs, max_rel = max(max_abs, err), max(max_rel, rel)
     return VerificationResult(max_abs, max_rel, copied and all(g.exact for g in active), outputs,
                               repaired=len(plan.repairs))
+
+
+def component_files(plan_path: Path) -> list[str]:
+    """The files of a multi-file model's plan (empty for a single-file plan)."""
+    import json
+
+    try:
+        data = json.loads(Path(plan_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return sorted(data.get("components", {})) if isinstance(data, dict) else []
+
+
+def combined_result(results: dict[str, VerificationResult]) -> VerificationResult:
+    """One result for several files: the largest errors, exact only when every file is; outputs are
+    named ``file:output``."""
+    outputs = {f"{name}:{out}": errs for name, r in results.items() for out, errs in r.outputs.items()}
+    return VerificationResult(max((r.max_abs_error for r in results.values()), default=0.0),
+                              max((r.max_rel_error for r in results.values()), default=0.0),
+                              all(r.exact_groups for r in results.values()), outputs,
+                              repaired=sum(r.repaired for r in results.values()))
 
 
 def _copy_repairs(prep, groups: list[PruningGroup], removed: dict[int, set[int]], repairs: list[dict],

@@ -232,9 +232,9 @@ def test_missing_folder(tmp_path):
 
 
 def test_folder_without_model_onnx_lists_onnx_files(tmp_path):
-    src = tmp_path / "seq2seq"
+    src = tmp_path / "variants"
     src.mkdir()
-    for name in ("encoder_model.onnx", "decoder_model.onnx"):
+    for name in ("model_optimized.onnx", "model_quantized.onnx"):
         onnx.save(_mlp(), src / name)
     (src / "config.json").write_text("{}\n")
     before = snapshot(src)
@@ -242,10 +242,10 @@ def test_folder_without_model_onnx_lists_onnx_files(tmp_path):
         ORTPruner.from_pretrained(src)
     message = str(info.value)
     assert str(src / "model.onnx") in message
-    assert "decoder_model.onnx" in message and "encoder_model.onnx" in message
+    assert "model_optimized.onnx" in message and "model_quantized.onnx" in message
     assert "file_name=" in message  # the fix
     # and the fix works
-    pruner = ORTPruner.from_pretrained(src, file_name="encoder_model.onnx")
+    pruner = ORTPruner.from_pretrained(src, file_name="model_quantized.onnx")
     assert pruner.analyze().groups
     assert snapshot(src) == before
 

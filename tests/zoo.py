@@ -88,6 +88,8 @@ _LABELS = 10
 _TASK_FEATURES = "feature-extraction"
 _TASK_CAUSAL = "text-generation"
 _TASK_IMAGE = "image-classification"
+_TASK_SEQ2SEQ = "text2text-generation"
+_TASK_SPEECH = "automatic-speech-recognition"
 
 
 def _default_fusion_dims(config: PretrainedConfig) -> tuple[int, int]:
@@ -146,6 +148,8 @@ class ZooSpec:
             _TASK_FEATURES: transformers.AutoModel,
             _TASK_CAUSAL: transformers.AutoModelForCausalLM,
             _TASK_IMAGE: transformers.AutoModelForImageClassification,
+            _TASK_SEQ2SEQ: transformers.AutoModelForSeq2SeqLM,
+            _TASK_SPEECH: transformers.AutoModelForSpeechSeq2Seq,
         }[self.task]
 
     def ort_model_class(self) -> type:
@@ -158,6 +162,8 @@ class ZooSpec:
             _TASK_FEATURES: ort.ORTModelForFeatureExtraction,
             _TASK_CAUSAL: ort.ORTModelForCausalLM,
             _TASK_IMAGE: ort.ORTModelForImageClassification,
+            _TASK_SEQ2SEQ: ort.ORTModelForSeq2SeqLM,
+            _TASK_SPEECH: ort.ORTModelForSpeechSeq2Seq,
         }[self.task]
 
 
@@ -776,12 +782,67 @@ ZOO: dict[str, ZooSpec] = {
 # --------------------------------------------------------------------------------------------------------
 
 
+def _t5() -> PretrainedConfig:
+    from transformers import T5Config
+
+    return T5Config(vocab_size=_VOCAB, d_model=_HIDDEN, d_kv=_HIDDEN // _HEADS, d_ff=_FFN, num_layers=_LAYERS,
+                    num_decoder_layers=_LAYERS, num_heads=_HEADS, decoder_start_token_id=0, pad_token_id=0,
+                    eos_token_id=1)
+
+
+def _marian() -> PretrainedConfig:
+    from transformers import MarianConfig
+
+    return MarianConfig(vocab_size=_VOCAB, d_model=_HIDDEN, encoder_layers=_LAYERS, decoder_layers=_LAYERS,
+                        encoder_attention_heads=_HEADS, decoder_attention_heads=_HEADS, encoder_ffn_dim=_FFN,
+                        decoder_ffn_dim=_FFN, max_position_embeddings=_MAX_POS, pad_token_id=0,
+                        decoder_start_token_id=0)
+
+
+def _whisper() -> PretrainedConfig:
+    from transformers import WhisperConfig
+
+    # max_source_positions 1500: optimum-onnx exports with 3000 mel frames (two conv strides of 2 -> 1500).
+    return WhisperConfig(vocab_size=_VOCAB, d_model=_HIDDEN, encoder_layers=_LAYERS, decoder_layers=_LAYERS,
+                         encoder_attention_heads=_HEADS, decoder_attention_heads=_HEADS, encoder_ffn_dim=_FFN,
+                         decoder_ffn_dim=_FFN, num_mel_bins=16, max_source_positions=1500,
+                         max_target_positions=_MAX_POS, decoder_start_token_id=1, pad_token_id=0,
+                         eos_token_id=2, bos_token_id=1, begin_suppress_tokens=None, suppress_tokens=None)
+
+
+SEQ2SEQ: dict[str, ZooSpec] = {
+    "t5": ZooSpec("t5", _t5, _TASK_SEQ2SEQ),
+    "marian": ZooSpec("marian", _marian, _TASK_SEQ2SEQ),
+    "whisper": ZooSpec("whisper", _whisper, _TASK_SPEECH),
+}
+"""Encoder-decoder models, exported with past key/values as several ONNX files (encoder_model.onnx,
+decoder_model.onnx, decoder_with_past_model.onnx, decoder_model_merged.onnx): :func:`export_seq2seq_model`."""
+
+
 def _spec(name: str) -> ZooSpec:
     """Look up a zoo spec with a helpful error."""
     try:
-        return ZOO[name]
+        return ZOO[name] if name in ZOO else SEQ2SEQ[name]
     except KeyError:
-        raise KeyError(f"unknown zoo model {name!r}; known: {sorted(ZOO)}") from None
+        raise KeyError(f"unknown zoo model {name!r}; known: {sorted(ZOO) + sorted(SEQ2SEQ)}") from None
+
+
+def export_seq2seq_model(name: str, root: Path) -> Path:
+    """Export encoder-decoder model ``name`` of :data:`SEQ2SEQ` with past key/values under ``root`` (cached
+    like :func:`export_zoo_model`); return the folder holding its ONNX files."""
+    spec = _spec(name)
+    root = Path(root)
+    out = root / name / "onnx-seq2seq"
+    stamp = _fingerprint(spec, with_past=True)
+    if _is_fresh(out, "encoder_model.onnx", stamp):
+        return out
+    (root / name).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / name / ".lock")):
+        if not _is_fresh(out, "encoder_model.onnx", stamp):
+            hf_dir = _save_hf_model(name, root / name / "hf")
+            _write_atomically(out, stamp, lambda tmp: _export(hf_dir, tmp, spec.task + "-with-past",
+                                                              marker="encoder_model.onnx"))
+    return out
 
 
 def zoo_folder(name: str, root: Path, *, with_past: bool = False, fused: bool = False) -> Path:
@@ -914,14 +975,14 @@ def _save_hf_model(name: str, hf_dir: Path) -> Path:
     return hf_dir
 
 
-def _export(hf_dir: Path, out: Path, task: str) -> None:
+def _export(hf_dir: Path, out: Path, task: str, marker: str = "model.onnx") -> None:
     """Export with optimum's ``main_export`` (writes model.onnx, config.json, generation_config.json)."""
     from optimum.exporters.onnx import main_export
 
     main_export(str(hf_dir), out, task=task, device="cpu", library_name="transformers")
-    if not (out / "model.onnx").is_file():
+    if not (out / marker).is_file():
         produced = sorted(p.name for p in out.iterdir())
-        raise RuntimeError(f"export of {hf_dir} ({task}) produced no model.onnx: {produced}")
+        raise RuntimeError(f"export of {hf_dir} ({task}) produced no {marker}: {produced}")
 
 
 def _fuse(spec: ZooSpec, src: Path, out: Path) -> None:

@@ -89,12 +89,15 @@ class PruneRunCommand(_PruneSubcommand):
         return 0
 
 
+_MODEL_HELP = "folder holding model.onnx, or an encoder-decoder export (encoder_model.onnx, ...)"
+
+
 class PruneONNXCommand(_PruneSubcommand):
     """``prune onnx --model ONNX_DIR --sparsity 0.3 -o OUT``: prune one ONNX folder."""
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument("--model", "-m", type=Path, required=True, help="folder holding model.onnx")
+        parser.add_argument("--model", "-m", type=Path, required=True, help=_MODEL_HELP)
         parser.add_argument(
             "--sparsity", type=_fraction, required=True, help="share of units removed, in [0, 1)"
         )
@@ -153,7 +156,7 @@ class PruneAnalyzeCommand(_PruneSubcommand):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument("--model", "-m", type=Path, required=True, help="folder holding model.onnx")
+        parser.add_argument("--model", "-m", type=Path, required=True, help=_MODEL_HELP)
         parser.add_argument("--file-name", default="model.onnx", help="ONNX file in the folder")
         parser.add_argument("--json", action="store_true", help="print the full analysis as JSON")
 

@@ -1,0 +1,393 @@
+"""``MultiFilePruner``: a model exported as several ONNX files, pruned as one.
+
+optimum-onnx writes encoder-decoder models (T5, BART, Marian, Whisper, ...) as several files:
+``encoder_model.onnx``, ``decoder_model.onnx``, ``decoder_with_past_model.onnx`` and
+``decoder_model_merged.onnx`` (the two decoders behind an ``If`` node, which
+``ORTModelForSeq2SeqLM`` prefers). The files are pruned together:
+
+- Each file is analysed on its own. A group whose root weights another file holds too (the two
+  decoders are exported from the same layers) is linked to its twin there: twins keep the same units,
+  planned once, in the first file by name (``decoder_model.onnx``), and followed by the others. A
+  group whose root weights another file holds in a group of another structure (a tied embedding the
+  encoder and decoder share) keeps every unit in both: never two files that disagree.
+- The merged decoder is rebuilt from the two pruned decoders with optimum's own ``merge_decoders``;
+  a merged decoder without its two parts cannot be pruned (its layers live in ``If`` subgraphs) and
+  is copied unchanged.
+- Every written file is validated (ONNX checker and an ONNX Runtime run) before the folder replaces
+  ``save_dir``; ``pruning_plan.json`` holds one plan per file (:func:`optimum_prune.plan.load_plan`),
+  so ``verify(dense, pruned, file_name=...)`` checks each file by the exactness oracle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.association.rules import RuleRegistry
+from optimum_prune.association.tree import KINDS, PruningGroup
+from optimum_prune.calibration import CalibrationData
+from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
+from optimum_prune.errors import ConfigError, InvalidModelError, PruningError
+from optimum_prune.graph import const_array, save_model_atomic
+from optimum_prune.passes.validate import validate_model_file
+from optimum_prune.plan import PLAN_FILE, PruningPlan, load_plan, save_component_plans
+from optimum_prune.pruner import (
+    REPORT_FILE,
+    AnalysisReport,
+    ORTPruner,
+    PrunedModel,
+    _update_config,
+    _write_report,
+    check_save_dir,
+    staging_folder,
+)
+
+MERGED_DECODER = "decoder_model_merged.onnx"
+DECODER = "decoder_model.onnx"
+DECODER_WITH_PAST = "decoder_with_past_model.onnx"
+_MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
+
+GroupRef = tuple[str, int]
+"""(file name, group id)."""
+
+
+@dataclass
+class CrossFileLinks:
+    """How the groups of the files relate: twins (the same units everywhere) and conflicts (shared
+    root weights in groups of different structure: never pruned)."""
+
+    twins: list[list[GroupRef]] = field(default_factory=list)
+    conflicts: dict[GroupRef, str] = field(default_factory=dict)
+
+    def leader_of(self) -> dict[GroupRef, GroupRef]:
+        """Each twin's leader: the twin in the first file by name."""
+        return {ref: min(cluster) for cluster in self.twins for ref in cluster}
+
+
+@dataclass
+class MultiFileAnalysis:
+    """What :meth:`MultiFilePruner.analyze` found: one :class:`AnalysisReport` per file, and the links."""
+
+    components: dict[str, AnalysisReport]
+    links: CrossFileLinks
+    unprunable_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        """Parameters of every file (shared weights counted once per file)."""
+        return sum(r.params for r in self.components.values())
+
+    @property
+    def flops(self) -> int:
+        """FLOPs of every file at batch 1 x 128 tokens."""
+        return sum(r.flops for r in self.components.values())
+
+    def unprunable(self) -> list[dict]:
+        """Groups that cannot be pruned, with why, per file (cross-file conflicts included)."""
+        rows = [{"file": name, **u} for name, r in self.components.items() for u in r.unprunable()]
+        return rows + [{"file": f, "group": g, "kind": "", "seed": "", "reason": why}
+                       for (f, g), why in sorted(self.links.conflicts.items())]
+
+    @property
+    def groups(self) -> list[PruningGroup]:
+        """Every group of every file (ids are per file)."""
+        return [g for report in self.components.values() for g in report.groups]
+
+    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per file, per kind: groups found, groups prunable, prunable units."""
+        return {name: report.summary() for name, report in self.components.items()}
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {"components": {name: report.to_dict() for name, report in self.components.items()},
+                "twins": [[list(ref) for ref in cluster] for cluster in self.links.twins],
+                "conflicts": [{"file": f, "group": g, "reason": why}
+                              for (f, g), why in sorted(self.links.conflicts.items())],
+                "unprunable_files": self.unprunable_files}
+
+    def __str__(self) -> str:
+        parts = []
+        for name, report in self.components.items():
+            parts.append(f"== {name}\n{report}")
+        parts.append(f"{len(self.links.twins)} groups shared by several files (pruned alike), "
+                     f"{len(self.links.conflicts)} refused for a cross-file conflict")
+        parts += [f"{name}: {why}" for name, why in self.unprunable_files.items()]
+        return "\n".join(parts)
+
+
+ENCODER = "encoder_model.onnx"
+
+
+def is_encoder_decoder_export(folder: Path) -> bool:
+    """Whether ``folder`` holds optimum-onnx's encoder-decoder files (an encoder and a decoder)."""
+    names = set(onnx_files(folder))
+    return ENCODER in names and bool(names & {DECODER, DECODER_WITH_PAST, MERGED_DECODER})
+
+
+def onnx_files(folder: Path) -> list[str]:
+    """The ONNX files of ``folder``, sorted by name (hidden files left out)."""
+    return sorted(p.name for p in folder.glob("*.onnx") if not p.name.startswith("."))
+
+
+class MultiFilePruner:
+    """Structured pruner for a folder holding one model as several ONNX files (see the module docstring).
+
+    ``ORTPruner.from_pretrained(folder)`` returns one for optimum-onnx's encoder-decoder layout (no
+    ``model.onnx``; ``encoder_model.onnx`` and its decoders); build one directly with ``files=`` for any
+    other set of ONNX files that share weights. It has the same ``analyze`` / ``plan`` / ``prune``
+    methods as :class:`~optimum_prune.ORTPruner`.
+    """
+
+    def __init__(self, folder: str | os.PathLike, files: list[str] | None = None,
+                 registry: RuleRegistry | None = None) -> None:
+        self.folder = Path(folder)
+        files = sorted(files) if files is not None else onnx_files(self.folder)
+        missing = [f for f in files if not (self.folder / f).is_file()]
+        if missing:
+            raise InvalidModelError(f"{missing} not found in {self.folder}; ONNX files there: "
+                                    f"{onnx_files(self.folder)}")
+        self.rebuild_merged = MERGED_DECODER in files and DECODER in files and DECODER_WITH_PAST in files
+        self.unprunable_files: dict[str, str] = {}
+        if MERGED_DECODER in files:
+            self.unprunable_files[MERGED_DECODER] = (
+                f"rebuilt from the pruned {DECODER} and {DECODER_WITH_PAST} with optimum's merge_decoders"
+                if self.rebuild_merged else
+                f"copied unchanged: its layers live in If subgraphs; export with --no-post-process (or keep "
+                f"{DECODER} and {DECODER_WITH_PAST}) to prune the decoder")
+        self.files = [f for f in files if f != MERGED_DECODER]
+        if not self.files:
+            raise InvalidModelError(f"{self.folder} holds no ONNX file the pruner can prune "
+                                    f"(only {MERGED_DECODER}): export with --no-post-process")
+        self.pruners = {f: ORTPruner(self.folder / f, registry) for f in self.files}
+
+    # ------------------------------------------------------------------------------------------
+    def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> MultiFileAnalysis:
+        """Analyse every file (see :meth:`ORTPruner.analyze`) and link the groups they share."""
+        reports = {f: p.analyze(io_patterns) for f, p in self.pruners.items()}
+        links = self._links(tuple(io_patterns))
+        return MultiFileAnalysis(reports, links, dict(self.unprunable_files))
+
+    def _links(self, io_patterns: tuple[str, ...]) -> CrossFileLinks:
+        by_digest: dict[str, set[GroupRef]] = {}
+        keys: dict[GroupRef, tuple] = {}
+        digests: dict[GroupRef, frozenset[str]] = {}
+        for f, pruner in self.pruners.items():
+            prep = pruner._prepare(io_patterns)
+            values = dict(prep.model.graph.initializers)
+            for g in prep.groups:
+                ds = frozenset(_digest(values.get(name), axis) for name, axis in g.roots) - {None}
+                keys[(f, g.id)] = (g.kind, g.units, g.unit_size, ds)
+                digests[(f, g.id)] = ds
+                for d in ds:
+                    by_digest.setdefault(d, set()).add((f, g.id))
+        links = CrossFileLinks()
+        seen: set[GroupRef] = set()
+        for ref in sorted(keys):
+            if ref in seen:
+                continue
+            partners = {other for d in digests[ref] for other in by_digest[d] if other[0] != ref[0]}
+            if not partners:
+                continue
+            cluster = {ref} | partners
+            per_file: dict[str, list[GroupRef]] = {}
+            for r in cluster:
+                per_file.setdefault(r[0], []).append(r)
+            same = all(len(rs) == 1 for rs in per_file.values()) and len({keys[r] for r in cluster}) == 1
+            if same:
+                links.twins.append(sorted(cluster))
+            else:
+                files = ", ".join(sorted(per_file))
+                for r in cluster:
+                    links.conflicts[r] = (f"its root weights are shared with groups of another structure in "
+                                          f"{files}; pruning one file alone would break the other")
+            seen |= cluster
+        return links
+
+    # ------------------------------------------------------------------------------------------
+    def plan(self, config: PruningConfig, *,
+             calibration: CalibrationData | Mapping[str, CalibrationData] | None = None
+             ) -> dict[str, PruningPlan]:
+        """One plan per file: twins keep the same units, conflicting groups keep every unit.
+
+        ``calibration`` is one :class:`CalibrationData` (used for the files whose inputs it feeds) or a
+        mapping from file name to calibration data.
+        """
+        if config.prune_kv_heads:
+            raise ConfigError("prune_kv_heads=True is not supported for multi-file models: the decoders' "
+                              "cache sizes are not described per file; prune with prune_kv_heads=False")
+        links = self._links(config.io_patterns)
+        leader = links.leader_of()
+        preps = {f: p._prepare(config.io_patterns) for f, p in self.pruners.items()}
+        eligible = {(f, g.id) for f, p in self.pruners.items() for g in p._eligible(preps[f], config)}
+        frozen: dict[str, set[int]] = {f: set() for f in self.files}
+        for ref in links.conflicts:
+            frozen[ref[0]].add(ref[1])
+        for cluster in links.twins:
+            if not all(ref in eligible for ref in cluster):
+                for f, gid in cluster:
+                    frozen[f].add(gid)
+        plans: dict[str, PruningPlan] = {}
+        for f, pruner in self.pruners.items():
+            fixed = {}
+            for (ff, gid), (lf, lgid) in leader.items():
+                if ff == f and (lf, lgid) != (ff, gid) and gid not in frozen[f]:
+                    fixed[gid] = list(next(gp for gp in plans[lf].groups if gp.id == lgid).kept)
+            calib = self._calibration_for(f, calibration)
+            try:
+                plans[f] = pruner._plan(preps[f], config, calib, frozen=frozenset(frozen[f]), fixed=fixed)
+            except ConfigError as e:
+                raise ConfigError(f"{f}: {e}") from e
+            follows = [gp for gp in plans[f].groups if gp.id in fixed]
+            if config.recovery is not None and any(len(gp.kept) < gp.units for gp in follows):
+                raise ConfigError(
+                    f"recover=True: {f} shares pruned layers with another file of this model, and the repair "
+                    "would refit them in one file only; prune with recover=False, or prune one file with "
+                    "ORTPruner.from_pretrained(folder, file_name=...)")
+        return plans
+
+    def _calibration_for(self, name: str, calibration) -> CalibrationData | None:
+        if calibration is None:
+            return None
+        if isinstance(calibration, Mapping):
+            return calibration.get(name)
+        first = next(iter(calibration.batches()), None)
+        return calibration if first is not None and _input_names(self.folder / name) <= set(first) else None
+
+    # ------------------------------------------------------------------------------------------
+    def prune(self, config: PruningConfig | None = None, save_dir: str | os.PathLike | None = None, *,
+              plan: Mapping[str, PruningPlan] | None = None, validate: bool = True,
+              calibration: CalibrationData | Mapping[str, CalibrationData] | None = None) -> Path:
+        """Prune every file with ``config`` (or replay ``plan``, one per file) and write one folder that
+        ``ORTModelForSeq2SeqLM`` (or the matching class) loads.
+
+        The folder holds every ONNX file of the source (pruned, rebuilt or copied), its other files,
+        ``pruning_plan.json`` (one plan per file) and ``report.json``. Each file is validated before the
+        folder replaces ``save_dir``; the input folder is never modified.
+        """
+        save_dir = check_save_dir(save_dir, self.folder, config, plan)
+        start = time.perf_counter()
+        if plan is None:
+            plans = self.plan(config, calibration=calibration)
+        elif isinstance(plan, Mapping):
+            plans = dict(plan)
+        else:
+            raise ConfigError("a multi-file model takes one plan per file: pass the mapping "
+                              "{file name: PruningPlan} (load_plan(path, file_name) reads each)")
+        missing = sorted(set(self.files) - set(plans))
+        if missing:
+            raise ConfigError(f"no plan for {missing}; the plans cover {sorted(plans)}")
+        pruned: dict[str, PrunedModel] = {}
+        for f, pruner in self.pruners.items():
+            pruned[f] = pruner.prune_in_memory(config, plan=plans[f],
+                                               calibration=self._calibration_for(f, calibration))
+        with staging_folder(save_dir) as tmp:
+            for f, pm in pruned.items():
+                written = save_model_atomic(pm.model, tmp / f)
+                if validate:
+                    validate_model_file(tmp / f, source=self.folder / f, header=written.header)
+            if MERGED_DECODER in self.unprunable_files:
+                if self.rebuild_merged:
+                    _merge_decoders(tmp, validate)
+                else:
+                    _copy_model(self.folder, MERGED_DECODER, tmp)
+            self._copy_side_files(tmp)
+            combined, removed = _renumbered(pruned)
+            notes = _update_config(tmp / "config.json", combined, removed)
+            save_component_plans(tmp / PLAN_FILE, {f: pm.plan for f, pm in pruned.items()})
+            seconds = time.perf_counter() - start
+            components = {f: pm.report(seconds, []) for f, pm in pruned.items()}
+            report = {"stage": "prune", "config": next(iter(components.values()))["config"],
+                      "params_before": sum(c["params_before"] for c in components.values()),
+                      "params_after": sum(c["params_after"] for c in components.values()),
+                      "flops_before": sum(c["flops_before"] for c in components.values()),
+                      "flops_after": sum(c["flops_after"] for c in components.values()),
+                      "groups_found": sum(c["groups_found"] for c in components.values()),
+                      "groups_pruned": sum(c["groups_pruned"] for c in components.values()),
+                      "units_removed": {k: sum(c["units_removed"][k] for c in components.values())
+                                        for k in KINDS},
+                      "seconds": round(seconds, 3), "config_notes": notes,
+                      "files": dict(self.unprunable_files), "components": components}
+            _write_report(tmp, self.folder, report)
+        return save_dir
+
+    def _copy_side_files(self, dest: Path) -> None:
+        for item in sorted(self.folder.iterdir()):
+            if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES) and item.name not in (PLAN_FILE,
+                                                                                                 REPORT_FILE):
+                shutil.copy2(item, dest / item.name)
+
+
+def read_component_plans(folder: str | os.PathLike) -> dict[str, PruningPlan]:
+    """Every file's plan in a folder written by :meth:`MultiFilePruner.prune`."""
+    import json
+
+    path = Path(folder) / PLAN_FILE
+    data = json.loads(path.read_text())
+    return {name: load_plan(path, name) for name in data.get("components", {})}
+
+
+def _input_names(path: Path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return {i.name for i in model.graph.input if i.name not in initializers}
+
+
+def _digest(value: ir.Value | None, axis: int) -> str | None:
+    """Content hash of a root weight (with the unit axis), or None when it is not a constant."""
+    if value is None:
+        return None
+    arr = const_array(value)
+    if arr is None:
+        return None
+    h = hashlib.sha1(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+    return f"{arr.dtype}:{arr.shape}:{axis}:{h.hexdigest()}"
+
+
+def _renumbered(pruned: dict[str, PrunedModel]) -> tuple[list[PruningGroup], dict[int, set[int]]]:
+    """Every file's groups with ids made unique, and their removed units (for config.json)."""
+    from dataclasses import replace
+
+    groups: list[PruningGroup] = []
+    removed: dict[int, set[int]] = {}
+    for pm in pruned.values():
+        for g in pm.groups:
+            new = replace(g, id=len(groups))
+            removed[new.id] = pm.removed.get(g.id, set())
+            groups.append(new)
+    return groups, removed
+
+
+def _copy_model(source: Path, name: str, dest: Path) -> None:
+    """Copy an ONNX file with its external data files."""
+    import onnx
+
+    shutil.copy2(source / name, dest / name)
+    model = onnx.load(str(source / name), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    for loc in sorted(locations):
+        shutil.copy2(source / loc, dest / loc)
+
+
+def _merge_decoders(folder: Path, validate: bool) -> None:
+    """Rebuild ``decoder_model_merged.onnx`` in ``folder`` from its two pruned decoders."""
+    from optimum.onnx.graph_transformations import merge_decoders
+
+    target = folder / MERGED_DECODER
+    try:
+        merge_decoders(folder / DECODER, folder / DECODER_WITH_PAST, save_path=target, strict=False)
+    except Exception as e:
+        raise PruningError(f"could not rebuild {MERGED_DECODER} from the pruned {DECODER} and "
+                           f"{DECODER_WITH_PAST} with optimum's merge_decoders "
+                           f"({type(e).__name__}: {e})") from e
+    if validate:
+        validate_model_file(target)

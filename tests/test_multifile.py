@@ -1,0 +1,153 @@
+"""Encoder-decoder exports (several ONNX files) pruned as one model by ``MultiFilePruner``.
+
+optimum-onnx writes T5, Marian, Whisper, ... as ``encoder_model.onnx``, ``decoder_model.onnx``,
+``decoder_with_past_model.onnx`` and ``decoder_model_merged.onnx``. The two decoders share their layers,
+so they must lose the same units; the merged decoder is rebuilt from them; the folder must load with
+``ORTModelForSeq2SeqLM`` / ``ORTModelForSpeechSeq2Seq`` and every file must pass the exactness oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from optimum_prune import CalibrationData, MultiFilePruner, ORTPruner, PruningConfig, verify
+from optimum_prune.errors import ConfigError, PlanMismatchError
+from optimum_prune.multifile import DECODER, DECODER_WITH_PAST, MERGED_DECODER, read_component_plans
+from optimum_prune.plan import PLAN_FILE, PruningPlan, load_plan
+from optimum_prune.verify import RELATIVE_TOLERANCE
+from zoo import SEQ2SEQ, export_seq2seq_model
+
+SCOPE = ("ffn", "heads")
+
+
+@pytest.fixture(scope="module")
+def t5_folder(zoo_root):
+    return export_seq2seq_model("t5", zoo_root)
+
+
+def _load(name: str, folder, *, use_merged: bool):
+    cls = SEQ2SEQ[name].ort_model_class()
+    return cls.from_pretrained(folder, use_merged=use_merged, use_io_binding=False, use_cache=True,
+                               provider="CPUExecutionProvider")
+
+
+def _encoder_inputs(name: str) -> dict[str, torch.Tensor]:
+    if name == "whisper":
+        return {"input_features": torch.from_numpy(np.random.default_rng(0).standard_normal((1, 16, 3000))
+                                                   .astype(np.float32))}
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _scores(model, inputs) -> np.ndarray:
+    """The raw logits of four greedy steps (the first without, the others with the key/value cache)."""
+    out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    return np.stack([s.numpy() for s in out.logits])
+
+
+@pytest.mark.parametrize("name", sorted(SEQ2SEQ))
+def test_encoder_decoder_export_prunes_every_file_exactly_and_generates(zoo_root, tmp_path, name):
+    src = export_seq2seq_model(name, zoo_root)
+    pruner = ORTPruner.from_pretrained(src)
+    assert isinstance(pruner, MultiFilePruner)
+    out = pruner.prune(PruningConfig(sparsity=0.3, scope=SCOPE), tmp_path / "pruned")
+    assert {p.name for p in src.glob("*.onnx")} == {p.name for p in out.glob("*.onnx")}
+
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    per_file = {f: c["units_removed"]["ffn"] for f, c in report["components"].items()}
+    assert all(n > 0 for n in per_file.values()), per_file  # encoder and both decoders lose FFN units
+    assert report["params_after"] < report["params_before"]
+
+    plans = read_component_plans(out)
+    decoder = {gp.seed: gp for gp in plans[DECODER].groups}
+    twins = [g for g in plans[DECODER_WITH_PAST].groups if g.kind == "ffn" and g.removed]
+    assert twins
+    kept = sorted(tuple(g.kept) for g in twins)
+    assert kept == sorted(tuple(g.kept) for g in decoder.values() if g.kind == "ffn" and g.removed)
+
+    for f in sorted(plans):
+        result = verify(src, out, file_name=f)
+        assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, (f, result.outputs)
+    combined = verify(src, out)
+    assert combined.exact and any(k.startswith("encoder_model.onnx:") for k in combined.outputs)
+
+    # The rebuilt merged decoder computes what its two pruned parts compute (no-past and with-past steps).
+    inputs = _encoder_inputs(name)
+    merged = _scores(_load(name, out, use_merged=True), inputs)
+    separate = _scores(_load(name, out, use_merged=False), inputs)
+    np.testing.assert_allclose(merged, separate, rtol=1e-4, atol=1e-5)
+    assert merged.shape[0] == 4 and np.isfinite(merged).all()
+
+
+def test_twins_follow_their_leader_under_a_data_driven_criterion(t5_folder, tmp_path):
+    pruner = ORTPruner.from_pretrained(t5_folder)
+    calibration = {f: CalibrationData.generated(t5_folder / f) for f in pruner.files}
+    out = pruner.prune(PruningConfig(sparsity=0.5, scope=("ffn",), importance="activation"), tmp_path / "p",
+                       calibration=calibration)
+    plans = read_component_plans(out)
+    lead = sorted(tuple(g.kept) for g in plans[DECODER].groups if g.kind == "ffn")
+    follow = sorted(tuple(g.kept) for g in plans[DECODER_WITH_PAST].groups if g.kind == "ffn")
+    assert lead == follow and all(len(k) == 24 for k in lead)
+    assert verify(t5_folder, out).exact
+
+
+def test_weights_shared_in_groups_of_another_structure_are_never_pruned(t5_folder, tmp_path):
+    analysis = ORTPruner.from_pretrained(t5_folder).analyze()
+    hidden = {(f, g.id) for f, r in analysis.components.items() for g in r.groups if g.kind == "hidden"}
+    assert len(hidden) == 3 and hidden <= set(analysis.links.conflicts)  # the tied embedding
+    assert all(f for f in (u["file"] for u in analysis.unprunable()))
+    out = ORTPruner.from_pretrained(t5_folder).prune(PruningConfig(sparsity=0.3, scope=("hidden",)),
+                                                     tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["hidden"] == 0
+
+
+def test_a_merged_decoder_without_its_parts_is_copied_and_the_encoder_still_pruned(t5_folder, tmp_path):
+    src = tmp_path / "merged-only"
+    shutil.copytree(t5_folder, src)
+    (src / DECODER).unlink()
+    (src / DECODER_WITH_PAST).unlink()
+    pruner = ORTPruner.from_pretrained(src)
+    assert pruner.files == ["encoder_model.onnx"]
+    assert "copied unchanged" in pruner.unprunable_files[MERGED_DECODER]
+    out = pruner.prune(PruningConfig(sparsity=0.3, scope=SCOPE), tmp_path / "p")
+    assert (out / MERGED_DECODER).read_bytes() == (src / MERGED_DECODER).read_bytes()
+    assert verify(src, out).exact
+    scores = _scores(_load("t5", out, use_merged=True), _encoder_inputs("t5"))
+    assert np.isfinite(scores).all()
+
+
+def test_a_saved_multi_file_plan_replays_byte_for_byte(t5_folder, tmp_path):
+    pruner = ORTPruner.from_pretrained(t5_folder)
+    first = pruner.prune(PruningConfig(sparsity=0.3, scope=SCOPE), tmp_path / "a")
+    again = pruner.prune(plan=read_component_plans(first), save_dir=tmp_path / "b")
+    for f in pruner.files:
+        assert (first / f).read_bytes() == (again / f).read_bytes(), f
+    with pytest.raises(PlanMismatchError, match="load_plan"):
+        PruningPlan.load(first / PLAN_FILE)
+    assert load_plan(first / PLAN_FILE, "encoder_model.onnx").source == "encoder_model.onnx"
+    with pytest.raises(PlanMismatchError, match="no plan for model.onnx"):
+        load_plan(first / PLAN_FILE)
+
+
+def test_multi_file_refusals_name_the_file_and_the_fix(t5_folder, tmp_path):
+    pruner = ORTPruner.from_pretrained(t5_folder)
+    with pytest.raises(ConfigError, match="recover=False"):
+        pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn",), recover=True), tmp_path / "a")
+    with pytest.raises(ConfigError, match="prune_kv_heads"):
+        pruner.prune(PruningConfig(sparsity=0.3, prune_kv_heads=True), tmp_path / "b")
+    encoder_only = CalibrationData.generated(t5_folder / "encoder_model.onnx")
+    with pytest.raises(ConfigError, match=DECODER):
+        pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn",), importance="activation"), tmp_path / "c",
+                     calibration=encoder_only)
+    with pytest.raises(ConfigError, match="one plan per file"):
+        pruner.prune(plan=PruningPlan(groups=[]), save_dir=tmp_path / "d")
+    assert not any((tmp_path / d).exists() for d in "abcd")
+    single = ORTPruner.from_pretrained(t5_folder, file_name="encoder_model.onnx")
+    assert not isinstance(single, MultiFilePruner)
