@@ -34,6 +34,9 @@ _TEXT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_
              max_position_embeddings=64)
 _VISION = dict(image_size=32, patch_size=8, hidden_size=36, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=56, num_labels=10)
+_SEQ2SEQ = dict(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
+                pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
 _GPT = dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=64, bos_token_id=1,
             eos_token_id=2)
 
@@ -70,6 +73,18 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                             num_labels=10), "image"),
     "cvt": ("CvtConfig", dict(embed_dim=[16, 24, 32], num_heads=[1, 2, 4], depth=[1, 1, 1], num_labels=10),
             "image"),
+    # Encoder-decoder models, exported with past key/values as several ONNX files (MultiFilePruner)
+    "bart-seq2seq": ("BartConfig", _SEQ2SEQ, "seq2seq"),
+    "mbart": ("MBartConfig", _SEQ2SEQ, "seq2seq"),
+    "pegasus": ("PegasusConfig", _SEQ2SEQ, "seq2seq"),
+    "m2m_100": ("M2M100Config", _SEQ2SEQ, "seq2seq"),
+    "blenderbot-small": ("BlenderbotSmallConfig", _SEQ2SEQ, "seq2seq"),
+    "mt5": ("MT5Config", dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+                              num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+            "seq2seq"),
+    "speech_to_text": ("Speech2TextConfig", dict(_SEQ2SEQ, input_feat_per_channel=16, num_conv_layers=2,
+                                                 conv_channels=16, max_source_positions=64,
+                                                 max_target_positions=64), "speech"),
 }
 
 
@@ -82,7 +97,8 @@ def _spec(name: str):
     if kind == "llama":
         kwargs = {**zoo._decoder_common(), **kwargs}
     causal = kind in ("causal", "llama")
-    task = zoo._TASK_CAUSAL if causal else {"features": zoo._TASK_FEATURES, "image": zoo._TASK_IMAGE}[kind]
+    task = zoo._TASK_CAUSAL if causal else {"features": zoo._TASK_FEATURES, "image": zoo._TASK_IMAGE,
+                                            "seq2seq": zoo._TASK_SEQ2SEQ, "speech": zoo._TASK_SPEECH}[kind]
     cls = getattr(transformers, cls_name)
     return zoo.ZooSpec(cls.model_type, lambda: cls(**kwargs), task, is_decoder=causal,
                        is_cnn=name in ("regnet", "poolformer"))
@@ -93,10 +109,15 @@ def run_variant(name: str, past: bool) -> dict:
     import zoo
     from optimum_prune import ORTPruner, PruningConfig, verify
 
-    zoo.ZOO[name] = _spec(name)
+    multi_file = SPECS[name][2] in ("seq2seq", "speech")
+    if multi_file:
+        zoo.SEQ2SEQ[name] = _spec(name)
+    else:
+        zoo.ZOO[name] = _spec(name)
     row: dict = {"arch": name, "past": past}
     try:
-        src = zoo.export_zoo_model(name, CACHE, with_past=past)
+        src = zoo.export_seq2seq_model(name, CACHE) if multi_file else \
+            zoo.export_zoo_model(name, CACHE, with_past=past)
     except Exception as e:  # the config or optimum-onnx, not the pruner
         return dict(row, ok=False, stage="export", error=f"{type(e).__name__}: {e}"[:300])
     try:
@@ -108,7 +129,12 @@ def run_variant(name: str, past: bool) -> dict:
             seconds = time.perf_counter() - start
             report = json.loads((out / "report.json").read_text())["stages"][-1]
             result = verify(src, out)
-        refused = sorted({g.reason for g in analysis.groups if not g.prunable and g.reason})
+            if multi_file:
+                row["files"] = sorted(f.name for f in out.glob("*.onnx"))
+                row["generates"] = _generates(zoo.SEQ2SEQ[name], out)
+        # the analysis' own reasons first, then the cross-file ones (shared weights, another structure)
+        refused = sorted({u["reason"] for u in analysis.unprunable() if u["reason"]},
+                         key=lambda why: (why.startswith("its root weights are shared"), why))
         return dict(row, ok=True, prune_s=round(seconds, 2),
                     params_removed=round(1 - report["params_after"] / report["params_before"], 4),
                     units_removed=report["units_removed"], max_rel_error=result.max_rel_error,
@@ -118,12 +144,29 @@ def run_variant(name: str, past: bool) -> dict:
                     traceback=traceback.format_exc()[-1500:])
 
 
+def _generates(spec, folder: Path) -> bool:
+    """Whether ``folder`` loads with the spec's ORTModel class and generates three tokens (the merged
+    decoder's no-past and with-past branches)."""
+    import torch
+
+    from optimum_prune.passes.validate import generated_inputs, make_session
+
+    encoder = make_session(folder / "encoder_model.onnx", light=True)
+    feeds = {k: torch.from_numpy(v) for k, v in generated_inputs(encoder, dims={"batch_size": 1}).items()}
+    model = spec.ort_model_class().from_pretrained(folder, use_io_binding=False,
+                                                   provider="CPUExecutionProvider")
+    tokens = model.generate(**feeds, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    return tokens.shape[-1] >= 3
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| arch | past | params removed | units removed (ffn/heads/conv) | oracle max rel err | "
              "refused groups |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         past = "yes" if r["past"] else ""
+        if r.get("files"):  # an encoder-decoder export: its files, and whether it generates once pruned
+            past = f"{len(r['files'])} files" + (", generates" if r.get("generates") else ", NO generate")
         if not r["ok"]:
             lines.append(f"| {r['arch']} | {past} | {r['stage']} failed: {r['error'][:70]} | | | |")
             continue
@@ -147,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = []
     for name in args.names or list(SPECS):
-        for past in (False, True) if SPECS[name][2] in ("causal", "llama") else (False,):
+        # causal decoders are one file with or without past key/values; encoder-decoder models are exported
+        # once, with past, as several files
+        for past in (False, True) if SPECS[name][2] in ("causal", "llama") else (
+                (True,) if SPECS[name][2] in ("seq2seq", "speech") else (False,)):
             try:
                 command = [sys.executable, __file__, "--worker", name, "past" if past else "plain"]
                 proc = subprocess.run(command, capture_output=True, text=True, timeout=900)

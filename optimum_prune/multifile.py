@@ -40,20 +40,19 @@ from optimum_prune.graph import const_array, save_model_atomic
 from optimum_prune.passes.validate import validate_model_file
 from optimum_prune.plan import PLAN_FILE, PruningPlan, load_plan, save_component_plans
 from optimum_prune.pruner import (
-    REPORT_FILE,
     AnalysisReport,
     ORTPruner,
     PrunedModel,
     _update_config,
     _write_report,
     check_save_dir,
+    copy_side_files,
     staging_folder,
 )
 
 MERGED_DECODER = "decoder_model_merged.onnx"
 DECODER = "decoder_model.onnx"
 DECODER_WITH_PAST = "decoder_with_past_model.onnx"
-_MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
 
 GroupRef = tuple[str, int]
 """(file name, group id)."""
@@ -221,8 +220,11 @@ class MultiFilePruner:
         mapping from file name to calibration data.
         """
         if config.prune_kv_heads:
-            raise ConfigError("prune_kv_heads=True is not supported for multi-file models: the decoders' "
-                              "cache sizes are not described per file; prune with prune_kv_heads=False")
+            raise ConfigError(
+                "prune_kv_heads=True is not supported for encoder-decoder models: Optimum's "
+                "ORTModelForSeq2SeqLM sizes the decoder's key/value cache from config.json as num_heads x "
+                "hidden_size // num_heads, which cannot describe pruned decoder heads; prune with "
+                "prune_kv_heads=False (encoder heads and every FFN are still pruned)")
         links = self._links(config.io_patterns)
         leader = links.leader_of()
         preps = {f: p._prepare(config.io_patterns) for f, p in self.pruners.items()}
@@ -298,7 +300,7 @@ class MultiFilePruner:
                     _merge_decoders(tmp, validate)
                 else:
                     _copy_model(self.folder, MERGED_DECODER, tmp)
-            self._copy_side_files(tmp)
+            copy_side_files(self.folder, tmp)
             combined, removed = _renumbered(pruned)
             notes = _update_config(tmp / "config.json", combined, removed)
             save_component_plans(tmp / PLAN_FILE, {f: pm.plan for f, pm in pruned.items()})
@@ -317,12 +319,6 @@ class MultiFilePruner:
                       "files": dict(self.unprunable_files), "components": components}
             _write_report(tmp, self.folder, report)
         return save_dir
-
-    def _copy_side_files(self, dest: Path) -> None:
-        for item in sorted(self.folder.iterdir()):
-            if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES) and item.name not in (PLAN_FILE,
-                                                                                                 REPORT_FILE):
-                shutil.copy2(item, dest / item.name)
 
 
 def read_component_plans(folder: str | os.PathLike) -> dict[str, PruningPlan]:

@@ -466,10 +466,16 @@ class ORTPruner:
                            repair=repair_report)
 
     def _copy_side_files(self, dest: Path) -> None:
-        for item in sorted(self.folder.iterdir()):
-            if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES) and item.name not in (PLAN_FILE,
-                                                                                                 REPORT_FILE):
-                shutil.copy2(item, dest / item.name)
+        copy_side_files(self.folder, dest)
+
+
+def copy_side_files(source: Path, dest: Path) -> None:
+    """Copy the files of ``source`` that are not models nor pruning outputs (config, tokenizer,
+    processor, generation config) into ``dest``."""
+    for item in sorted(source.iterdir()):
+        if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES) and item.name not in (PLAN_FILE,
+                                                                                             REPORT_FILE):
+            shutil.copy2(item, dest / item.name)
 
 
 _ANOTHER_MODEL = ("the plan was made for another model; make one for this model with "
