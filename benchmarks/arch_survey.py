@@ -37,6 +37,9 @@ _VISION = dict(image_size=32, patch_size=8, hidden_size=36, num_hidden_layers=2,
 _SEQ2SEQ = dict(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                 decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
                 pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+_AUDIO = dict(vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+              conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+              num_conv_pos_embedding_groups=4, num_feat_extract_layers=2)
 _GPT = dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=64, bos_token_id=1,
             eos_token_id=2)
 
@@ -73,6 +76,19 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                             num_labels=10), "image"),
     "cvt": ("CvtConfig", dict(embed_dim=[16, 24, 32], num_heads=[1, 2, 4], depth=[1, 1, 1], num_labels=10),
             "image"),
+    # Speech encoders: a strided Conv stack over raw audio, then a transformer
+    "wav2vec2": ("Wav2Vec2Config", _AUDIO, "features"),
+    "hubert": ("HubertConfig", _AUDIO, "features"),
+    "wavlm": ("WavLMConfig", dict(_AUDIO, num_buckets=16, max_bucket_distance=32), "features"),
+    # More vision backbones and tasks
+    "mobilenet_v1": ("MobileNetV1Config", dict(image_size=32, depth_multiplier=0.25, num_labels=10), "image"),
+    "swinv2": ("Swinv2Config", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                    num_heads=[2, 4], window_size=4, num_labels=10), "image"),
+    "yolos": ("YolosConfig", dict(_VISION, image_size=[32, 32], num_detection_tokens=5), "detection"),
+    "segformer": ("SegformerConfig", dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                                          hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
+                                          num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                                          decoder_hidden_size=24, num_labels=5), "segmentation"),
     # Encoder-decoder models, exported with past key/values as several ONNX files (MultiFilePruner)
     "bart-seq2seq": ("BartConfig", _SEQ2SEQ, "seq2seq"),
     "mbart": ("MBartConfig", _SEQ2SEQ, "seq2seq"),
@@ -98,10 +114,12 @@ def _spec(name: str):
         kwargs = {**zoo._decoder_common(), **kwargs}
     causal = kind in ("causal", "llama")
     task = zoo._TASK_CAUSAL if causal else {"features": zoo._TASK_FEATURES, "image": zoo._TASK_IMAGE,
-                                            "seq2seq": zoo._TASK_SEQ2SEQ, "speech": zoo._TASK_SPEECH}[kind]
+                                            "seq2seq": zoo._TASK_SEQ2SEQ, "speech": zoo._TASK_SPEECH,
+                                            "detection": zoo._TASK_DETECTION,
+                                            "segmentation": zoo._TASK_SEGMENTATION}[kind]
     cls = getattr(transformers, cls_name)
     return zoo.ZooSpec(cls.model_type, lambda: cls(**kwargs), task, is_decoder=causal,
-                       is_cnn=name in ("regnet", "poolformer"))
+                       is_cnn=name in ("regnet", "poolformer", "mobilenet_v1"))
 
 
 def run_variant(name: str, past: bool) -> dict:

@@ -6,6 +6,8 @@ pruner, and this module works around both without copying its logic:
 - It reads the value of every initializer that feeds an arithmetic op (to propagate shape
   computations), so a stubbed bias makes the whole inference fail. :class:`_StubAware` answers
   "value unknown" for stubs instead, which is what they are.
+- It reads ``axes`` from the input (opset 18) only for ReduceSum and ReduceMean; the other reductions
+  are given the same rule.
 - ``import onnxruntime.tools`` imports torch when it is installed (about 1.6 s), and a failed
   inference writes ``sym_shape_infer_temp.onnx`` into the working directory. The module file is
   therefore loaded on its own, and the driver loop below does not write anything.
@@ -50,6 +52,12 @@ def _stub_aware_class() -> type:
         def __init__(self, stubs: frozenset[str], *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._stubs = stubs
+            # Opset 18 moved ``axes`` to an input for every reduction; the base class reads it there for
+            # ReduceSum / ReduceMean only, and an unknown-rank ReduceL2 (weight normalisation) then ends
+            # the whole inference at the next broadcasting op. Same spec as ReduceMean 18: same rule.
+            for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin",
+                       "ReduceSumSquare"):
+                self.dispatcher_.setdefault(op, self._infer_ReduceMean)
 
         def _try_get_value(self, node, idx):
             name = node.input[idx] if idx < len(node.input) else None

@@ -28,7 +28,7 @@ from optimum_prune.configuration import DEFAULT_IO_PATTERNS
 from optimum_prune.errors import InvalidModelError
 from optimum_prune.graph import const_array, save_model_atomic
 from optimum_prune.passes.apply import removed_mask
-from optimum_prune.passes.validate import generated_inputs, make_session
+from optimum_prune.passes.validate import make_session, runnable_inputs
 from optimum_prune.plan import PLAN_FILE, load_plan
 from optimum_prune.pruner import ORTPruner, _match_plan
 
@@ -96,7 +96,7 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
         save_model_atomic(prep.model, zeroed_path)
         dense = make_session(zeroed_path)
         pruned = make_session(pruned_dir / file_name)
-        feeds = inputs if inputs is not None else generated_inputs(dense, seed=seed, dims=dims)
+        feeds = inputs if inputs is not None else runnable_inputs(dense, seed=seed, dims=dims)[0]
         keep = _io_keep(active, removed)
         pruned_feeds = {k: _take(v, keep.get(k)) for k, v in feeds.items()}
         ref = dict(zip([o.name for o in dense.get_outputs()], dense.run(None, feeds), strict=True))

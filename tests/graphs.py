@@ -259,6 +259,77 @@ resize (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
     return _build(text, inits)
 
 
+# x[B,3,7,9] -> Conv(W1[8,3,3,3]) -> Relu -> [B,8,5,7] -> Pad(pads computed from its own spatial shape:
+#   [0, 0, 0, 0, 0, 0, H % 2, W % 2], TF-style "same" padding) -> [B,8,6,8] -> Conv(W2[6,8,1,1]) -> y
+def pad_computed_spatial(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+pad (float[B, 3, 7, 9] x) => (float[B, 6, 6, 8] y) {
+  c = Conv(x, W1)
+  r = Relu(c)
+  s = Shape(r)
+  h = Gather(s, i2)
+  w = Gather(s, i3)
+  ph = Mod(h, two)
+  pw = Mod(w, two)
+  pads = Concat<axis = 0>(zero, zero, zero, zero, zero, zero, ph, pw)
+  p = Pad(r, pads)
+  y = Conv(p, W2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "i2": _i64(2), "i3": _i64(3),
+             "two": _i64(2), "zero": _i64(0)}
+    return _build(text, inits)
+
+
+# the same as torch.nn.functional.pad(r, (1, 1, 1, 1)) exports it: the pads are built at run time from the
+#   torch order (last axis first) by Concat(constant, ConstantOfShape) -> Reshape[-1, 2] -> reversed Slice
+#   -> Transpose -> Reshape[-1] -> Cast (MobileNetV1's TF-style padding)
+def pad_torch_functional(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+pad (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
+  c = Conv(x, W1)
+  r = Relu(c)
+  zeros = ConstantOfShape<value = int64[1] {0}>(four)
+  torch_order = Concat<axis = 0>(ones, zeros)
+  pairs = Reshape(torch_order, pair_shape)
+  onnx_order = Slice(pairs, minus1, big_negative, zero, minus1)
+  moved = Transpose<perm = [1, 0]>(onnx_order)
+  flat = Reshape(moved, minus1)
+  pads = Cast<to = 7>(flat)
+  p = Pad(r, pads)
+  y = Conv(p, W2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "four": _i64(4),
+             "ones": _i64(1, 1, 1, 1), "pair_shape": _i64(-1, 2), "minus1": _i64(-1),
+             "big_negative": _i64(-(2**63) + 1), "zero": _i64(0)}
+    return _build(text, inits)
+
+
+# the same padding the channel axis up to a multiple of 8: nothing at 8 channels, but 2 once pruned to 6
+def pad_computed_channel(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+pad (float[B, 3, 7, 9] x) => (float[B, 6, 5, 7] y) {
+  c = Conv(x, W1)
+  r = Relu(c)
+  s = Shape(r)
+  ch = Gather(s, i1)
+  rest = Mod(ch, eight)
+  short = Sub(eight, rest)
+  pc = Mod(short, eight)
+  pads = Concat<axis = 0>(zero, zero, zero, zero, zero, pc, zero, zero)
+  p = Pad(r, pads)
+  y = Conv(p, W2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "i1": _i64(1), "eight": _i64(8),
+             "zero": _i64(0)}
+    return _build(text, inits)
+
+
 # x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu
 #   -> Conv(W2[12,4,3,3], B2[12], group=2, pads=1)     (8 in = 2 groups x 4, 12 out = 2 groups x 6)
 #   -> Relu -> Conv(W3[6,12,1,1]) -> y[B,6,7,9]
@@ -1665,6 +1736,9 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("resize_scales", resize_scales, "conv"),
     ("resize_sizes_axes", resize_sizes_axes, "conv"),
     ("resize_channel_axis", resize_channel_axis, "conv"),
+    ("pad_computed_spatial", pad_computed_spatial, "conv"),
+    ("pad_torch_functional", pad_torch_functional, "conv"),
+    ("pad_computed_channel", pad_computed_channel, "conv"),
     ("layernorm", layernorm, "hidden"),
     ("rmsnorm_reciprocal", rmsnorm_reciprocal, "hidden"),
     ("rmsnorm_div", rmsnorm_div, "hidden"),
@@ -1701,6 +1775,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "graph_output_channels",
     "resize_channel_axis",
     "tile_channel_axis",
+    "pad_computed_channel",
     "chunk_computed_offset",
     "chunk_computed_unpaired",
 }
@@ -1709,6 +1784,7 @@ EXPECTED_REASON: dict[str, str] = {
     "chunk_computed_offset": "does not follow pruning",
     "resize_channel_axis": "resamples the channel axis",
     "tile_channel_axis": "Tile repeats the channel axis",
+    "pad_computed_channel": "may pad the channel axis",
     "chunk_computed_unpaired": "do not all own the same share",
 }
 

@@ -56,3 +56,37 @@ def test_shape_inference_does_not_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert load_model(path) is not None
+
+
+def test_weight_normalised_conv_keeps_symbolic_inference_alive(monkeypatch):
+    """wav2vec2 / HuBERT export their weight-normalised positional conv as ``g * v / ReduceL2(v, axes)``
+    with axes as an input (opset 18). ONNX Runtime's symbolic inference read such axes for ReduceSum and
+    ReduceMean only, lost the rank of the ReduceL2, and then failed on the next broadcasting op: the
+    whole graph fell back to ONNX inference, whose fresh symbols hid every head count (0 heads pruned)."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[B, S, 16] x) => (float[B, S, 4, 4] y) <int64[1] minus = {-1}, int64[1] four = {4}> {
+            axes = Constant <value = int64[2] {0, 1}> ()
+            n = ReduceL2 <keepdims = 1> (v, axes)
+            d = Div(v, n)
+            w = Mul(d, gain)
+            h = MatMul(x, w)
+            shape = Shape(h)
+            b = Slice(shape, zero, one)
+            s = Slice(shape, one, two)
+            target = Concat <axis = 0> (b, s, minus, four)
+            y = Reshape(h, target)
+        }
+    """)
+    rng = np.random.default_rng(0)
+    for name, arr in {"v": rng.standard_normal((16, 16)), "gain": rng.standard_normal((1, 16)),
+                      "zero": np.array([0]), "one": np.array([1]), "two": np.array([2])}.items():
+        dtype = np.int64 if arr.dtype.kind == "i" else np.float32
+        model.graph.initializer.append(onnx.numpy_helper.from_array(arr.astype(dtype), name))
+    monkeypatch.setattr(graph_module, "_STUB_THRESHOLD", 100)  # v (256 values) becomes a shape-only stub
+    proto, stubs = graph_module._stub_proto(ir.serde.deserialize_model(model))
+    assert "v" in stubs
+    shapes: dict = {}
+    graph_module._collect(symbolic_infer(proto, stubs), shapes)  # raised TypeError before
+    assert shapes["n"] == (1, 1)
+    assert shapes["y"] == ("B", "S", 4, 4)  # the head count, resolved symbolically

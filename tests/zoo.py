@@ -90,6 +90,8 @@ _TASK_CAUSAL = "text-generation"
 _TASK_IMAGE = "image-classification"
 _TASK_SEQ2SEQ = "text2text-generation"
 _TASK_SPEECH = "automatic-speech-recognition"
+_TASK_DETECTION = "object-detection"
+_TASK_SEGMENTATION = "semantic-segmentation"
 
 
 def _default_fusion_dims(config: PretrainedConfig) -> tuple[int, int]:
@@ -150,6 +152,8 @@ class ZooSpec:
             _TASK_IMAGE: transformers.AutoModelForImageClassification,
             _TASK_SEQ2SEQ: transformers.AutoModelForSeq2SeqLM,
             _TASK_SPEECH: transformers.AutoModelForSpeechSeq2Seq,
+            _TASK_DETECTION: transformers.AutoModelForObjectDetection,
+            _TASK_SEGMENTATION: transformers.AutoModelForSemanticSegmentation,
         }[self.task]
 
     def ort_model_class(self) -> type:

@@ -680,19 +680,51 @@ def pool(node: ir.Node, entry: Entry, walk: Walk) -> None:
 
 
 def pad(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Pad: passes when nothing is padded along the channel axis."""
-    rank = walk.rank(node.inputs[0])
-    pads = const_array(_optional(node, 1)) if _optional(node, 1) is not None else _attr(node, "pads")
-    if pads is None:
-        walk.fail("Pad with computed pads")
-    pads = np.asarray(pads).reshape(-1)
+    """Pad: passes when nothing is padded along the channel axis.
+
+    Computed pads (TF-style "same" padding, window padding) pass when their channel-axis entries
+    evaluate to zero for every width the channel axis can be pruned to (:func:`_zero_for_every_width`).
+    """
+    x = node.inputs[0]
+    rank = walk.rank(x)
+    pads_value = _optional(node, 1)
+    pads = const_array(pads_value) if pads_value is not None else _attr(node, "pads")
     axes = const_array(_optional(node, 3)) if _optional(node, 3) is not None else np.arange(rank)
+    if axes is None:
+        walk.fail("Pad with computed axes")
     axes = [_norm_axis(int(a), rank) for a in np.asarray(axes).reshape(-1)]
     if entry.axis in axes:
         i = axes.index(entry.axis)
-        if pads[i] != 0 or pads[i + len(axes)] != 0:
-            walk.fail("Pad pads the channel axis")
-    walk.link(node.inputs[0] if entry.is_output else node.outputs[0], entry.axis, entry.owner)
+        if pads is None:
+            if pads_value is None or not _zero_for_every_width(pads_value, (i, i + len(axes)), x, entry.axis,
+                                                                walk):
+                walk.fail("Pad with computed pads that may pad the channel axis")
+        else:
+            pads = np.asarray(pads).reshape(-1)
+            if pads[i] != 0 or pads[i + len(axes)] != 0:
+                walk.fail("Pad pads the channel axis")
+    walk.link(x if entry.is_output else node.outputs[0], entry.axis, entry.owner)
+
+
+def _zero_for_every_width(value: ir.Value, indices: tuple[int, ...], x: ir.Value, axis: int,
+                          walk: Walk) -> bool:
+    """Whether elements ``indices`` of the computed 1-D ``value`` are zero whatever ``x``'s ``axis`` is
+    pruned to: evaluated for every width from 1 to the current one when the expression reads only
+    ``Shape(x)``; otherwise with every activation's dimensions unknown, so the elements must not
+    depend on any of them (window padding computes the spatial entries from the input's shape and
+    writes constant zeros for the channels)."""
+    width = walk.dim(x, axis)
+    if not isinstance(width, int):
+        return False
+    try:
+        exprs = [evaluate_dim_expr(value, i, x, axis, np.arange(1, width + 1), walk.shape) for i in indices]
+    except ShapeExprError:
+        try:
+            exprs = [evaluate_dim_expr(value, i, None, axis, np.array([width]), walk.shape,
+                                       float_shapes_unknown=True) for i in indices]
+        except ShapeExprError:
+            return False
+    return all(e.known.all() and not e.values.any() for e in exprs)
 
 
 def resize(node: ir.Node, entry: Entry, walk: Walk) -> None:

@@ -11,8 +11,9 @@ land after pruning.
 The only non-constant leaf allowed is ``Shape(x)`` of the sliced tensor itself: its channel axis is the
 symbol, its other axes are used only when they are known integers (the caller checks that those axes do
 not shrink with the group). The ops are the shape-arithmetic ones exporters emit (Constant, Identity,
-Shape, Gather, Slice, Squeeze, Unsqueeze, Concat, Cast, Reshape, Add, Sub, Mul, Div, Mod, Neg, Abs,
-Max, Min, Floor, Ceil), with ONNX Runtime's integer semantics (``Div`` truncates towards zero).
+Shape, Gather, Slice, Squeeze, Unsqueeze, Concat, Cast, Reshape, Transpose, ConstantOfShape, Add,
+Sub, Mul, Div, Mod, Neg, Abs, Max, Min, Floor, Ceil), with ONNX Runtime's integer semantics (``Div``
+truncates towards zero).
 Anything else raises :class:`ShapeExprError`. A candidate for which the expression is undefined
 (division by zero, an unknown dimension used, a non-finite float cast to int) is marked unknown
 rather than failing the whole evaluation.
@@ -72,15 +73,18 @@ class _T:
 
 
 def evaluate_dim_expr(value: ir.Value, index: int, x: ir.Value | None, axis: int, dims: np.ndarray,
-                      shape_of: Callable[[ir.Value], Shape | None]) -> DimExpr:
+                      shape_of: Callable[[ir.Value], Shape | None], *,
+                      float_shapes_unknown: bool = False) -> DimExpr:
     """Element ``index`` of the 1-D (or scalar) ``value`` for every channel dimension in ``dims``.
 
     ``x`` is the tensor whose ``axis`` is the channel dimension; ``shape_of`` gives inferred shapes.
     With ``x=None`` there is no channel dimension: ``Shape`` of any tensor reads its static dimensions
-    (unknown where symbolic), so the result is the element's value when the graph fixes it.
+    (unknown where symbolic), so the result is the element's value when the graph fixes it; with
+    ``float_shapes_unknown`` the dimensions of floating-point tensors (activations, which pruning may
+    shrink) are all unknown, and only those of integer tensors (shape vectors) are read.
     Raises :class:`ShapeExprError` when the expression cannot be evaluated.
     """
-    ev = _Evaluator(x, axis, np.asarray(dims, dtype=np.int64), shape_of)
+    ev = _Evaluator(x, axis, np.asarray(dims, dtype=np.int64), shape_of, float_shapes_unknown)
     t = ev.eval(value, 0)
     flat_data = t.data.reshape(t.data.shape[0], -1)
     flat_known = np.broadcast_to(t.known, t.data.shape).reshape(t.data.shape[0], -1)
@@ -95,8 +99,9 @@ def evaluate_dim_expr(value: ir.Value, index: int, x: ir.Value | None, axis: int
 
 class _Evaluator:
     def __init__(self, x: ir.Value | None, axis: int, dims: np.ndarray,
-                 shape_of: Callable[[ir.Value], Shape | None]) -> None:
+                 shape_of: Callable[[ir.Value], Shape | None], float_shapes_unknown: bool = False) -> None:
         self.x = x
+        self.float_shapes_unknown = float_shapes_unknown
         self.axis = axis
         self.dims = dims
         self.shape_of = shape_of
@@ -198,6 +203,8 @@ def _shape(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
     n = ev.dims.size
     data = np.zeros((n, max(end - start, 0)), dtype=np.int64)
     known = np.zeros_like(data, dtype=bool)
+    if ev.x is None and ev.float_shapes_unknown and not _is_integer(src):
+        return _T(data, known)
     for j, k in enumerate(range(start, end)):
         if ev.x is not None and k == ev.axis:
             data[:, j] = ev.dims
@@ -207,6 +214,31 @@ def _shape(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
             known[:, j] = True
             ev.reads.add(k)
     return _T(data, known)
+
+
+_SAME_TYPE_OPS = frozenset({"Identity", "Concat", "Unsqueeze", "Squeeze", "Gather", "Slice", "Reshape",
+                            "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Max", "Min"})
+
+
+def _is_integer(value: ir.Value, depth: int = 0) -> bool:
+    """Whether ``value`` is an integer tensor: its declared type, or traced through the shape ops that
+    produce it (exports rarely annotate intermediate values). Unknown counts as not integer."""
+    if value.dtype is not None:
+        return value.dtype.is_integer()
+    arr = const_array(value)
+    if arr is not None:
+        return np.asarray(arr).dtype.kind in "iu"
+    node = value.producer()
+    if node is None or depth > 16:
+        return False
+    if node.op_type in ("Shape", "Size"):
+        return True
+    if node.op_type == "Cast":
+        to = _attr(node, "to", None)
+        return to is not None and ir.DataType(int(to)).is_integer()
+    if node.op_type in _SAME_TYPE_OPS and node.inputs and node.inputs[0] is not None:
+        return _is_integer(node.inputs[0], depth + 1)
+    return False
 
 
 def _gather(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
@@ -326,6 +358,27 @@ def _cast(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
         return _T(src.astype(dtype), known)
 
 
+def _constant_of_shape(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
+    shape = [int(d) for d in ev.eval(node.inputs[0], depth).invariant("ConstantOfShape shape").reshape(-1)]
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) > 4096:
+        raise ShapeExprError("ConstantOfShape of a negative or large shape")
+    fill = _attr(node, "value", None)
+    value = np.zeros(1, np.float32) if fill is None else np.asarray(fill.numpy()).reshape(-1)
+    if value.dtype.kind not in "iufb":
+        raise ShapeExprError(f"ConstantOfShape of type {value.dtype}")
+    data = np.full([1, *shape], value[0], dtype=value.dtype)
+    return _T(data, np.ones_like(data, dtype=bool))
+
+
+def _transpose(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
+    t = ev.eval(node.inputs[0], depth)
+    rank = len(t.shape)
+    perm = _attr(node, "perm", None)
+    perm = list(reversed(range(rank))) if perm is None else [_norm(int(p), rank) for p in perm]
+    order = [0, *(p + 1 for p in perm)]
+    return _T(np.transpose(t.data, order), np.transpose(np.broadcast_to(t.known, t.data.shape), order))
+
+
 def _binary(fn: Callable[[np.ndarray, np.ndarray, ir.Node], tuple[np.ndarray, np.ndarray]]):
     def op(ev: _Evaluator, node: ir.Node, depth: int) -> _T:
         a, b = ev.eval(node.inputs[0], depth), ev.eval(node.inputs[1], depth)
@@ -403,6 +456,8 @@ _OPS: dict[str, Callable[[_Evaluator, ir.Node, int], _T]] = {
     "Reshape": _reshape,
     "Concat": _concat,
     "Cast": _cast,
+    "ConstantOfShape": _constant_of_shape,
+    "Transpose": _transpose,
     "Add": _binary(_add),
     "Sub": _binary(_sub),
     "Mul": _binary(_mul),

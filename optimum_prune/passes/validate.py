@@ -46,10 +46,21 @@ _ORT_TYPES = {
 _DIM_VALUES = {"batch": 2, "sequence": 7, "past": 3, "height": 32, "width": 32, "channels": 3}
 
 
-def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs that fit ``session``'s declared inputs: ids in a small range, masks of ones."""
+SEQUENCE_LADDER = (_DIM_VALUES["sequence"], 64, 512, 4096, 16000)
+"""Sequence lengths :func:`runnable_inputs` tries in turn: a speech encoder's convolution stack needs
+hundreds of raw audio samples (wav2vec2: a receptive field of 400), a text model runs on seven tokens."""
+
+
+def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = None,
+                     sequence: int | None = None) -> dict[str, np.ndarray]:
+    """Random inputs that fit ``session``'s declared inputs: ids in a small range, masks of ones.
+
+    ``dims`` sets symbolic dimensions by name; ``sequence`` is the length of the other sequence-like
+    dimensions (default 7).
+    """
     rng = np.random.default_rng(seed)
     dims = dims or {}
+    values = dict(_DIM_VALUES, sequence=sequence or _DIM_VALUES["sequence"])
     feeds = {}
     for inp in session.get_inputs():
         shape = []
@@ -61,23 +72,23 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
             if name in dims:
                 shape.append(dims[name])
             elif "past" in name and "+" in name:
-                shape.append(_DIM_VALUES["past"] + _DIM_VALUES["sequence"])
+                shape.append(values["past"] + values["sequence"])
             elif "past" in name:
-                shape.append(_DIM_VALUES["past"])
+                shape.append(values["past"])
             elif "batch" in name or i == 0:
-                shape.append(_DIM_VALUES["batch"])
+                shape.append(values["batch"])
             elif "channel" in name:
-                shape.append(_DIM_VALUES["channels"])
+                shape.append(values["channels"])
             elif "height" in name or "width" in name:
-                shape.append(_DIM_VALUES["height"])
+                shape.append(values["height"])
             else:
-                shape.append(_DIM_VALUES["sequence"])
+                shape.append(values["sequence"])
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         lname = inp.name.lower()
         if "mask" in lname:
             arr = np.ones(shape, dtype=dtype)
         elif "position_ids" in lname:
-            offset = _DIM_VALUES["past"] if any("past" in i.name for i in session.get_inputs()) else 0
+            offset = values["past"] if any("past" in i.name for i in session.get_inputs()) else 0
             arr = np.broadcast_to(np.arange(shape[-1], dtype=dtype) + offset, shape).copy()
         elif "token_type" in lname or "segment" in lname:
             arr = np.zeros(shape, dtype=dtype)
@@ -89,6 +100,20 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
             arr = rng.standard_normal(shape).astype(dtype)
         feeds[inp.name] = arr
     return feeds
+
+
+def runnable_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = None
+                    ) -> tuple[dict[str, np.ndarray], list[np.ndarray], int]:
+    """Generated inputs on which ``session`` runs, its outputs, and the sequence length used: the shortest
+    of :data:`SEQUENCE_LADDER` that works. Raises the error of the longest when none does."""
+    error: Exception | None = None
+    for length in SEQUENCE_LADDER:
+        feeds = generated_inputs(session, seed=seed, dims=dims, sequence=length)
+        try:
+            return feeds, session.run(None, feeds), length
+        except Exception as e:  # ONNX Runtime raises its own exception types
+            error = e
+    raise error
 
 
 def validate_model_file(path: Path, *, source: Path | None = None, run: bool = True,
@@ -125,12 +150,25 @@ def _validate(target: Path, path: Path, source: Path | None, run: bool) -> None:
         return
     try:
         sess = make_session(target, light=True)
-        outs = sess.run(None, generated_inputs(sess))
+        _, outs, length = runnable_inputs(sess)
     except Exception as e:
         raise ValidationError(f"pruned model {path} does not run in ONNX Runtime: {e}") from e
+    if source is not None and length != SEQUENCE_LADDER[0] and _runs(source, SEQUENCE_LADDER[0]):
+        raise ValidationError(f"pruned model {path} does not run in ONNX Runtime on the generated inputs "
+                              f"the source model {source} runs on (sequence {SEQUENCE_LADDER[0]})")
     for meta, out in zip(sess.get_outputs(), outs, strict=True):
         if np.issubdtype(np.asarray(out).dtype, np.floating) and not np.isfinite(out).all():
             raise ValidationError(f"pruned model {path} gives non-finite values in output '{meta.name}'")
+
+
+def _runs(path: Path, sequence: int) -> bool:
+    """Whether the model at ``path`` runs on generated inputs with sequence-like dimensions ``sequence``."""
+    try:
+        sess = make_session(path, light=True)
+        sess.run(None, generated_inputs(sess, sequence=sequence))
+    except Exception:
+        return False
+    return True
 
 
 def _checker_accepts(path: Path) -> bool:

@@ -1,0 +1,63 @@
+"""Validation and the oracle run on generated inputs long enough for the model (speech encoders).
+
+A wav2vec2-style feature extractor (a strided Conv stack over raw audio) cannot run on the seven
+samples that suit a text model: the generated inputs grow along SEQUENCE_LADDER until the model runs,
+and a pruned model that needs longer inputs than its source is still refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from onnx import numpy_helper
+
+from optimum_prune import ORTPruner, PruningConfig, verify
+from optimum_prune.errors import ValidationError
+from optimum_prune.passes.validate import SEQUENCE_LADDER, make_session, runnable_inputs, validate_model_file
+
+
+def _audio_convs(kernel: int = 10, stride: int = 5) -> onnx.ModelProto:
+    """Raw audio [B, 1, S] -> Conv(kernel, stride) -> Relu -> Conv(3, stride 2) -> [B, 6, T]."""
+    model = onnx.parser.parse_model(f"""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[B, 1, S] audio) => (float[B, 6, T] features) {{
+            a = Conv <kernel_shape = [{kernel}], strides = [{stride}]> (audio, w1, b1)
+            r = Relu(a)
+            features = Conv <kernel_shape = [3], strides = [2]> (r, w2, b2)
+        }}
+    """)
+    rng = np.random.default_rng(0)
+    for name, arr in {"w1": rng.standard_normal((8, 1, kernel)), "b1": rng.standard_normal(8),
+                      "w2": rng.standard_normal((6, 8, 3)), "b2": rng.standard_normal(6)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(arr.astype(np.float32), name))
+    return model
+
+
+def test_generated_inputs_grow_until_a_conv_stack_over_raw_audio_runs(tmp_path):
+    path = tmp_path / "audio.onnx"
+    onnx.save(_audio_convs(), path)
+    feeds, outputs, length = runnable_inputs(make_session(path))
+    assert length == SEQUENCE_LADDER[1] > SEQUENCE_LADDER[0]  # 7 samples are fewer than the kernel
+    assert feeds["audio"].shape[-1] == length and outputs[0].shape[1] == 6
+
+
+def test_a_speech_style_feature_extractor_prunes_and_verifies(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    onnx.save(_audio_convs(), folder / "model.onnx")
+    config = PruningConfig(sparsity=0.5, scope=("conv",))
+    out = ORTPruner.from_pretrained(folder).prune(config, tmp_path / "p")
+    assert verify(folder, out).exact  # both models run on 64 samples
+    pruned = onnx.load(str(out / "model.onnx"))
+    assert numpy_helper.to_array(next(i for i in pruned.graph.initializer if i.name == "w1")).shape[0] == 4
+
+
+def test_a_pruned_model_that_needs_longer_inputs_than_its_source_is_refused(tmp_path):
+    source, pruned = tmp_path / "source.onnx", tmp_path / "pruned.onnx"
+    onnx.save(_audio_convs(kernel=1, stride=1), source)  # runs on 7 samples
+    onnx.save(_audio_convs(kernel=10), pruned)  # does not
+    validate_model_file(pruned)  # on its own it runs, on 64 samples
+    with pytest.raises(ValidationError, match="the source model .* runs on"):
+        validate_model_file(pruned, source=source)
