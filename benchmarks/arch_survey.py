@@ -89,6 +89,11 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                           hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
                                           num_attention_heads=[1, 2], mlp_ratios=[2, 2],
                                           decoder_hidden_size=24, num_labels=5), "segmentation"),
+    "clip": ("CLIPConfig", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
+                                                 num_hidden_layers=2, num_attention_heads=4,
+                                                 max_position_embeddings=64),
+                                vision_config={k: v for k, v in _VISION.items() if k != "num_labels"},
+                                projection_dim=16), "zero-shot"),
     # Encoder-decoder models, exported with past key/values as several ONNX files (MultiFilePruner)
     "bart-seq2seq": ("BartConfig", _SEQ2SEQ, "seq2seq"),
     "mbart": ("MBartConfig", _SEQ2SEQ, "seq2seq"),
@@ -116,7 +121,8 @@ def _spec(name: str):
     task = zoo._TASK_CAUSAL if causal else {"features": zoo._TASK_FEATURES, "image": zoo._TASK_IMAGE,
                                             "seq2seq": zoo._TASK_SEQ2SEQ, "speech": zoo._TASK_SPEECH,
                                             "detection": zoo._TASK_DETECTION,
-                                            "segmentation": zoo._TASK_SEGMENTATION}[kind]
+                                            "segmentation": zoo._TASK_SEGMENTATION,
+                                            "zero-shot": zoo._TASK_ZERO_SHOT}[kind]
     cls = getattr(transformers, cls_name)
     return zoo.ZooSpec(cls.model_type, lambda: cls(**kwargs), task, is_decoder=causal,
                        is_cnn=name in ("regnet", "poolformer", "mobilenet_v1"))

@@ -238,16 +238,16 @@ class MultiFilePruner:
                     frozen[f].add(gid)
         plans: dict[str, PruningPlan] = {}
         for f, pruner in self.pruners.items():
-            fixed = {}
+            follow = {}
             for (ff, gid), (lf, lgid) in leader.items():
                 if ff == f and (lf, lgid) != (ff, gid) and gid not in frozen[f]:
-                    fixed[gid] = list(next(gp for gp in plans[lf].groups if gp.id == lgid).kept)
+                    follow[gid] = list(next(gp for gp in plans[lf].groups if gp.id == lgid).kept)
             calib = self._calibration_for(f, calibration)
             try:
-                plans[f] = pruner._plan(preps[f], config, calib, frozen=frozenset(frozen[f]), fixed=fixed)
+                plans[f] = pruner._plan(preps[f], config, calib, frozen=frozenset(frozen[f]), follow=follow)
             except ConfigError as e:
                 raise ConfigError(f"{f}: {e}") from e
-            follows = [gp for gp in plans[f].groups if gp.id in fixed]
+            follows = [gp for gp in plans[f].groups if gp.id in follow]
             if config.recovery is not None and any(len(gp.kept) < gp.units for gp in follows):
                 raise ConfigError(
                     f"recover=True: {f} shares pruned layers with another file of this model, and the repair "

@@ -288,14 +288,15 @@ class ORTPruner:
         return eligible
 
     def _plan(self, prep: _Prepared, config: PruningConfig, calibration: CalibrationData | None = None, *,
-              frozen: frozenset[int] = frozenset(), fixed: dict[int, list[int]] | None = None) -> PruningPlan:
-        """The plan of ``config``. ``frozen`` groups keep every unit; ``fixed`` groups keep the given units
+              frozen: frozenset[int] = frozenset(), follow: dict[int, list[int]] | None = None
+              ) -> PruningPlan:
+        """The plan of ``config``. ``frozen`` groups keep every unit; ``follow`` groups keep the given units
         (a multi-file model: a decoder twin follows the plan made for its sibling file). Neither takes part
         in the allocation."""
-        fixed = fixed or {}
-        eligible = [g for g in self._eligible(prep, config) if g.id not in frozen and g.id not in fixed]
+        follow = follow or {}
+        eligible = [g for g in self._eligible(prep, config) if g.id not in frozen and g.id not in follow]
         importance = get_importance(config.importance, calibration=calibration, **config.importance_options) \
-            if eligible or not (frozen or fixed) else None
+            if eligible or not (frozen or follow) else None
         multiples = {g.id: config.multiple(g.kind) for g in eligible}
         scores: dict[int, np.ndarray] = {}
         latency = None
@@ -359,8 +360,8 @@ class ORTPruner:
             scores.update({g.id: importance(g, prep.model) for g in missing})
         plans = []
         for g in prep.groups:
-            if g.id in fixed:
-                kept = sorted(fixed[g.id])
+            if g.id in follow:
+                kept = sorted(follow[g.id])
             elif n_remove.get(g.id):
                 kept = select_kept(scores[g.id], n_remove[g.id])
             else:
@@ -431,10 +432,10 @@ class ORTPruner:
 
     def prune_in_memory(self, config: PruningConfig | None = None, *, plan: PruningPlan | None = None,
                         calibration: CalibrationData | None = None, frozen: frozenset[int] = frozenset(),
-                        fixed: dict[int, list[int]] | None = None) -> PrunedModel:
+                        follow: dict[int, list[int]] | None = None) -> PrunedModel:
         """Plan (unless ``plan`` is given), repair and slice; return the pruned model without writing it.
 
-        ``frozen`` and ``fixed`` are passed to the planner (see :class:`~optimum_prune.MultiFilePruner`).
+        ``frozen`` and ``follow`` are passed to the planner (see :class:`~optimum_prune.MultiFilePruner`).
         """
         if config is None and plan is None:
             raise ConfigError("pass a PruningConfig or a PruningPlan")
@@ -442,7 +443,7 @@ class ORTPruner:
             else config.io_patterns
         prep = self._prepare(io_patterns)
         if plan is None:
-            plan = self._plan(prep, config, calibration, frozen=frozen, fixed=fixed)
+            plan = self._plan(prep, config, calibration, frozen=frozen, follow=follow)
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
         flops_before = count_flops(prep.model, prep.shapes)

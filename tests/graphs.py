@@ -1206,6 +1206,43 @@ rh (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+# x[B,S,12] -> MatMul(Wv[12,12]) -> Reshape(b, s, 3, 4) -> Softmax -> Reshape(b, s, e) -> MatMul(Wo[12,6]),
+#   with e = Shape(x)[2] read from the (unpruned) block input, as CLIP's attention reshapes its output to
+#   ``(batch, seq, embed_dim)`` of ``hidden_states.size()``: e becomes a constant, the kept width
+def reshape_heads_read_embed(seed: int = 0, *, shared: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    extra = "  x2 = Reshape(x, mg_shape)\n  x2p = MatMul(x2, Wo2)\n  y = Add(y0, x2p)\n" if shared else ""
+    out = "y0" if shared else "y"
+    text = f"""
+rh (float[B, S, 12] x) => (float[B, S, 6] y) {{
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  s = Gather<axis = 0>(sh, i1)
+  e = Gather<axis = 0>(sh, i2)
+  b1 = Unsqueeze(b, ax0)
+  s1 = Unsqueeze(s, ax0)
+  e1 = Unsqueeze(e, ax0)
+  nh = Constant<value = int64[1] {{3}}>()
+  hd = Constant<value = int64[1] {{4}}>()
+  hd_shape = Concat<axis = 0>(b1, s1, nh, hd)
+  mg_shape = Concat<axis = 0>(b1, s1, e1)
+  v = MatMul(x, Wv)
+  vh = Reshape(v, hd_shape)
+  sm = Softmax<axis = -1>(vh)
+  m = Reshape(sm, mg_shape)
+  {out} = MatMul(m, Wo)
+{extra}}}
+"""
+    inits = {"i0": _SCALAR0, "i1": _SCALAR1, "i2": np.array(2, dtype=np.int64), "ax0": _i64(0),
+             "Wv": _mat(rng, 12, 12), "Wo": _mat(rng, 12, 6), **({"Wo2": _mat(rng, 12, 6)} if shared else {})}
+    return _build(text, inits)
+
+
+# the same shape vector also reshapes the block input itself: replacing e would break that Reshape
+def reshape_heads_read_embed_shared(seed: int = 0) -> onnx.ModelProto:
+    return reshape_heads_read_embed(seed, shared=True)
+
+
 # x[B,S,8] -> MatMul(Wv[8,12]) -> Reshape([0,0,3,4]) -> Transpose(0,2,1,3) -> [B,3,S,4]
 #   -> Softmax(axis=-1) -> Transpose(0,2,1,3) -> Reshape([0,0,12]) -> MatMul(Wo[12,6]) -> y
 def transpose_heads(seed: int = 0) -> onnx.ModelProto:
@@ -1745,6 +1782,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("tied_lm_head", tied_lm_head, "hidden"),
     ("reshape_heads_const", reshape_heads_const, "heads"),
     ("reshape_heads_dynamic", reshape_heads_dynamic, "heads"),
+    ("reshape_heads_read_embed", reshape_heads_read_embed, "heads"),
+    ("reshape_heads_read_embed_shared", reshape_heads_read_embed_shared, "heads"),
     ("transpose_heads", transpose_heads, "heads"),
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
@@ -1776,6 +1815,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "resize_channel_axis",
     "tile_channel_axis",
     "pad_computed_channel",
+    "reshape_heads_read_embed_shared",
     "chunk_computed_offset",
     "chunk_computed_unpaired",
 }
@@ -1785,6 +1825,7 @@ EXPECTED_REASON: dict[str, str] = {
     "resize_channel_axis": "resamples the channel axis",
     "tile_channel_axis": "Tile repeats the channel axis",
     "pad_computed_channel": "may pad the channel axis",
+    "reshape_heads_read_embed_shared": "must shrink is read from",
     "chunk_computed_unpaired": "do not all own the same share",
 }
 

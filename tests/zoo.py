@@ -92,6 +92,7 @@ _TASK_SEQ2SEQ = "text2text-generation"
 _TASK_SPEECH = "automatic-speech-recognition"
 _TASK_DETECTION = "object-detection"
 _TASK_SEGMENTATION = "semantic-segmentation"
+_TASK_ZERO_SHOT = "zero-shot-image-classification"
 
 
 def _default_fusion_dims(config: PretrainedConfig) -> tuple[int, int]:
@@ -154,6 +155,7 @@ class ZooSpec:
             _TASK_SPEECH: transformers.AutoModelForSpeechSeq2Seq,
             _TASK_DETECTION: transformers.AutoModelForObjectDetection,
             _TASK_SEGMENTATION: transformers.AutoModelForSemanticSegmentation,
+            _TASK_ZERO_SHOT: transformers.AutoModelForZeroShotImageClassification,
         }[self.task]
 
     def ort_model_class(self) -> type:

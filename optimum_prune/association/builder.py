@@ -28,6 +28,20 @@ class Refusal(Exception):
 
 
 @dataclass
+class DeferredRead:
+    """A shape element read at run time from ``name``'s ``axis``, checked when the walk ends: the axis
+    must shrink with the group, or the element be replaceable by a constant (``piece``: the shape
+    Concat's one-element input holding it; ``owner``: the positions it counts)."""
+
+    name: str
+    axis: int
+    why: str
+    piece: tuple[str, int] | None = None
+    owner: np.ndarray | tuple[str, int, int, int] | None = None
+    value: ir.Value | None = None
+
+
+@dataclass
 class Walk:
     """The state of one walk from one seed; the API the op rules call."""
 
@@ -44,12 +58,13 @@ class Walk:
     non_exact_reasons: list[str] = field(default_factory=list)
     patches: dict[tuple[str, str, int, str], np.ndarray | tuple[str, int, int, int]] = field(
         default_factory=dict)
-    deferred: list[tuple[str, int, str]] = field(default_factory=list)
+    deferred: list[DeferredRead] = field(default_factory=list)
     end_checks: dict[tuple, tuple[ir.Node, Callable[[], None]]] = field(default_factory=dict)
     claims: set[tuple] = field(default_factory=set)
     nodes: dict[str, None] = field(default_factory=dict)
     current: ir.Node | None = None
     _source: tuple[str, int, int, int] | None = None
+    _piece: tuple[str, int] | None = None  # (Concat node, input index) of the one-element piece traced
     _stack: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -194,7 +209,7 @@ class Walk:
             if elem == -1 and reshape_input is not None:
                 return
             if elem == 0 and reshape_input is not None and not allowzero:
-                self.deferred.append((reshape_input.name, index, "Reshape copies this dimension"))
+                self.deferred.append(DeferredRead(reshape_input.name, index, "Reshape copies this dimension"))
                 return
             if elem in (1, -1) and broadcast_ok:
                 return  # Expand keeps the input dimension for 1 (and -1 in exporters' Where(-1 -> 1) idiom)
@@ -211,13 +226,16 @@ class Walk:
         def trace(v: ir.Value, i: int) -> None:
             self._trace_shape(v, i, owner, reshape_input, allowzero, broadcast_ok, depth + 1)
 
+        if op not in ("Unsqueeze", "Squeeze", "Identity", "Gather", "Shape"):
+            self._piece = None  # the value read is transformed on the way: no one-element piece to replace
         if op == "Concat":
             offset = 0
-            for inp in node.inputs:
+            for slot, inp in enumerate(node.inputs):
                 n = self.dim(inp, 0) if self.rank(inp) == 1 else 1
                 if not isinstance(n, int):
                     self.fail("shape Concat with a piece of unknown length")
                 if index < offset + n:
+                    self._piece = (node.name, slot) if n == 1 and len(value.uses()) == 1 else None
                     trace(inp, index - offset)
                     return
                 offset += n
@@ -232,7 +250,8 @@ class Walk:
             start = start + rank if start < 0 else start
             axis = start + index
             axis = axis + rank if axis < 0 else axis
-            self.deferred.append((x.name, axis, f"shape read by '{node.name}'"))
+            self.deferred.append(DeferredRead(x.name, axis, f"shape read by '{node.name}'", self._piece,
+                                              self._source or owner, x))
             return
         if op == "Gather":
             idx = const_array(node.inputs[1])
@@ -316,11 +335,27 @@ class Walk:
             self.current = node
             check()
         self.current = None
-        for name, ax, why in self.deferred:
-            if (name, ax) not in self.owners:
+        for read in self.deferred:
+            if (read.name, read.axis) in self.owners:
+                continue  # the dimension read shrinks with the group: the graph recomputes the element
+            if not self._replace_read(read):
                 self.current = None
-                self.fail(f"a shape element that must shrink is read from '{name}' axis {ax}, which does not "
-                          f"shrink with the group ({why})")
+                self.fail(f"a shape element that must shrink is read from '{read.name}' axis {read.axis}, "
+                          f"which does not shrink with the group ({read.why})")
+
+    def _replace_read(self, read: DeferredRead) -> bool:
+        """A shape element read at run time from a tensor that keeps its size (``reshape(batch, seq,
+        embed_dim)`` with ``embed_dim`` read from the unpruned residual stream) but that must count the
+        group's positions: when the dimension read is static and equals that count, the one-element piece
+        of the shape Concat holding it becomes a constant, patched like any other. False otherwise."""
+        if read.piece is None or read.owner is None or read.value is None:
+            return False
+        dim = self.dim(read.value, read.axis)
+        size = len(self.patch_owner(read.owner))
+        if not isinstance(dim, int) or dim != size:
+            return False
+        self._add_patch("input", read.piece[0], read.piece[1], "", read.owner)
+        return True
 
     def _apply(self, node: ir.Node, entry: Entry) -> None:
         self.current = node

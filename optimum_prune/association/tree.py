@@ -29,7 +29,9 @@ class Patch:
     """A shape constant element or an attribute element that counts positions of the group.
 
     At apply time the element decreases by the number of positions of ``owner`` whose unit is removed.
-    ``target`` is the constant's value name (kind "constant") or the node name (kind "attribute").
+    ``target`` is the constant's value name (kind "constant") or the node name (kind "attribute"), or,
+    for kind "input", the shape Concat whose one-element input ``index`` read the (unpruned) count at
+    run time: that input is replaced by a constant, the number of kept positions of ``owner``.
     """
 
     kind: str

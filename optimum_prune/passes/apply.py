@@ -29,6 +29,7 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
     keep: dict[tuple[str, int], np.ndarray] = {}
     io_dims: dict[str, dict[int, int]] = defaultdict(dict)
     deltas: dict[tuple[str, str, int, str], int] = defaultdict(int)
+    sizes: dict[tuple[str, str, int, str], int] = {}
     by_id = {g.id: g for g in groups}
     for gid, units in removed.items():
         if not units:
@@ -42,6 +43,7 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
                 io_dims[s.name][s.axis] = int(keep[key].sum())
         for p in group.patches:
             deltas[(p.kind, p.target, p.index, p.attribute)] += int(removed_mask(p.owner, units).sum())
+            sizes[(p.kind, p.target, p.index, p.attribute)] = p.owner.size
     values = _values(model)
     by_tensor: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for (name, axis), mask in keep.items():
@@ -65,6 +67,14 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
             arr = _get_const(holder).copy()
             arr.reshape(-1)[index] -= delta
             _set_const(holder, arr)
+        elif kind == "input":  # a one-element shape piece read at run time: now the pruned count
+            node = nodes[target]
+            count = ir.Value(name=f"{target}_input{index}_pruned", shape=ir.Shape([1]),
+                             type=ir.TensorType(ir.DataType.INT64),
+                             const_value=ir.tensor(np.array([sizes[(kind, target, index, attribute)] - delta],
+                                                            dtype=np.int64)))
+            model.graph.register_initializer(count)
+            node.replace_input_with(index, count)
         elif kind == "attribute":
             node = nodes[target]
             attr = node.attributes[attribute]
