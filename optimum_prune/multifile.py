@@ -35,7 +35,7 @@ from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
 from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
-from optimum_prune.errors import ConfigError, InvalidModelError, PruningError
+from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import const_array, save_model_atomic
 from optimum_prune.passes.validate import validate_model_file
 from optimum_prune.plan import PLAN_FILE, PruningPlan, load_plan, save_component_plans
@@ -255,6 +255,24 @@ class MultiFilePruner:
                     "ORTPruner.from_pretrained(folder, file_name=...)")
         return plans
 
+    def _check_twins(self, plans: Mapping[str, PruningPlan], config: PruningConfig | None) -> None:
+        """A replayed set of plans must keep the same units in twin groups (and may not be repaired
+        where twins lose units); raise :class:`PlanMismatchError` / :class:`ConfigError` otherwise."""
+        io_patterns = config.io_patterns if config is not None else tuple(
+            next(iter(plans.values())).config.get("io_patterns", DEFAULT_IO_PATTERNS))
+        recover = config.recovery is not None if config is not None else any(
+            pl.config.get("recover") for pl in plans.values())
+        for cluster in self._links(tuple(io_patterns)).twins:
+            group_plans = [next((gp for gp in plans[f].groups if gp.id == gid), None) for f, gid in cluster]
+            kept = {tuple(sorted(gp.kept)) if gp is not None else None for gp in group_plans}
+            if None in kept or len(kept) > 1:
+                raise PlanMismatchError(
+                    f"the plans keep different units in groups that share their layers ({cluster}): "
+                    "make them with MultiFilePruner.plan")
+            if recover and any(len(gp.kept) < gp.units for gp in group_plans):
+                raise ConfigError(f"recover=True: the groups {cluster} share pruned layers across files, and "
+                                  "the repair would refit them in one file only; replay with recover=False")
+
     def _calibration_for(self, name: str, calibration) -> CalibrationData | None:
         if calibration is None:
             return None
@@ -286,6 +304,8 @@ class MultiFilePruner:
         missing = sorted(set(self.files) - set(plans))
         if missing:
             raise ConfigError(f"no plan for {missing}; the plans cover {sorted(plans)}")
+        if plan is not None:
+            self._check_twins(plans, config)
         pruned: dict[str, PrunedModel] = {}
         for f, pruner in self.pruners.items():
             pruned[f] = pruner.prune_in_memory(config, plan=plans[f],

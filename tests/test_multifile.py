@@ -151,3 +151,13 @@ def test_multi_file_refusals_name_the_file_and_the_fix(t5_folder, tmp_path):
     assert not any((tmp_path / d).exists() for d in "abcd")
     single = ORTPruner.from_pretrained(t5_folder, file_name="encoder_model.onnx")
     assert not isinstance(single, MultiFilePruner)
+
+
+def test_replayed_plans_whose_twins_disagree_are_refused(t5_folder, tmp_path):
+    pruner = ORTPruner.from_pretrained(t5_folder)
+    plans = pruner.plan(PruningConfig(sparsity=0.5, scope=("ffn",)))
+    follower = next(gp for gp in plans[DECODER_WITH_PAST].groups if gp.kind == "ffn" and gp.removed)
+    follower.kept = sorted(set(range(follower.units)) - {follower.kept[0]})[:len(follower.kept)]
+    with pytest.raises(PlanMismatchError, match="different units"):
+        pruner.prune(plan=plans, save_dir=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
