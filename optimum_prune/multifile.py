@@ -166,6 +166,7 @@ class MultiFilePruner:
             raise InvalidModelError(f"{self.folder} holds no ONNX file the pruner can prune "
                                     f"(only {MERGED_DECODER}): export with --no-post-process")
         self.pruners = {f: ORTPruner(self.folder / f, registry) for f in self.files}
+        self._derived: dict[tuple[int, str], CalibrationData | None] = {}
 
     # ------------------------------------------------------------------------------------------
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> MultiFileAnalysis:
@@ -274,12 +275,24 @@ class MultiFilePruner:
                                   "the repair would refit them in one file only; replay with recover=False")
 
     def _calibration_for(self, name: str, calibration) -> CalibrationData | None:
+        """The calibration data of file ``name``: its entry of a mapping; one ``CalibrationData`` when it
+        feeds the file's inputs; for a decoder fed by an encoder the data feeds, inputs derived by
+        :func:`decoder_calibration`; else None."""
         if calibration is None:
             return None
         if isinstance(calibration, Mapping):
             return calibration.get(name)
         first = next(iter(calibration.batches()), None)
-        return calibration if first is not None and _input_names(self.folder / name) <= set(first) else None
+        if first is None:
+            return None
+        if _input_names(self.folder / name) <= set(first):
+            return calibration
+        if ENCODER in self.pruners and _input_names(self.folder / ENCODER) <= set(first):
+            key = (id(calibration), name)
+            if key not in self._derived:
+                self._derived[key] = decoder_calibration(self.folder, name, calibration)
+            return self._derived[key]
+        return None
 
     # ------------------------------------------------------------------------------------------
     def prune(self, config: PruningConfig | None = None, save_dir: str | os.PathLike | None = None, *,
@@ -348,6 +361,42 @@ def read_component_plans(folder: str | os.PathLike) -> dict[str, PruningPlan]:
     path = Path(folder) / PLAN_FILE
     data = json.loads(path.read_text())
     return {name: load_plan(path, name) for name in data.get("components", {})}
+
+
+def decoder_calibration(folder: Path, decoder: str, encoder_data: CalibrationData) -> CalibrationData | None:
+    """Calibration feeds for ``decoder`` made from the encoder's: ``encoder_hidden_states`` computed by
+    the dense ``encoder_model.onnx`` on each batch, its ``attention_mask`` as ``encoder_attention_mask``,
+    and the batch's own ``input_ids`` shifted right behind ``decoder_start_token_id`` as the decoder's
+    ``input_ids`` (teacher forcing on the source text: a proxy for target text that keeps the token
+    statistics). None when the decoder takes other inputs (a cache) or the batches hold no ``input_ids``
+    (speech): pass a mapping from file name to data then."""
+    import json
+
+    import onnxruntime as ort
+
+    names = _input_names(folder / decoder)
+    if not names <= {"input_ids", "encoder_hidden_states", "encoder_attention_mask"} or \
+            "encoder_hidden_states" not in names:
+        return None
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    start = next((config[k] for k in ("decoder_start_token_id", "pad_token_id")
+                  if isinstance(config.get(k), int)), 0)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / ENCODER), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    batches = []
+    for batch in encoder_data.batches():
+        if "input_ids" not in batch:
+            return None
+        hidden = session.run(None, {k: v for k, v in batch.items() if k in wanted})[0]
+        ids = np.asarray(batch["input_ids"])
+        feed = {"encoder_hidden_states": hidden,
+                "input_ids": np.concatenate([np.full_like(ids[:, :1], start), ids[:, :-1]], axis=1)}
+        if "encoder_attention_mask" in names:
+            feed["encoder_attention_mask"] = np.asarray(batch.get("attention_mask", np.ones_like(ids)))
+        batches.append(feed)
+    return CalibrationData(batches, encoder_data.config, source=f"derived from the encoder for {decoder}")
 
 
 def _input_names(path: Path) -> set[str]:

@@ -142,7 +142,7 @@ def test_multi_file_refusals_name_the_file_and_the_fix(t5_folder, tmp_path):
         pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn",), recover=True), tmp_path / "a")
     with pytest.raises(ConfigError, match="prune_kv_heads"):
         pruner.prune(PruningConfig(sparsity=0.3, prune_kv_heads=True), tmp_path / "b")
-    encoder_only = CalibrationData.generated(t5_folder / "encoder_model.onnx")
+    encoder_only = {"encoder_model.onnx": CalibrationData.generated(t5_folder / "encoder_model.onnx")}
     with pytest.raises(ConfigError, match=DECODER):
         pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn",), importance="activation"), tmp_path / "c",
                      calibration=encoder_only)
@@ -161,3 +161,23 @@ def test_replayed_plans_whose_twins_disagree_are_refused(t5_folder, tmp_path):
     with pytest.raises(PlanMismatchError, match="different units"):
         pruner.prune(plan=plans, save_dir=tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def test_encoder_calibration_feeds_the_decoders_through_the_dense_encoder(t5_folder, tmp_path):
+    """One CalibrationData for the encoder's inputs: the decoder gets the dense encoder's hidden states
+    and the source ids shifted right behind decoder_start_token_id (its twin follows its plan)."""
+    from optimum_prune.multifile import decoder_calibration
+
+    encoder_data = CalibrationData.from_feeds([{"input_ids": np.array([[5, 6, 7, 8], [9, 10, 11, 12]]),
+                                                "attention_mask": np.ones((2, 4), dtype=np.int64)}])
+    derived = decoder_calibration(t5_folder, DECODER, encoder_data)
+    batch = next(iter(derived.batches()))
+    assert batch["input_ids"].tolist() == [[0, 5, 6, 7], [0, 9, 10, 11]]  # T5's decoder_start_token_id 0
+    assert batch["encoder_hidden_states"].shape == (2, 4, 32)
+    assert decoder_calibration(t5_folder, DECODER_WITH_PAST, encoder_data) is None  # it takes a cache
+    out = ORTPruner.from_pretrained(t5_folder).prune(
+        PruningConfig(sparsity=0.5, scope=("ffn",), importance="activation"), tmp_path / "p",
+        calibration=encoder_data)
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert all(c["units_removed"]["ffn"] == 48 for c in report["components"].values())
+    assert verify(t5_folder, out).exact
