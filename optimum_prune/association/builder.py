@@ -181,8 +181,9 @@ class Walk:
         when the walk ends (ownership can still grow while the walk runs).
         """
         self._source = None if source is None else (source[0].name, source[1], source[2], source[3])
+        self._piece = None  # set by a shape Concat on the way; never carried over from another element
         self._trace_shape(shape_value, index, owner, reshape_input, allowzero, broadcast_ok, depth=0)
-        self._source = None
+        self._source = self._piece = None
 
     # ---- internals ----------------------------------------------------------------------------
     def _add_patch(self, kind: str, target: str, index: int, attribute: str, owner) -> None:
