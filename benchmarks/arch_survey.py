@@ -81,6 +81,10 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "hubert": ("HubertConfig", _AUDIO, "features"),
     "wavlm": ("WavLMConfig", dict(_AUDIO, num_buckets=16, max_bucket_distance=32), "features"),
     # More vision backbones and tasks
+    # the image-classification auto class maps LeViT to two heads: name the plain one
+    "levit": ("LevitConfig", dict(image_size=32, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
+                                  depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=10,
+                                  architectures=["LevitForImageClassification"]), "image"),
     "mobilenet_v1": ("MobileNetV1Config", dict(image_size=32, depth_multiplier=0.25, num_labels=10), "image"),
     "swinv2": ("Swinv2Config", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
                                     num_heads=[2, 4], window_size=4, num_labels=10), "image"),

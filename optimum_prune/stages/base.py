@@ -134,7 +134,9 @@ def find_model_file(folder: str | os.PathLike) -> Path:
         )
     raise InvalidModelError(
         f"{folder} holds several ONNX models {[p.name for p in found]}; pipeline stages "
-        "work on single-model folders (export decoders with a merged or monolith graph)"
+        "work on single-model folders (export decoders with a merged or monolith graph); an "
+        "encoder-decoder export is pruned as a whole by ORTPruner.from_pretrained(folder) or "
+        "`optimum-cli prune onnx --model FOLDER`"
     )
 
 
