@@ -7,7 +7,8 @@ pruner, and this module works around both without copying its logic:
   computations), so a stubbed bias makes the whole inference fail. :class:`_StubAware` answers
   "value unknown" for stubs instead, which is what they are.
 - It reads ``axes`` from the input (opset 18) only for ReduceSum and ReduceMean; the other reductions
-  are given the same rule.
+  are given the same rule. It leaves Flatten to ONNX inference, which names the output dimensions
+  afresh when an input one is symbolic; Flatten gets a symbolic rule.
 - ``import onnxruntime.tools`` imports torch when it is installed (about 1.6 s), and a failed
   inference writes ``sym_shape_infer_temp.onnx`` into the working directory. The module file is
   therefore loaded on its own, and the driver loop below does not write anything.
@@ -58,6 +59,22 @@ def _stub_aware_class() -> type:
             for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin",
                        "ReduceSumSquare"):
                 self.dispatcher_.setdefault(op, self._infer_ReduceMean)
+            self.dispatcher_.setdefault("Flatten", self._infer_Flatten)
+
+        def _infer_Flatten(self, node):  # noqa: N802 (the base class's naming)
+            """Flatten's output is (product of the axes before ``axis``, product of the rest), symbolic
+            products included; ONNX inference names both afresh once one input axis is symbolic, which
+            hides the channel count from everything downstream (LeViT's attention)."""
+            mod = _ort_module()
+            shape = self._get_sympy_shape(node, 0)
+            axis = mod.handle_negative_axis(mod.get_attribute(node, "axis", 1), len(shape))
+            new = [mod.sympy_reduce_product(shape[:axis]) if axis else 1,
+                   mod.sympy_reduce_product(shape[axis:])]
+            self._update_computed_dims(new)
+            vi = self.known_vi_[node.output[0]]
+            vi.CopyFrom(onnx.helper.make_tensor_value_info(
+                node.output[0], self.known_vi_[node.input[0]].type.tensor_type.elem_type,
+                mod.get_shape_from_sympy_shape(new)))
 
         def _try_get_value(self, node, idx):
             name = node.input[idx] if idx < len(node.input) else None

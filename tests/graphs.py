@@ -1206,6 +1206,51 @@ rh (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+# x[B,4,8] -> MatMul(W1[8,12]) -> Relu -> Flatten(axis=2) -> [4*B, 12] -> MatMul(W2[12,6]) -> [4*B, 6]
+#   -> Reshape(b, 4, 6) -> y      (ONNX inference names Flatten's output dimensions afresh once B is
+#   symbolic; the symbolic rule keeps 4*B and 12, and the channel axis is the flattened tail)
+def flatten_symbolic_batch(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+flat (float[B, 4, 8] x) => (float[B, 4, 6] y) {
+  h = MatMul(x, W1)
+  r = Relu(h)
+  f = Flatten<axis = 2>(r)
+  g = MatMul(f, W2)
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  b1 = Unsqueeze(b, ax0)
+  target = Concat<axis = 0>(b1, four, six)
+  y = Reshape(g, target)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "i0": _SCALAR0, "ax0": _i64(0),
+             "four": _i64(4), "six": _i64(6)}
+    return _build(text, inits)
+
+
+# x[B,4,8] -> MatMul(W1[8,12]) -> Reshape(-1, 12) -> [4*B, 12] -> Relu -> Reshape(b, 4, 12) -> [B,4,12]
+#   -> MatMul(W2[12,6]) -> y      (batch and a static axis merged into one symbolic 4*B, then split back)
+def reshape_merge_symbolic_batch(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+merge (float[B, 4, 8] x) => (float[B, 4, 6] y) {
+  h = MatMul(x, W1)
+  m = Reshape(h, flat_shape)
+  r = Relu(m)
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  b1 = Unsqueeze(b, ax0)
+  target = Concat<axis = 0>(b1, four, twelve)
+  u = Reshape(r, target)
+  y = MatMul(u, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "flat_shape": _i64(-1, 12), "i0": _SCALAR0,
+             "ax0": _i64(0), "four": _i64(4), "twelve": _i64(12)}
+    return _build(text, inits)
+
+
 # x[B,S,12] -> MatMul(Wv[12,12]) -> Reshape(b, s, 3, 4) -> Softmax -> Reshape(b, s, e) -> MatMul(Wo[12,6]),
 #   with e = Shape(x)[2] read from the (unpruned) block input, as CLIP's attention reshapes its output to
 #   ``(batch, seq, embed_dim)`` of ``hidden_states.size()``: e becomes a constant, the kept width
@@ -1783,6 +1828,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("reshape_heads_const", reshape_heads_const, "heads"),
     ("reshape_heads_dynamic", reshape_heads_dynamic, "heads"),
     ("reshape_heads_read_embed", reshape_heads_read_embed, "heads"),
+    ("flatten_symbolic_batch", flatten_symbolic_batch, "ffn"),
+    ("reshape_merge_symbolic_batch", reshape_merge_symbolic_batch, "ffn"),
     ("reshape_heads_read_embed_shared", reshape_heads_read_embed_shared, "heads"),
     ("transpose_heads", transpose_heads, "heads"),
     ("attention_block", attention_block, "heads"),

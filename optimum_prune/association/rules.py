@@ -807,11 +807,18 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """
     x, y = node.inputs[0], node.outputs[0]
     sin, sout = walk.shape(x), walk.shape(y)
+    if node.op_type == "Flatten" and sin is not None:
+        sout = _flattened(sin, int(_attr(node, "axis", 1)), node.name)
     if sin is None or sout is None:
         walk.fail(f"{node.op_type} with unknown input or output shape")
     sin, sout = _solve_wildcard(list(sin), list(sout))
     src_shape, dst_shape = (sout, sin) if entry.is_output else (sin, sout)
-    for bin_, bout in _align_blocks(sin, sout):
+    if node.op_type == "Flatten":  # the axes before ``axis`` become output axis 0, the rest axis 1
+        cut = _norm_axis(int(_attr(node, "axis", 1)), len(sin)) if sin else 0
+        blocks = [(list(range(cut)), [0]), (list(range(cut, len(sin))), [1])]
+    else:
+        blocks = _align_blocks(sin, sout)
+    for bin_, bout in blocks:
         src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
         if entry.axis in src_axes:
             break
@@ -847,6 +854,21 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
                                  source=(y, out_axis, 0, out_owner.size))
 
 
+def _flattened(sin: tuple, axis: int, name: str) -> tuple:
+    """Flatten's output shape, from its input's (shape inference may name the output dimensions afresh
+    when the input has a symbolic one): each side is the product of its axes, the symbol itself when it
+    is the only non-1 axis there, and an opaque symbol of this node otherwise."""
+    axis = axis + len(sin) if axis < 0 else axis
+
+    def product(dims, side: int):
+        if all(isinstance(d, int) for d in dims):
+            return int(np.prod(dims, dtype=np.int64))
+        rest = [d for d in dims if d != 1]
+        return rest[0] if len(rest) == 1 else f"{name}:flat{side}"
+
+    return product(sin[:axis], 0), product(sin[axis:], 1)
+
+
 def _solve_wildcard(sin: list, sout: list) -> tuple[list, list]:
     """Fill one unknown dimension on a side from the element count (a -1 resolved at run time)."""
     sides = [sin, sout]
@@ -869,6 +891,14 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
     blocks: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(sin) and j < len(sout):
+        if j + 1 < len(sout) and _is_product(sin[i], sout[j], sout[j + 1]):  # [4*B, ...] -> [B, 4, ...]
+            blocks.append(([i], [j, j + 1]))
+            i, j = i + 1, j + 2
+            continue
+        if i + 1 < len(sin) and _is_product(sout[j], sin[i], sin[i + 1]):  # [B, 4, ...] -> [4*B, ...]
+            blocks.append(([i, i + 1], [j]))
+            i, j = i + 2, j + 1
+            continue
         if sin[i] == sout[j] or not (isinstance(sin[i], int) or isinstance(sout[j], int)):
             # equal dims, or two symbolic dims (batch, sequence): paired one to one
             blocks.append(([i], [j]))
@@ -899,6 +929,20 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
             j += 1
         blocks.append((bi, bj))
     return blocks + _align_tail(sin[i:], sout[j:], i, j)
+
+
+def _is_product(merged, a, b) -> bool:
+    """Whether the symbolic dimension ``merged`` (as symbolic shape inference writes it, e.g.
+    ``4*batch_size``) is the product of the dimensions ``a`` and ``b``, one of them symbolic."""
+    if isinstance(merged, int) or (isinstance(a, int) and isinstance(b, int)):
+        return False
+    import sympy
+
+    # printed, never parsed: dimension names come from the model file and are not evaluated
+    def term(d):
+        return sympy.Integer(d) if isinstance(d, int) else sympy.Symbol(str(d))
+
+    return str(merged).replace(" ", "") == str(term(a) * term(b)).replace(" ", "")
 
 
 def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:
