@@ -67,9 +67,12 @@ def _stub_aware_class() -> type:
             hides the channel count from everything downstream (LeViT's attention)."""
             mod = _ort_module()
             shape = self._get_sympy_shape(node, 0)
-            axis = mod.handle_negative_axis(mod.get_attribute(node, "axis", 1), len(shape))
+            axis = int(mod.get_attribute(node, "axis", 1))
+            axis = axis + len(shape) if axis < 0 else axis  # 0..rank, both ends included
+            if not 0 <= axis <= len(shape):
+                return  # an invalid model: leave it to ONNX inference and the checker
             new = [mod.sympy_reduce_product(shape[:axis]) if axis else 1,
-                   mod.sympy_reduce_product(shape[axis:])]
+                   mod.sympy_reduce_product(shape[axis:]) if axis < len(shape) else 1]
             self._update_computed_dims(new)
             vi = self.known_vi_[node.output[0]]
             vi.CopyFrom(onnx.helper.make_tensor_value_info(

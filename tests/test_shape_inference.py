@@ -90,3 +90,20 @@ def test_weight_normalised_conv_keeps_symbolic_inference_alive(monkeypatch):
     graph_module._collect(symbolic_infer(proto, stubs), shapes)  # raised TypeError before
     assert shapes["n"] == (1, 1)
     assert shapes["y"] == ("B", "S", 4, 4)  # the head count, resolved symbolically
+
+
+def test_flatten_keeps_symbolic_products_and_accepts_axis_equal_to_rank():
+    """Flatten's output is (product before axis, product from axis), symbolic products included; axis may
+    equal the rank (the output is then [everything, 1]), which fused GPT-2 exports contain."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[B, 4, 8] x) => (float[A, C] y, float[D, E] z) {
+            y = Flatten <axis = 2> (x)
+            z = Flatten <axis = 3> (x)
+        }
+    """)
+    proto, stubs = graph_module._stub_proto(ir.serde.deserialize_model(model))
+    shapes: dict = {}
+    graph_module._collect(symbolic_infer(proto, stubs), shapes)
+    assert shapes["y"] == ("4*B", 8)
+    assert shapes["z"] == ("32*B", 1)
