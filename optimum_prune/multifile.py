@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,8 +36,8 @@ from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
 from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import const_array, save_model_atomic
-from optimum_prune.passes.validate import validate_model_file
-from optimum_prune.plan import PLAN_FILE, PruningPlan, load_plan, save_component_plans
+from optimum_prune.passes.validate import make_session, validate_model_file
+from optimum_prune.plan import PLAN_FILE, PruningPlan, load_component_plans, save_component_plans
 from optimum_prune.pruner import (
     AnalysisReport,
     ORTPruner,
@@ -167,6 +166,8 @@ class MultiFilePruner:
                                     f"(only {MERGED_DECODER}): export with --no-post-process")
         self.pruners = {f: ORTPruner(self.folder / f, registry) for f in self.files}
         self._derived: dict[tuple[int, str], CalibrationData | None] = {}
+        self._link_cache: dict[tuple[str, ...], CrossFileLinks] = {}
+        self._inputs = {f: _input_names(self.folder / f) for f in self.files}
 
     # ------------------------------------------------------------------------------------------
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> MultiFileAnalysis:
@@ -176,6 +177,12 @@ class MultiFilePruner:
         return MultiFileAnalysis(reports, links, dict(self.unprunable_files))
 
     def _links(self, io_patterns: tuple[str, ...]) -> CrossFileLinks:
+        """The cross-file links (hashing every root weight once per ``io_patterns``)."""
+        if io_patterns not in self._link_cache:
+            self._link_cache[io_patterns] = self._find_links(io_patterns)
+        return self._link_cache[io_patterns]
+
+    def _find_links(self, io_patterns: tuple[str, ...]) -> CrossFileLinks:
         by_digest: dict[str, set[GroupRef]] = {}
         keys: dict[GroupRef, tuple] = {}
         digests: dict[GroupRef, frozenset[str]] = {}
@@ -226,7 +233,7 @@ class MultiFilePruner:
                 "ORTModelForSeq2SeqLM sizes the decoder's key/value cache from config.json as num_heads x "
                 "hidden_size // num_heads, which cannot describe pruned decoder heads; prune with "
                 "prune_kv_heads=False (encoder heads and every FFN are still pruned)")
-        links = self._links(config.io_patterns)
+        links = self._links(tuple(config.io_patterns))
         leader = links.leader_of()
         preps = {f: p._prepare(config.io_patterns) for f, p in self.pruners.items()}
         eligible = {(f, g.id) for f, p in self.pruners.items() for g in p._eligible(preps[f], config)}
@@ -285,9 +292,9 @@ class MultiFilePruner:
         first = next(iter(calibration.batches()), None)
         if first is None:
             return None
-        if _input_names(self.folder / name) <= set(first):
+        if self._inputs[name] <= set(first):
             return calibration
-        if ENCODER in self.pruners and _input_names(self.folder / ENCODER) <= set(first):
+        if ENCODER in self.pruners and self._inputs[ENCODER] <= set(first):
             key = (id(calibration), name)
             if key not in self._derived:
                 self._derived[key] = decoder_calibration(self.folder, name, calibration)
@@ -356,11 +363,7 @@ class MultiFilePruner:
 
 def read_component_plans(folder: str | os.PathLike) -> dict[str, PruningPlan]:
     """Every file's plan in a folder written by :meth:`MultiFilePruner.prune`."""
-    import json
-
-    path = Path(folder) / PLAN_FILE
-    data = json.loads(path.read_text())
-    return {name: load_plan(path, name) for name in data.get("components", {})}
+    return load_component_plans(Path(folder) / PLAN_FILE)
 
 
 def decoder_calibration(folder: Path, decoder: str, encoder_data: CalibrationData) -> CalibrationData | None:
@@ -372,8 +375,6 @@ def decoder_calibration(folder: Path, decoder: str, encoder_data: CalibrationDat
     (speech): pass a mapping from file name to data then."""
     import json
 
-    import onnxruntime as ort
-
     names = _input_names(folder / decoder)
     if not names <= {"input_ids", "encoder_hidden_states", "encoder_attention_mask"} or \
             "encoder_hidden_states" not in names:
@@ -381,9 +382,7 @@ def decoder_calibration(folder: Path, decoder: str, encoder_data: CalibrationDat
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     start = next((config[k] for k in ("decoder_start_token_id", "pad_token_id")
                   if isinstance(config.get(k), int)), 0)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(folder / ENCODER), options, providers=["CPUExecutionProvider"])
+    session = make_session(folder / ENCODER)
     wanted = {i.name for i in session.get_inputs()}
     batches = []
     for batch in encoder_data.batches():
@@ -433,14 +432,16 @@ def _renumbered(pruned: dict[str, PrunedModel]) -> tuple[list[PruningGroup], dic
 
 
 def _copy_model(source: Path, name: str, dest: Path) -> None:
-    """Copy an ONNX file with its external data files."""
+    """Bring an ONNX file with its external data files (hard links where possible: outputs are always new
+    files, never written in place)."""
     import onnx
 
-    shutil.copy2(source / name, dest / name)
+    from optimum_prune.stages.base import link_or_copy
+
     model = onnx.load(str(source / name), load_external_data=False)
     locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    for loc in sorted(locations):
-        shutil.copy2(source / loc, dest / loc)
+    for item in (name, *sorted(locations)):
+        link_or_copy(source / item, dest / item)
 
 
 def _merge_decoders(folder: Path, validate: bool) -> None:

@@ -82,12 +82,7 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
         """Read a plan written by :meth:`save`."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise PlanMismatchError(f"{path} is not a pruning plan ({e}): pass a {PLAN_FILE} written by "
-                                    "ORTPruner.prune") from e
-        return cls.from_dict(data)
+        return cls.from_dict(_read_json(Path(path)))
 
 
 def save_component_plans(path: str | os.PathLike, plans: dict[str, PruningPlan]) -> None:
@@ -99,21 +94,33 @@ def save_component_plans(path: str | os.PathLike, plans: dict[str, PruningPlan])
 def load_plan(path: str | os.PathLike, file_name: str = "model.onnx") -> PruningPlan:
     """The plan of ``file_name`` in the plan file ``path`` (a plain plan, or a multi-file model's, written
     by :func:`save_component_plans`)."""
+    data = _read_json(Path(path))
+    if not (isinstance(data, dict) and "components" in data):
+        return PruningPlan.from_dict(data)
+    plans = _component_plans(data)
+    if file_name not in plans:
+        raise PlanMismatchError(f"{path} has no plan for {file_name}; it has plans for {sorted(plans)}")
+    return plans[file_name]
+
+
+def load_component_plans(path: str | os.PathLike) -> dict[str, PruningPlan]:
+    """Every file's plan in a multi-file model's plan file; empty for a single-file plan."""
+    data = _read_json(Path(path))
+    return _component_plans(data) if isinstance(data, dict) and "components" in data else {}
+
+
+def _component_plans(data: dict) -> dict[str, PruningPlan]:
+    if data.get("version") != PLAN_VERSION:
+        raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; expected {PLAN_VERSION}")
+    return {name: PruningPlan.from_dict(plan) for name, plan in data["components"].items()}
+
+
+def _read_json(path: Path):
     try:
-        data = json.loads(Path(path).read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise PlanMismatchError(f"{path} is not a pruning plan ({e}): pass a {PLAN_FILE} written by "
                                 "ORTPruner.prune") from e
-    if isinstance(data, dict) and "components" in data:
-        if data.get("version") != PLAN_VERSION:
-            raise PlanMismatchError(f"unsupported plan version {data.get('version')!r}; "
-                                    f"expected {PLAN_VERSION}")
-        components = data["components"]
-        if file_name not in components:
-            raise PlanMismatchError(f"{path} has no plan for {file_name}; it has plans for "
-                                    f"{sorted(components)}")
-        return PruningPlan.from_dict(components[file_name])
-    return PruningPlan.from_dict(data)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -29,7 +29,7 @@ from optimum_prune.errors import InvalidModelError
 from optimum_prune.graph import const_array, save_model_atomic
 from optimum_prune.passes.apply import removed_mask
 from optimum_prune.passes.validate import make_session, runnable_inputs
-from optimum_prune.plan import PLAN_FILE, load_plan
+from optimum_prune.plan import PLAN_FILE, load_component_plans, load_plan
 from optimum_prune.pruner import ORTPruner, _match_plan
 
 RELATIVE_TOLERANCE = 1e-4
@@ -76,7 +76,7 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
     if not plan_path.is_file():
         raise InvalidModelError(f"{plan_path} not found: {pruned_dir} is not a folder written by "
                                 "ORTPruner.prune")
-    components = component_files(plan_path)
+    components = sorted(load_component_plans(plan_path))
     if components and file_name == "model.onnx" and not (pruned_dir / file_name).is_file():
         results = {name: verify(dense_dir, pruned_dir, file_name=name, seed=seed, dims=dims)
                    for name in components}
@@ -123,17 +123,6 @@ def verify(dense_dir: str | os.PathLike, pruned_dir: str | os.PathLike, *, file_
         max_abs, max_rel = max(max_abs, err), max(max_rel, rel)
     return VerificationResult(max_abs, max_rel, copied and all(g.exact for g in active), outputs,
                               repaired=len(plan.repairs))
-
-
-def component_files(plan_path: Path) -> list[str]:
-    """The files of a multi-file model's plan (empty for a single-file plan)."""
-    import json
-
-    try:
-        data = json.loads(Path(plan_path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    return sorted(data.get("components", {})) if isinstance(data, dict) else []
 
 
 def combined_result(results: dict[str, VerificationResult]) -> VerificationResult:

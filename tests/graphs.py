@@ -259,75 +259,62 @@ resize (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
     return _build(text, inits)
 
 
-# x[B,3,7,9] -> Conv(W1[8,3,3,3]) -> Relu -> [B,8,5,7] -> Pad(pads computed from its own spatial shape:
-#   [0, 0, 0, 0, 0, 0, H % 2, W % 2], TF-style "same" padding) -> [B,8,6,8] -> Conv(W2[6,8,1,1]) -> y
-def pad_computed_spatial(seed: int = 0) -> onnx.ModelProto:
+def _conv_pad(pads_body: str, pads_inits: dict[str, np.ndarray], out_hw: tuple[int, int],
+              seed: int) -> onnx.ModelProto:
+    """x[B,3,7,9] -> Conv(W1[8,3,3,3]) -> Relu -> r[B,8,5,7] -> Pad(r, pads) -> Conv(W2[6,8,1,1]) -> y, with
+    ``pads`` computed by ``pads_body`` (ONNX text lines) from ``pads_inits``."""
     rng = np.random.default_rng(seed)
-    text = """
-pad (float[B, 3, 7, 9] x) => (float[B, 6, 6, 8] y) {
+    text = f"""
+pad (float[B, 3, 7, 9] x) => (float[B, 6, {out_hw[0]}, {out_hw[1]}] y) {{
   c = Conv(x, W1)
   r = Relu(c)
-  s = Shape(r)
+{pads_body}
+  p = Pad(r, pads)
+  y = Conv(p, W2)
+}}
+"""
+    return _build(text, {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), **pads_inits})
+
+
+# pads computed from the Pad input's own spatial shape: [0, 0, 0, 0, 0, 0, H % 2, W % 2] (TF-style "same"
+#   padding): [B,8,5,7] -> [B,8,6,8]
+def pad_computed_spatial(seed: int = 0) -> onnx.ModelProto:
+    body = """  s = Shape(r)
   h = Gather(s, i2)
   w = Gather(s, i3)
   ph = Mod(h, two)
   pw = Mod(w, two)
-  pads = Concat<axis = 0>(zero, zero, zero, zero, zero, zero, ph, pw)
-  p = Pad(r, pads)
-  y = Conv(p, W2)
-}
-"""
-    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "i2": _i64(2), "i3": _i64(3),
-             "two": _i64(2), "zero": _i64(0)}
-    return _build(text, inits)
+  pads = Concat<axis = 0>(zero, zero, zero, zero, zero, zero, ph, pw)"""
+    inits = {"i2": _i64(2), "i3": _i64(3), "two": _i64(2), "zero": _i64(0)}
+    return _conv_pad(body, inits, (6, 8), seed)
 
 
 # the same as torch.nn.functional.pad(r, (1, 1, 1, 1)) exports it: the pads are built at run time from the
 #   torch order (last axis first) by Concat(constant, ConstantOfShape) -> Reshape[-1, 2] -> reversed Slice
-#   -> Transpose -> Reshape[-1] -> Cast (MobileNetV1's TF-style padding)
+#   -> Transpose -> Reshape[-1] -> Cast (MobileNetV1's TF-style padding): [B,8,5,7] -> [B,8,7,9]
 def pad_torch_functional(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    text = """
-pad (float[B, 3, 7, 9] x) => (float[B, 6, 7, 9] y) {
-  c = Conv(x, W1)
-  r = Relu(c)
-  zeros = ConstantOfShape<value = int64[1] {0}>(four)
+    body = """  zeros = ConstantOfShape<value = int64[1] {0}>(four)
   torch_order = Concat<axis = 0>(ones, zeros)
   pairs = Reshape(torch_order, pair_shape)
   onnx_order = Slice(pairs, minus1, big_negative, zero, minus1)
   moved = Transpose<perm = [1, 0]>(onnx_order)
   flat = Reshape(moved, minus1)
-  pads = Cast<to = 7>(flat)
-  p = Pad(r, pads)
-  y = Conv(p, W2)
-}
-"""
-    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "four": _i64(4),
-             "ones": _i64(1, 1, 1, 1), "pair_shape": _i64(-1, 2), "minus1": _i64(-1),
+  pads = Cast<to = 7>(flat)"""
+    inits = {"four": _i64(4), "ones": _i64(1, 1, 1, 1), "pair_shape": _i64(-1, 2), "minus1": _i64(-1),
              "big_negative": _i64(-(2**63) + 1), "zero": _i64(0)}
-    return _build(text, inits)
+    return _conv_pad(body, inits, (7, 9), seed)
 
 
-# the same padding the channel axis up to a multiple of 8: nothing at 8 channels, but 2 once pruned to 6
+# padding the channel axis up to a multiple of 8: nothing at 8 channels, but 2 once pruned to 6
 def pad_computed_channel(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    text = """
-pad (float[B, 3, 7, 9] x) => (float[B, 6, 5, 7] y) {
-  c = Conv(x, W1)
-  r = Relu(c)
-  s = Shape(r)
+    body = """  s = Shape(r)
   ch = Gather(s, i1)
   rest = Mod(ch, eight)
   short = Sub(eight, rest)
   pc = Mod(short, eight)
-  pads = Concat<axis = 0>(zero, zero, zero, zero, zero, pc, zero, zero)
-  p = Pad(r, pads)
-  y = Conv(p, W2)
-}
-"""
-    inits = {"W1": _conv(rng, 8, 3, 3, 3), "W2": _conv(rng, 6, 8, 1, 1), "i1": _i64(1), "eight": _i64(8),
-             "zero": _i64(0)}
-    return _build(text, inits)
+  pads = Concat<axis = 0>(zero, zero, zero, zero, zero, pc, zero, zero)"""
+    inits = {"i1": _i64(1), "eight": _i64(8), "zero": _i64(0)}
+    return _conv_pad(body, inits, (5, 7), seed)
 
 
 # x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> Relu

@@ -934,8 +934,8 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
 def _is_product(merged, a, b) -> bool:
     """Whether the symbolic dimension ``merged`` (as symbolic shape inference writes it, e.g.
     ``4*batch_size``) is the product of the dimensions ``a`` and ``b``, one of them symbolic."""
-    if isinstance(merged, int) or (isinstance(a, int) and isinstance(b, int)):
-        return False
+    if not (isinstance(merged, str) and "*" in merged) or (isinstance(a, int) and isinstance(b, int)):
+        return False  # the common case, decided without building sympy terms
     import sympy
 
     # printed, never parsed: dimension names come from the model file and are not evaluated
