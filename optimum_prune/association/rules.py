@@ -934,8 +934,12 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
 def _is_product(merged, a, b) -> bool:
     """Whether the symbolic dimension ``merged`` (as symbolic shape inference writes it, e.g.
     ``4*batch_size``) is the product of the dimensions ``a`` and ``b``, one of them symbolic."""
-    if not (isinstance(merged, str) and "*" in merged) or (isinstance(a, int) and isinstance(b, int)):
-        return False  # the common case, decided without building sympy terms
+    if isinstance(merged, int) or (isinstance(a, int) and isinstance(b, int)):
+        return False
+    if a == 1 or b == 1:  # decided without building sympy terms, as are products printed without "*"
+        return str(merged) == str(b if a == 1 else a)
+    if "*" not in str(merged):
+        return False
     import sympy
 
     # printed, never parsed: dimension names come from the model file and are not evaluated
