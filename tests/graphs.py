@@ -1469,6 +1469,175 @@ def mqa_block(seed: int = 0) -> onnx.ModelProto:
 
 
 # --------------------------------------------------------------------------------------------
+# batch and heads merged into one axis ([B*H, S, D], association.merged_axes)
+# --------------------------------------------------------------------------------------------
+
+_MERGED_QKV = """
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  bh = Mul(b, n_heads)
+  bh1 = Unsqueeze(bh, ax0)
+  merge_shape = Concat<axis = 0>(bh1, minus1, head_dim)
+  q = MatMul(x, Wq)
+  k = MatMul(x, Wk)
+  v = MatMul(x, Wv)
+  q_h = Reshape(q, hd_shape)
+  q_t = Transpose<perm = [0, 2, 1, 3]>(q_h)
+  q_m = Reshape(q_t, merge_shape)
+  k_h = Reshape(k, hd_shape)
+  k_t = Transpose<perm = [0, 2, 1, 3]>(k_h)
+  k_m = Reshape(k_t, merge_shape)
+  k_mt = Transpose<perm = [0, 2, 1]>(k_m)
+  v_h = Reshape(v, hd_shape)
+  v_t = Transpose<perm = [0, 2, 1, 3]>(v_h)
+  v_m = Reshape(v_t, merge_shape)
+  s0 = MatMul(q_m, k_mt)
+"""
+
+_MERGED_OUT = """
+  probs = Softmax<axis = -1>(scores)
+  ctx = MatMul(probs, v_m)
+  csh = Shape(ctx)
+  cb = Gather<axis = 0>(csh, i0)
+  b2 = Div(cb, n_heads)
+  b21 = Unsqueeze(b2, ax0)
+  split_shape = Concat<axis = 0>(b21, heads1, minus1, head_dim)
+  c4 = Reshape(ctx, split_shape)
+  c5 = Transpose<perm = [0, 2, 1, 3]>(c4)
+  c6 = Reshape(c5, mg_shape)
+  y = MatMul(c6, Wo)
+"""
+
+
+def _merged_inits(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"i0": _SCALAR0, "ax0": _i64(0), "n_heads": np.array(3, dtype=np.int64), "heads1": _i64(3),
+            "minus1": _i64(-1), "head_dim": _i64(4), "hd_shape": _i64(0, 0, 3, 4), "mg_shape": _i64(0, 0, 12),
+            "Wq": _mat(rng, 8, 12), "Wk": _mat(rng, 8, 12), "Wv": _mat(rng, 8, 12), "Wo": _mat(rng, 12, 6)}
+
+
+# BLOOM-style: q/k/v [B,S,12] -> [B,3,S,4] -> Reshape([B*3, -1, 4], with B*3 = Shape(x)[0] * 3) -> batched
+# MatMul / Softmax on [3B,S,S], plus an ALiBi-style bias slopes[3,1] * pos[B,1,S] -> [B,3,S] -> Reshape to
+# [B*3, 1, S] -> back to [B,3,S,4] with B = Shape(ctx)[0] / 3. Pruning a head patches both 3s of the
+# products and the divisor, and slices the slopes.
+def batch_merged_heads(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = f"""
+bm (float[B, S, 8] x, float[B, 1, S] pos) => (float[B, S, 6] y) {{
+{_MERGED_QKV}
+  al0 = Mul(slopes, pos)
+  bias_shape = Concat<axis = 0>(bh1, one, minus1)
+  al = Reshape(al0, bias_shape)
+  scores = Add(s0, al)
+{_MERGED_OUT}}}
+"""
+    return _build(text, {**_merged_inits(rng), "slopes": _vec(rng, 3, 1, scale=1.0), "one": _i64(1)})
+
+
+# DeBERTa-style relative positions: a static [3, R, 4] head stack of projected position embeddings is tiled
+# over the batch (repeats = Shape(q_m)[0] / 3) into [3B, R, 4]; q_m @ it^T gives [3B, S, R], and
+# GatherElements picks one relative position per (query, key) with indices [1,S,S] expanded to
+# [Shape(q_m)[0], S, S] (the merged dimension read at run time).
+def batch_merged_tile_gather(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = f"""
+bt (float[B, S, 8] x, float[6, 8] rel, float[1, S, S] u) => (float[B, S, 6] y) {{
+{_MERGED_QKV}
+  pk = MatMul(rel, Wr)
+  pk_h = Reshape(pk, rel_shape)
+  pk_t = Transpose<perm = [1, 0, 2]>(pk_h)
+  qsh = Shape(q_m)
+  qb = Gather<axis = 0>(qsh, i0)
+  reps = Div(qb, n_heads)
+  reps1 = Unsqueeze(reps, ax0)
+  tile_reps = Concat<axis = 0>(reps1, one, one)
+  pk_m = Tile(pk_t, tile_reps)
+  pk_mt = Transpose<perm = [0, 2, 1]>(pk_m)
+  c2p = MatMul(q_m, pk_mt)
+  u_s = Sigmoid(u)
+  u_m = Mul(u_s, span)
+  idx_f = Floor(u_m)
+  idx0 = Cast<to = 7>(idx_f)
+  s = Gather<axis = 0>(sh, i1)
+  s1 = Unsqueeze(s, ax0)
+  qb1 = Unsqueeze(qb, ax0)
+  idx_shape = Concat<axis = 0>(qb1, s1, s1)
+  idx = Expand(idx0, idx_shape)
+  rel_scores = GatherElements<axis = -1>(c2p, idx)
+  scores = Add(s0, rel_scores)
+{_MERGED_OUT}}}
+"""
+    inits = {**_merged_inits(rng), "i1": _SCALAR1, "one": _i64(1), "Wr": _mat(rng, 8, 12),
+             "rel_shape": _i64(6, 3, 4), "span": _f32(5.99)}
+    return _build(text, inits)
+
+
+# torch.nn.functional.multi_head_attention_forward: x[S,B,8] -> q/k/v [S,B,12] -> Reshape([S, B*3, 4]) (the
+# 12 channels split into 3 heads folded into the batch in one Reshape) -> Transpose to [3B, S, 4] -> attention
+# -> Transpose back to [S, 3B, 4] -> Reshape([S, B, 12]).
+def batch_merged_seq_first(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    heads = "".join(f"""
+  {n} = MatMul(x, W{n})
+  {n}_m = Reshape({n}, fold_shape)
+  {n}_t = Transpose<perm = [1, 0, 2]>({n}_m)
+""" for n in "qkv")
+    text = f"""
+sf (float[S, B, 8] x) => (float[S, B, 6] y) {{
+  sh = Shape(x)
+  s = Gather<axis = 0>(sh, i0)
+  b = Gather<axis = 0>(sh, i1)
+  s1 = Unsqueeze(s, ax0)
+  bh = Mul(b, n_heads)
+  bh1 = Unsqueeze(bh, ax0)
+  b1 = Unsqueeze(b, ax0)
+  fold_shape = Concat<axis = 0>(s1, bh1, head_dim)
+  unfold_shape = Concat<axis = 0>(s1, b1, width)
+{heads}
+  k_tt = Transpose<perm = [0, 2, 1]>(k_t)
+  s0 = MatMul(q_t, k_tt)
+  probs = Softmax<axis = -1>(s0)
+  ctx = MatMul(probs, v_t)
+  ctx_t = Transpose<perm = [1, 0, 2]>(ctx)
+  c = Reshape(ctx_t, unfold_shape)
+  y = MatMul(c, Wo)
+}}
+"""
+    inits = {"i0": _SCALAR0, "i1": _SCALAR1, "ax0": _i64(0), "n_heads": np.array(3, dtype=np.int64),
+             "head_dim": _i64(4), "width": _i64(12), "Wq": _mat(rng, 8, 12), "Wk": _mat(rng, 8, 12),
+             "Wv": _mat(rng, 8, 12), "Wo": _mat(rng, 12, 6)}
+    return _build(text, inits)
+
+
+# Heads folded *outside* the batch ([B,3,S,4] -> Transpose -> [3,B,S,4] -> Reshape([3*B, S, 4])): the merged
+# axis holds each head's rows contiguously, not one period per batch item, and its dimension prints as 3*B
+# all the same. Refused.
+def batch_merged_heads_outer(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+bo (float[B, S, 8] x) => (float[B, S, 6] y) {
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  bh = Mul(b, n_heads)
+  bh1 = Unsqueeze(bh, ax0)
+  merge_shape = Concat<axis = 0>(bh1, minus1, head_dim)
+  v = MatMul(x, Wv)
+  v_h = Reshape(v, hd_shape)
+  v_t = Transpose<perm = [2, 0, 1, 3]>(v_h)
+  v_m = Reshape(v_t, merge_shape)
+  sm = Softmax<axis = -1>(v_m)
+  back = Reshape(sm, outer_shape)
+  back_t = Transpose<perm = [1, 2, 0, 3]>(back)
+  c = Reshape(back_t, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {"i0": _SCALAR0, "ax0": _i64(0), "n_heads": np.array(3, dtype=np.int64), "minus1": _i64(-1),
+             "head_dim": _i64(4), "hd_shape": _i64(0, 0, 3, 4), "outer_shape": _i64(3, -1, 5, 4),
+             "mg_shape": _i64(0, 0, 12), "Wv": _mat(rng, 8, 12), "Wo": _mat(rng, 12, 6)}
+    return _build(text, inits)
+
+
+# --------------------------------------------------------------------------------------------
 # com.microsoft contrib ops (all verified to run on the onnxruntime 1.31 CPU EP)
 # --------------------------------------------------------------------------------------------
 
@@ -1823,6 +1992,10 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("gqa_block", gqa_block, "heads"),
     ("mqa_block", mqa_block, "heads"),
+    ("batch_merged_heads", batch_merged_heads, "heads"),
+    ("batch_merged_tile_gather", batch_merged_tile_gather, "heads"),
+    ("batch_merged_seq_first", batch_merged_seq_first, "heads"),
+    ("batch_merged_heads_outer", batch_merged_heads_outer, "heads"),
     ("ms_attention", ms_attention, "heads"),
     ("ms_multihead_attention", ms_multihead_attention, "heads"),
     ("ms_group_query_attention", ms_group_query_attention, "heads"),
@@ -1852,6 +2025,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "reshape_heads_read_embed_shared",
     "chunk_computed_offset",
     "chunk_computed_unpaired",
+    "batch_merged_heads_outer",
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
@@ -1861,6 +2035,7 @@ EXPECTED_REASON: dict[str, str] = {
     "pad_computed_channel": "may pad the channel axis",
     "reshape_heads_read_embed_shared": "must shrink is read from",
     "chunk_computed_unpaired": "do not all own the same share",
+    "batch_merged_heads_outer": "symbolic dimension next to the channel axis",
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from optimum_prune.association.merged_axes import MERGED_AXIS_OPS, read_source
 from optimum_prune.association.rules import Entry, RuleRegistry, default_registry
 from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr
 from optimum_prune.association.tree import Patch, PruningGroup, TensorSlice
@@ -21,6 +22,7 @@ from optimum_prune.association.units import UnitSets
 from optimum_prune.graph import Shape, const_array, is_constant
 
 _MAX_STEPS_PER_VALUE = 50
+_SAME = object()  # Walk.link: the linked axis is merged with the batch as the entry's axis is
 
 
 class Refusal(Exception):
@@ -59,12 +61,15 @@ class Walk:
     patches: dict[tuple[str, str, int, str], np.ndarray | tuple[str, int, int, int]] = field(
         default_factory=dict)
     deferred: list[DeferredRead] = field(default_factory=list)
+    periods: dict[tuple[str, int], str] = field(default_factory=dict)
+    period: str | None = None  # the period symbol of the entry being processed (see merged_axes)
     end_checks: dict[tuple, tuple[ir.Node, Callable[[], None]]] = field(default_factory=dict)
     claims: set[tuple] = field(default_factory=set)
     nodes: dict[str, None] = field(default_factory=dict)
     current: ir.Node | None = None
     _source: tuple[str, int, int, int] | None = None
     _piece: tuple[str, int] | None = None  # (Concat node, input index) of the one-element piece traced
+    _trace_period: str | None = None  # the period symbol of the shape element traced
     _stack: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -125,15 +130,31 @@ class Walk:
         if key not in self.roots:
             self.roots.append(key)
 
-    def link(self, value: ir.Value | None, axis: int, owner: np.ndarray) -> None:
-        """Require ``value``'s ``axis`` to shrink with the group, positions owned as in ``owner``."""
+    def link(self, value: ir.Value | None, axis: int, owner: np.ndarray, *, period=_SAME) -> None:
+        """Require ``value``'s ``axis`` to shrink with the group, positions owned as in ``owner``.
+
+        ``period``: the symbolic dimension merged outside the axis (``owner`` is then one period of it, see
+        :mod:`~optimum_prune.association.merged_axes`); by default the same as the entry's axis.
+        """
         if value is None or not value.name:
             return
         owner = np.asarray(owner, dtype=np.int64)
+        period = self.period if period is _SAME else period
         dim = self.dim(value, axis)
-        if isinstance(dim, int) and dim != owner.size:
-            self.fail(f"'{value.name}' axis {axis} has size {dim}, expected {owner.size}")
         key = (value.name, axis)
+        if period is not None:
+            if is_constant(value) or value.is_graph_input() or value.is_graph_output():
+                what = "a constant" if is_constant(value) else "a graph input or output"
+                self.fail(f"'{value.name}' is {what} on an axis where {period} and the channels are merged")
+            if isinstance(dim, int):
+                self.fail(f"'{value.name}' axis {axis} has static size {dim} where {period} and the channels "
+                          "are merged")
+        elif isinstance(dim, int) and dim != owner.size:
+            self.fail(f"'{value.name}' axis {axis} has size {dim}, expected {owner.size}")
+        if key in self.owners and self.periods.get(key) != period:
+            self.fail(f"'{value.name}' axis {axis} is reached both merged with the batch and not")
+        if period is not None:
+            self.periods[key] = period
         self.values[value.name] = value
         cur = self.owners.get(key)
         if cur is None:
@@ -161,6 +182,13 @@ class Walk:
         """
         self.end_checks.setdefault(key, (node, check))
 
+    def require_merged(self, value: ir.Value, axis: int, period: str) -> None:
+        """Refuse the group unless ``value``'s ``axis`` is tracked, merged with ``period`` (an end check)."""
+        key = (value.name, axis)
+        if key not in self.owners or self.periods.get(key) != period:
+            self.fail(f"the merged {period}*channel dimension read at run time sets axis {axis} of "
+                      f"'{value.name}', which does not hold those channels")
+
     def claim(self, key: tuple) -> None:
         """Mark something that only one prunable group may depend on (like a patched shape element)."""
         self.claims.add(key)
@@ -172,18 +200,28 @@ class Walk:
     def patch_shape_element(self, shape_value: ir.Value, index: int, owner: np.ndarray, node: ir.Node, *,
                             reshape_input: ir.Value | None = None, allowzero: bool = False,
                             broadcast_ok: bool = False,
-                            source: tuple[ir.Value, int, int, int] | None = None) -> None:
+                            source: tuple[ir.Value, int, int, int] | None = None,
+                            period: str | None = None) -> None:
         """Element ``index`` of the 1-D shape tensor ``shape_value`` counts the positions of ``owner``.
 
         Traces the element back to a constant (patched) or to a dimension read at run time with Shape
         (checked to belong to this group at the end of the walk); anything else refuses the group.
         ``source`` = (value, axis, lo, hi): the element counts positions lo:hi of that tracked axis, read
-        when the walk ends (ownership can still grow while the walk runs).
+        when the walk ends (ownership can still grow while the walk runs). ``period``: the element counts
+        a merged axis, ``period * owner.size`` (see :mod:`~optimum_prune.association.merged_axes`).
         """
         self._source = None if source is None else (source[0].name, source[1], source[2], source[3])
         self._piece = None  # set by a shape Concat on the way; never carried over from another element
-        self._trace_shape(shape_value, index, owner, reshape_input, allowzero, broadcast_ok, depth=0)
-        self._source = self._piece = None
+        self._trace_period = period
+        try:
+            self._trace_shape(shape_value, index, owner, reshape_input, allowzero, broadcast_ok, depth=0)
+        finally:
+            self._source = self._piece = self._trace_period = None
+
+    def add_patch(self, kind: str, target: str, index: int, attribute: str, owner) -> None:
+        """Element ``index`` of ``target`` (see :class:`~optimum_prune.association.tree.Patch`) counts the
+        positions of ``owner``."""
+        self._add_patch(kind, target, index, attribute, owner)
 
     # ---- internals ----------------------------------------------------------------------------
     def _add_patch(self, kind: str, target: str, index: int, attribute: str, owner) -> None:
@@ -214,8 +252,9 @@ class Walk:
                 return
             if elem in (1, -1) and broadcast_ok:
                 return  # Expand keeps the input dimension for 1 (and -1 in exporters' Where(-1 -> 1) idiom)
-            if elem != owner.size:
-                self.fail(f"shape constant '{value.name}'[{index}] is {elem}, expected {owner.size}")
+            if elem != owner.size or self._trace_period is not None:
+                expected = owner.size if self._trace_period is None else f"{self._trace_period}*{owner.size}"
+                self.fail(f"shape constant '{value.name}'[{index}] is {elem}, expected {expected}")
             holder = _constant_holder(value)
             self._add_patch("constant", holder.name, index, "", self._source or owner)
             return
@@ -243,6 +282,9 @@ class Walk:
             self.fail("shape Concat shorter than expected")
         if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Floor", "Ceil"):
             trace(node.inputs[0], index)
+            return
+        if op == "Shape" and self._trace_period is not None:
+            self._defer_merged_read(node, index)
             return
         if op == "Shape":
             start = int(node.attributes["start"].value) if "start" in node.attributes else 0
@@ -284,7 +326,7 @@ class Walk:
         if op == "Where":
             for v in node.inputs[1:]:
                 prod = v.producer()
-                if prod is not None and prod.op_type == "ConstantOfShape":
+                if (prod is not None and prod.op_type == "ConstantOfShape") or _is_marker_fill(node, v):
                     continue
                 trace(v, index)
             return
@@ -295,7 +337,8 @@ class Walk:
     def _patch_factor(self, node: ir.Node, dynamic: ir.Value, index: int, owner: np.ndarray) -> bool:
         """``dim * c`` where ``dim`` is read at run time from an axis of static size 1 and the constant ``c``
         counts the channels (``num_key_value_heads * n_rep`` with one key/value head, as ``repeat_kv``
-        exports it): patch ``c``. False when the element has another form."""
+        exports it): patch ``c``. For a merged axis (``batch * num_heads``), ``dim`` is the period symbol
+        read from an axis that keeps its size. False when the element has another form."""
         const = next(v for v in node.inputs if v is not None and v is not dynamic)
         arr = const_array(const)
         if arr is None or arr.size == 0:
@@ -303,6 +346,8 @@ class Walk:
         k = index if arr.size > 1 else 0
         if int(arr.reshape(-1)[k]) != owner.size:
             return False
+        if self._trace_period is not None:
+            return self._patch_period_factor(node, dynamic, index, const, k, owner)
         try:
             other = evaluate_dim_expr(dynamic, index if self.rank(dynamic) else 0, None, -1,
                                       np.zeros(1, dtype=np.int64), self.shape)
@@ -313,6 +358,32 @@ class Walk:
         holder = _constant_holder(const)
         self._add_patch("constant", holder.name, k, "", self._source or owner)
         return True
+
+    def _patch_period_factor(self, node: ir.Node, dynamic: ir.Value, index: int, const: ir.Value, k: int,
+                             owner: np.ndarray) -> bool:
+        source = read_source(self, dynamic, index if self.rank(dynamic) else 0)
+        if source is None or self.dim(source[0], source[1]) != self._trace_period:
+            return False
+        tensor, axis = source
+
+        def unchanged() -> None:
+            if (tensor.name, axis) in self.owners:
+                self.fail(f"'{node.name}' multiplies the channel count by a dimension that shrinks with them")
+
+        self.check_at_end(("period factor", tensor.name, axis), node, unchanged)
+        self._add_patch("constant", _constant_holder(const).name, k, "", self._source or owner)
+        return True
+
+    def _defer_merged_read(self, shape_node: ir.Node, index: int) -> None:
+        """The merged element of a target shape is read from a tensor's dimension: that dimension must be
+        the same merged axis (the graph then recomputes the pruned count)."""
+        x = shape_node.inputs[0]
+        start = int(shape_node.attributes["start"].value) if "start" in shape_node.attributes else 0
+        rank = self.rank(x)
+        axis = (start + rank if start < 0 else start) + index
+        period = self._trace_period
+        self.check_at_end(("merged source", x.name, axis), shape_node,
+                          lambda: self.require_merged(x, axis, period))
 
     def run(self, seed: ir.Value, axis: int) -> None:
         """Walk from ``seed``'s ``axis`` to a fixpoint."""
@@ -327,6 +398,7 @@ class Walk:
             name, ax = self._stack.pop()
             value = self.values[name]
             owner = self.units.find(self.owners[(name, ax)])
+            self.period = self.periods.get((name, ax))
             producer = value.producer()
             if producer is not None:
                 self._apply(producer, Entry(value, ax, owner, True, value.index() or 0))
@@ -336,6 +408,7 @@ class Walk:
             self.current = node
             check()
         self.current = None
+        self.period = None
         for read in self.deferred:
             if (read.name, read.axis) in self.owners:
                 continue  # the dimension read shrinks with the group: the graph recomputes the element
@@ -362,6 +435,10 @@ class Walk:
         self.current = node
         self.nodes[node.name] = None
         rule = self.registry.get(node)
+        standard = node.domain in ("", "ai.onnx")
+        if self.period is not None and not (standard and node.op_type in MERGED_AXIS_OPS):
+            raise Refusal(f"{node.domain or 'ai.onnx'}::{node.op_type} on an axis where {self.period} and "
+                          f"the channels are merged (node '{node.name}')")
         if rule is None:
             raise Refusal(
                 f"no association rule for op {node.domain or 'ai.onnx'}::{node.op_type} "
@@ -377,6 +454,21 @@ class Walk:
                 f"rule for {node.op_type} failed at node '{node.name}': {type(e).__name__}: {e}"
             ) from e
         self.current = None
+
+
+def _is_marker_fill(where: ir.Node, branch: ir.Value) -> bool:
+    """``Where(shape == -1, ones, shape)`` (Expand's target as exporters write it) with the ones folded
+    into a constant: the ones replace only the -1 markers, so the element is the other branch's."""
+    arr = const_array(branch)
+    cond = where.inputs[0].producer() if where.inputs[0] is not None else None
+    if arr is None or not (arr == 1).all() or cond is None or cond.op_type != "Equal":
+        return False
+    other = where.inputs[2] if branch is where.inputs[1] else where.inputs[1]
+    if other not in cond.inputs:
+        return False
+    marker = cond.inputs[1] if cond.inputs[0] is other else cond.inputs[0]
+    values = const_array(marker)
+    return values is not None and bool((values <= 0).all())
 
 
 def _constant_holder(value: ir.Value) -> ir.Value:
@@ -517,7 +609,8 @@ def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> 
         value = walk.values[name]
         io = "input" if value.is_graph_input() else ("output" if value.is_graph_output() else None)
         group.slices.append(TensorSlice(name=name, axis=axis, owner=renumber(owner),
-                                        constant=is_constant(value), leaf=(name, axis) in walk.leaves, io=io))
+                                        constant=is_constant(value), leaf=(name, axis) in walk.leaves, io=io,
+                                        merged_with=walk.periods.get((name, axis))))
         if io and group.prunable and not any(p in name for p in io_patterns):
             group.prunable = False
             group.reason = f"would change the shape of graph {io} '{name}'"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from optimum_prune.association.merged_axes import find_merged_block, static_block
 from optimum_prune.association.shape_expr import DimExpr, ShapeExprError, evaluate_dim_expr
 from optimum_prune.graph import const_array, is_constant, is_weight
 
@@ -118,6 +119,8 @@ def broadcast(node: ir.Node, entry: Entry, walk: Walk) -> None:
     out = node.outputs[0]
     out_axis = _entry_to_output_axis(node, entry, walk)
     ro = walk.rank(out)
+    if not entry.is_output and entry.owner.size == 1 and walk.dim(out, out_axis) != 1:
+        walk.fail(f"{node.op_type} broadcasts the channel axis")  # one position repeated: nothing to prune
     walk.link(out, out_axis, entry.owner)
     for inp in node.inputs:
         if inp is None or not inp.name:
@@ -672,6 +675,18 @@ def gather(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.root(data, entry.axis)
 
 
+def gather_elements(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """GatherElements: data, indices and output share every axis but the gather axis, position by
+    position (DeBERTa's relative-position lookups); the gather axis cannot carry channels."""
+    data, idx, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    axis = _norm_axis(int(_attr(node, "axis", 0)), walk.rank(data))
+    if entry.axis == axis:
+        walk.fail("GatherElements gathers along the channel axis")
+    for value in (data, idx, y):
+        if walk.dim(value, entry.axis) != 1 or value is entry.value:
+            walk.link(value, entry.axis, entry.owner)
+
+
 def pool(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Pooling (Global*/Max/Average/Lp): the channel axis 1 (or the batch axis) passes."""
     if entry.axis > 1:
@@ -764,11 +779,45 @@ def tile(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if entry.value is not x and entry.value is not y:
         walk.fail("Tile: channels in its repeats input")
     repeats = const_array(node.inputs[1])
-    if repeats is None:
-        walk.fail("Tile with computed repeats")
-    if int(np.asarray(repeats).reshape(-1)[entry.axis]) != 1:
+    if repeats is None and _tiles_into_batch(node, entry, walk):
+        return
+    if repeats is None:  # computed (``repeat(batch, 1, 1, 1)``): its channel element must be 1 however read
+        try:
+            expr = evaluate_dim_expr(node.inputs[1], entry.axis, None, -1, np.zeros(1, dtype=np.int64),
+                                     walk.shape, float_shapes_unknown=True)
+        except ShapeExprError:
+            walk.fail("Tile with computed repeats")
+        if not (expr.known.all() and (expr.values == 1).all()):
+            walk.fail("Tile with computed repeats along the channel axis")
+    elif int(np.asarray(repeats).reshape(-1)[entry.axis]) != 1:
         walk.fail("Tile repeats the channel axis")
     walk.link(x if entry.is_output else y, entry.axis, entry.owner)
+
+
+def _tiles_into_batch(node: ir.Node, entry: Entry, walk: Walk) -> bool:
+    """``x.repeat(batch, 1, 1)`` on a static head axis (DeBERTa's relative-position keys): the output axis
+    repeats the channels once per batch item, a merged axis (``merged_axes``) with the batch as its period
+    symbol, which the output's inferred dimension names (``4*batch_size``). The repeat count itself is
+    computed by the graph (``query.size(0) // num_heads``, whose divisor is patched where it is read)."""
+    from optimum_prune.association.merged_axes import split_symbol
+
+    x, y = node.inputs[0], node.outputs[0]
+    if entry.value is y and entry.is_output and walk.period is not None:  # from the merged side
+        if walk.dim(x, entry.axis) != entry.owner.size:
+            return False
+        walk.link(x, entry.axis, entry.owner, period=None)
+        return True
+    if entry.value is not x or walk.period is not None or walk.dim(x, entry.axis) != entry.owner.size:
+        return False
+    dim = walk.dim(y, entry.axis)
+    prefix = f"{entry.owner.size}*"
+    if not isinstance(dim, str) or not dim.startswith(prefix):
+        return False
+    symbol = dim[len(prefix):]
+    if not symbol.isidentifier() or not split_symbol(dim, symbol, entry.owner.size):
+        return False
+    walk.link(y, entry.axis, entry.owner, period=symbol)
+    return True
 
 
 def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -783,16 +832,24 @@ def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
         if not entry.is_output:
             walk.fail("Expand broadcasts along the channel axis")
         walk.patch_shape_element(shape_v, out_axis, entry.owner, node,
-                                 source=(y, out_axis, 0, entry.owner.size))
+                                 source=(y, out_axis, 0, entry.owner.size), period=walk.period)
         return
     walk.link(x, in_axis, entry.owner)
     walk.link(y, out_axis, entry.owner)
     walk.patch_shape_element(shape_v, out_axis, entry.owner, node, broadcast_ok=True,
-                             source=(y, out_axis, 0, entry.owner.size))
+                             source=(y, out_axis, 0, entry.owner.size), period=walk.period)
 
 
 def shape_sink(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Shape / Size read the (new) dimensions at run time: nothing to propagate."""
+    """Shape / Size read the (new) dimensions at run time: nothing to propagate. A read of an axis where
+    the batch and the channels are merged is followed to where it is used (``merged_axes``)."""
+    if walk.period is None:
+        return
+    if node.op_type != "Shape":
+        walk.fail(f"{node.op_type} of a tensor whose batch and channels are merged")
+    from optimum_prune.association.merged_axes import follow_merged_read
+
+    follow_merged_read(walk, node, entry.axis, entry.owner, walk.period)
 
 
 def constant(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -826,8 +883,14 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.fail(f"{node.op_type}: cannot align the channel axis between {list(sin)} and {list(sout)}")
     src_dims = [src_shape[a] for a in src_axes]
     dst_dims = [dst_shape[a] for a in dst_axes]
-    if not all(isinstance(d, int) for d in src_dims + dst_dims):
+    if node.op_type == "Flatten" and not all(isinstance(d, int) for d in src_dims + dst_dims):
         walk.fail(f"{node.op_type}: symbolic dimension next to the channel axis")
+    # a batch merged with the channels ([B, 4, ...] <-> [4*B, ...]) is mapped as one period of the merged axis
+    src_dims, dst_dims, src_period, dst_period = static_block(src_dims, dst_dims, walk.period,
+                                                              entry.owner.size, walk)
+    entry_merged = src_period is not None and src_axes.index(entry.axis) == 0
+    if entry_merged != (walk.period is not None) or (entry_merged and src_period != walk.period):
+        walk.fail(f"{node.op_type}: the channel axis does not map onto the merged batch*channel axis")
     carriers = [a for a, d in zip(dst_axes, dst_dims, strict=True) if d != 1]
     if not carriers:
         walk.fail(f"{node.op_type}: no axis carries the channels")
@@ -841,17 +904,20 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     dst_owner = _rows_owner(rows.reshape(-1), dst_dims[k], walk, node.op_type)
     if dst_dims[k] < src_dims[local] and node.op_type == "Reshape":
         walk.mark("attention")  # channels split into (heads, head_dim): the units are heads
-    walk.link(y if not entry.is_output else x, carrier, dst_owner)
+    carrier_period = dst_period if k == 0 else None
+    walk.link(y if not entry.is_output else x, carrier, dst_owner, period=carrier_period)
     # the entry side may gain merged units: re-link it canonically
     back = np.broadcast_to(dst_owner.reshape([-1 if i == k else 1 for i in range(len(dst_dims))]), dst_dims)
     src_rows = np.moveaxis(back.reshape(src_dims), local, 0).reshape(src_dims[local], -1)
-    walk.link(entry.value, entry.axis, _rows_owner(src_rows.reshape(-1), src_dims[local], walk, node.op_type))
+    walk.link(entry.value, entry.axis, _rows_owner(src_rows.reshape(-1), src_dims[local], walk, node.op_type),
+              period=walk.period)
     if node.op_type == "Reshape":
         out_axis = entry.axis if entry.is_output else carrier
         out_owner = entry.owner if entry.is_output else dst_owner
         walk.patch_shape_element(node.inputs[1], out_axis, out_owner, node, reshape_input=x,
                                  allowzero=bool(_attr(node, "allowzero", 0)),
-                                 source=(y, out_axis, 0, out_owner.size))
+                                 source=(y, out_axis, 0, out_owner.size),
+                                 period=walk.period if entry.is_output else carrier_period)
 
 
 def _flattened(sin: tuple, axis: int, name: str) -> tuple:
@@ -899,6 +965,16 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
             blocks.append(([i, i + 1], [j]))
             i, j = i + 2, j + 1
             continue
+        merged = find_merged_block(sin, sout, i, j)  # [B, 32] -> [4*B, 8]
+        if merged is not None:
+            blocks.append((list(range(i, i + 1 + merged[0])), list(range(j, j + 1 + merged[1]))))
+            i, j = i + 1 + merged[0], j + 1 + merged[1]
+            continue
+        merged = find_merged_block(sout, sin, j, i)  # [4*B, 8] -> [B, 32]
+        if merged is not None:
+            blocks.append((list(range(i, i + 1 + merged[1])), list(range(j, j + 1 + merged[0]))))
+            i, j = i + 1 + merged[1], j + 1 + merged[0]
+            continue
         if sin[i] == sout[j] or not (isinstance(sin[i], int) or isinstance(sout[j], int)):
             # equal dims, or two symbolic dims (batch, sequence): paired one to one
             blocks.append(([i], [j]))
@@ -940,6 +1016,12 @@ def _is_product(merged, a, b) -> bool:
         return str(merged) == str(b if a == 1 else a)
     if "*" not in str(merged):
         return False
+    flat = str(merged).replace(" ", "")
+    if not (isinstance(a, int) or isinstance(b, int)):
+        # two symbols, one of them compound ("batch_size*(floor(sequence_length/5) - 1)"): as printed
+        pa, pb = (_factor_text(d) for d in (a, b))
+        if flat in (f"{pa}*{pb}", f"{pb}*{pa}"):
+            return True
     import sympy
 
     # printed, never parsed: dimension names come from the model file and are not evaluated
@@ -947,6 +1029,12 @@ def _is_product(merged, a, b) -> bool:
         return sympy.Integer(d) if isinstance(d, int) else sympy.Symbol(str(d))
 
     return str(merged).replace(" ", "") == str(term(a) * term(b)).replace(" ", "")
+
+
+def _factor_text(d) -> str:
+    """A symbolic dimension as a factor of a printed product: compound expressions in parentheses."""
+    text = str(d).replace(" ", "")
+    return text if text.isidentifier() else f"({text})"
 
 
 def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:
@@ -1179,6 +1267,7 @@ def default_registry() -> RuleRegistry:
     reg.register(("Split",), split)
     reg.register(("Slice",), slice_)
     reg.register(("Gather",), gather)
+    reg.register(("GatherElements",), gather_elements)
     reg.register(POOL_OPS, pool)
     reg.register(("Pad",), pad)
     reg.register(("Expand",), expand)

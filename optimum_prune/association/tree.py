@@ -22,6 +22,8 @@ class TensorSlice:
     constant: bool = False
     leaf: bool = False  # a consumer's input slice (MatMul/Gemm reduction rows, Conv input channels)
     io: str | None = None  # "input" / "output" for graph inputs and outputs
+    merged_with: str | None = None  # the symbolic dimension (batch) merged outside the axis: the axis
+    # repeats ``owner`` that many times (``[batch*heads, ...]``, see association.merged_axes)
 
 
 @dataclass
