@@ -49,6 +49,7 @@ from optimum_prune.passes.normalize import (
     unshare_vectors,
     unshared_elements,
 )
+from optimum_prune.passes.untie import seed_names, shared_computed_tensors, untie
 from optimum_prune.passes.validate import check_generates, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
 from optimum_prune.recovery import repair
@@ -248,14 +249,20 @@ class ORTPruner:
         unshare_vectors(model)
         cached = self._cache.get(io_patterns)
         if cached is not None:
-            shapes, groups = cached
+            shapes, groups, tied = cached
             explicit_split_sizes(model, shapes)
+            untie(model, tied, seed_names(model, shapes))
             return _Prepared(model, shapes, groups)
         shapes = infer_shapes(model)
         if explicit_split_sizes(model, shapes):
             shapes = infer_shapes(model)
         groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
-        self._cache[io_patterns] = (shapes, groups)
+        seeds = seed_names(model, shapes)
+        tied = shared_computed_tensors(model, groups, seeds)
+        if untie(model, tied, seeds):  # layers coupled only through a shared computed tensor (ALiBi)
+            shapes = infer_shapes(model)
+            groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
+        self._cache[io_patterns] = (shapes, groups, tied)
         return _Prepared(model, shapes, groups)
 
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> AnalysisReport:

@@ -1637,6 +1637,44 @@ bo (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+def _bias_layer(i: int, src: str, out: str) -> str:
+    return f"""
+  q{i} = MatMul({src}, Wq{i})
+  k{i} = MatMul({src}, Wk{i})
+  v{i} = MatMul({src}, Wv{i})
+  q{i}_h = Reshape(q{i}, hd_shape)
+  k{i}_h = Reshape(k{i}, hd_shape)
+  v{i}_h = Reshape(v{i}, hd_shape)
+  q{i}_t = Transpose<perm = [0, 2, 1, 3]>(q{i}_h)
+  k{i}_t = Transpose<perm = [0, 2, 3, 1]>(k{i}_h)
+  v{i}_t = Transpose<perm = [0, 2, 1, 3]>(v{i}_h)
+  s{i} = MatMul(q{i}_t, k{i}_t)
+  b{i} = Add(s{i}, bias)
+  p{i} = Softmax<axis = -1>(b{i})
+  c{i} = MatMul(p{i}, v{i}_t)
+  c{i}_t = Transpose<perm = [0, 2, 1, 3]>(c{i})
+  m{i} = Reshape(c{i}_t, mg_shape)
+  o{i} = MatMul(m{i}, Wo{i})
+  {out} = Add({src}, o{i})
+"""
+
+
+# Two attention layers (3 heads x 4) that add the same computed bias, slopes[3,1,1] * pos[B,1,1,S] (BLOOM's
+# ALiBi, built once for all layers). Without a private copy per layer, both layers' heads are one group.
+def shared_bias_layers(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = f"""
+sb (float[B, S, 12] x, float[B, 1, 1, S] pos) => (float[B, S, 12] y) {{
+  bias = Mul(slopes, pos)
+{_bias_layer(1, "x", "h")}{_bias_layer(2, "h", "y")}}}
+"""
+    inits = {"slopes": _vec(rng, 3, 1, 1, scale=1.0), "hd_shape": _i64(0, 0, 3, 4),
+             "mg_shape": _i64(0, 0, 12)}
+    for i in (1, 2):
+        inits.update({f"W{n}{i}": _mat(rng, 12, 12) for n in "qkvo"})
+    return _build(text, inits)
+
+
 # --------------------------------------------------------------------------------------------
 # com.microsoft contrib ops (all verified to run on the onnxruntime 1.31 CPU EP)
 # --------------------------------------------------------------------------------------------

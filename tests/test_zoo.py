@@ -121,6 +121,41 @@ def test_beit_heads_prune_with_their_relative_position_bias(zoo_root, tmp_path):
     assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_bloom_heads_prune_per_layer_through_batch_merged_alibi_attention(zoo_root, tmp_path, fused):
+    """BLOOM folds heads into the batch ([batch*heads, seq, head_dim]) and adds one ALiBi bias, built once,
+    to every layer: the merged axis is tracked per period, and each layer gets its own copy of the bias, so
+    the two layers lose their heads independently (a shared bias would couple them into one group)."""
+    src = export_zoo_model("bloom", zoo_root, fused=fused)
+    groups = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.kind == "heads"]
+    assert len(groups) == 2 and all(g.prunable and g.units == 4 for g in groups), groups
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 4  # 2 of 4 heads in each of the 2 layers
+    for batch in (1, 3):  # the patched batch*heads products and batch = dim / heads reads, at two batches
+        result = verify(src, out, dims={"batch": batch})
+        assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+    import torch
+
+    tokens = load_ort_model("bloom", out).generate(
+        torch.tensor([[1, 2, 3, 4], [1, 5, 6, 7]]), attention_mask=torch.ones(2, 4, dtype=torch.long),
+        max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert tokens.shape == (2, 7)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_deberta_v2_heads_prune_with_their_relative_position_lookups(zoo_root, tmp_path, fused):
+    """DeBERTa-v2 tiles its relative-position keys over batch*heads and gathers them with GatherElements on
+    the merged axis; its heads prune exactly at several batch sizes and sequence lengths."""
+    src = export_zoo_model("deberta-v2", zoo_root, fused=fused)
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 4  # 2 of 4 heads in each of the 2 layers
+    for batch, seq in ((1, 3), (3, 20)):
+        result = verify(src, out, dims={"batch": batch, "sequence": seq})
+        assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+
+
 def test_kv_head_pruning_refused_when_the_config_cannot_describe_the_cache(zoo_root, tmp_path):
     src = export_zoo_model("gpt2", zoo_root, with_past=True)
     with pytest.raises(ConfigError, match="no key/value-head count"):

@@ -1,0 +1,155 @@
+"""Private copies of computed tensors that several layers' channels run through.
+
+BLOOM builds its ALiBi bias once, ``slopes[heads, 1] * positions``, reshaped to ``[batch*heads, 1, seq]``,
+and adds that one tensor to the scores of every layer. A walk from layer 0's heads reaches the bias, and
+from it every other layer's scores: all layers end up in one group and could only lose the same heads.
+The bias depends on graph inputs and small constants only (no weight), so each consumer can have its own
+copy of the subgraph that computes it; the layers then prune independently. The model computes the same
+function; the copied constants are marked like :func:`~optimum_prune.passes.normalize.unshare_vectors`'s
+copies, so they are not counted as parameters and equal copies are shared again after pruning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from optimum_prune.association.builder import find_seeds
+from optimum_prune.association.tree import PruningGroup
+from optimum_prune.graph import Shape
+from optimum_prune.passes.normalize import _copy_initializer
+
+_MAX_CONE_NODES = 256
+_MAX_CONSTANT_ELEMENTS = 4096
+
+
+def seed_names(model: ir.Model, shapes: dict[str, Shape]) -> set[str]:
+    """Names of the constant weights that root groups (MatMul/Gemm/Conv weights, embedding tables)."""
+    return {value.name for value, _ in find_seeds(model, shapes)}
+
+
+def shared_computed_tensors(model: ir.Model, groups: list[PruningGroup], seeds: set[str]) -> list[str]:
+    """Names of the activations a prunable group tracks that have several consumers and are computed from
+    graph inputs and small constants only (no ``seeds`` weight, no table), latest in graph order first."""
+    values = _values(model)
+    order = {name: i for i, name in enumerate(values)}
+    found: set[str] = set()
+    for group in groups:
+        if not group.prunable:
+            continue  # untying cannot make a refused group prunable
+        for s in group.slices:
+            value = values.get(s.name)
+            if (s.constant or value is None or s.name in found or len(value.uses()) < 2
+                    or value.is_graph_output() or value.is_graph_input()):
+                continue
+            if weightless_cone(value, seeds) is not None:
+                found.add(s.name)
+    return sorted(found, key=lambda n: -order[n])
+
+
+def weightless_cone(value: ir.Value, seeds: set[str]) -> list[ir.Node] | None:
+    """The nodes computing ``value`` back to graph inputs and constants; None when the subgraph reads a
+    weight in ``seeds`` or a constant that is not small (:func:`_small_constant`), has a subgraph
+    attribute, or is too large."""
+    nodes: dict[int, ir.Node] = {}
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        node = v.producer()
+        if node is None:
+            if v.const_value is not None and (v.name in seeds or not _small_constant(v.const_value)):
+                return None
+            continue  # a graph input or an initializer
+        if id(node) in nodes:
+            continue
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            return None
+        if node.op_type == "Constant" and (node.outputs[0].name in seeds or not _small_constant(
+                node.attributes["value"].value if "value" in node.attributes else None)):
+            return None
+        nodes[id(node)] = node
+        if len(nodes) > _MAX_CONE_NODES:
+            return None
+        stack.extend(i for i in node.inputs if i is not None)
+    return list(nodes.values())
+
+
+def _small_constant(tensor) -> bool:
+    """A constant the copies may duplicate: an integer or a vector of at most a few thousand elements
+    (ALiBi slopes ``[heads, 1]``), never a table (position embeddings, relative-position tables)."""
+    if tensor is None:
+        return False
+    shape = [int(d) for d in tensor.shape]
+    if int(np.prod(shape)) > _MAX_CONSTANT_ELEMENTS:
+        return False
+    return not tensor.dtype.is_floating_point() or sum(d > 1 for d in shape) <= 1
+
+
+def untie(model: ir.Model, names: list[str], seeds: set[str]) -> int:
+    """Give every consumer of each tensor in ``names`` but the first its own copy of the subgraph that
+    computes it (see :func:`shared_computed_tensors`). Deterministic; returns the copies made."""
+    graph = model.graph
+    values = _values(model)
+    copies = 0
+    for name in names:
+        value = values.get(name)
+        if value is None:
+            continue
+        cone = weightless_cone(value, seeds)
+        if cone is None:
+            continue
+        order = {id(n): i for i, n in enumerate(graph)}
+        cone.sort(key=lambda n: order[id(n)])
+        uses = sorted(value.uses(), key=lambda u: (u.node.name or "", u.idx))
+        for k, use in enumerate(uses[1:], start=1):
+            clone = _clone_cone(graph, cone, value, f"__untie{k}")
+            use.node.replace_input_with(use.idx, clone[0])
+            graph.insert_before(use.node, clone[1])
+            copies += 1
+    return copies
+
+
+def _clone_cone(graph: ir.Graph, cone: list[ir.Node], value: ir.Value,
+                suffix: str) -> tuple[ir.Value, list[ir.Node]]:
+    mapped: dict[int, ir.Value] = {}
+
+    def source(v: ir.Value | None) -> ir.Value | None:
+        if v is None:
+            return None
+        if id(v) in mapped:
+            return mapped[id(v)]
+        if v.producer() is None and v.const_value is not None and not v.is_graph_input():
+            copy = _copy_initializer(graph, v, f"{v.name}{suffix}", copy_of=v.name)
+            mapped[id(v)] = copy
+            return copy
+        return v  # a graph input: shared
+
+    new_nodes: list[ir.Node] = []
+    for node in cone:
+        inputs = [source(i) for i in node.inputs]
+        attributes = [_copy_attribute(a) for a in node.attributes.values()]
+        clone = ir.Node(node.domain, node.op_type, inputs=inputs, attributes=attributes,
+                        name=f"{node.name}{suffix}", num_outputs=len(node.outputs), version=node.version,
+                        overload=node.overload)
+        for old, new in zip(node.outputs, clone.outputs, strict=True):
+            new.name = f"{old.name}{suffix}" if old.name else ""
+            new.type = old.type
+            new.shape = old.shape
+            mapped[id(old)] = new
+        new_nodes.append(clone)
+    return mapped[id(value)], new_nodes
+
+
+def _copy_attribute(attr: ir.Attr) -> ir.Attr:
+    if attr.type == ir.AttributeType.TENSOR:
+        return ir.AttrTensor(attr.name, ir.tensor(np.array(attr.value.numpy())))
+    return attr
+
+
+def _values(model: ir.Model) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {}
+    for node in model.graph:
+        for out in node.outputs:
+            if out.name:
+                values[out.name] = out
+    return values
