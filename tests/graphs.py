@@ -1537,8 +1537,9 @@ bm (float[B, S, 8] x, float[B, 1, S] pos) => (float[B, S, 6] y) {{
 # over the batch (repeats = Shape(q_m)[0] / 3) into [3B, R, 4]; q_m @ it^T gives [3B, S, R], and
 # GatherElements picks one relative position per (query, key) with indices [1,S,S] expanded to
 # [Shape(q_m)[0], S, S] (the merged dimension read at run time).
-def batch_merged_tile_gather(seed: int = 0) -> onnx.ModelProto:
+def batch_merged_tile_gather(seed: int = 0, *, count_from_input: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
+    count = "Gather<axis = 0>(sh, i0)" if count_from_input else "Div(qb, n_heads)"  # the batch read from x, or (3B) / 3
     text = f"""
 bt (float[B, S, 8] x, float[6, 8] rel, float[1, S, S] u) => (float[B, S, 6] y) {{
 {_MERGED_QKV}
@@ -1547,7 +1548,7 @@ bt (float[B, S, 8] x, float[6, 8] rel, float[1, S, S] u) => (float[B, S, 6] y) {
   pk_t = Transpose<perm = [1, 0, 2]>(pk_h)
   qsh = Shape(q_m)
   qb = Gather<axis = 0>(qsh, i0)
-  reps = Div(qb, n_heads)
+  reps = {count}
   reps1 = Unsqueeze(reps, ax0)
   tile_reps = Concat<axis = 0>(reps1, one, one)
   pk_m = Tile(pk_t, tile_reps)
@@ -1574,6 +1575,11 @@ bt (float[B, S, 8] x, float[6, 8] rel, float[1, S, S] u) => (float[B, S, 6] y) {
 # torch.nn.functional.multi_head_attention_forward: x[S,B,8] -> q/k/v [S,B,12] -> Reshape([S, B*3, 4]) (the
 # 12 channels split into 3 heads folded into the batch in one Reshape) -> Transpose to [3B, S, 4] -> attention
 # -> Transpose back to [S, 3B, 4] -> Reshape([S, B, 12]).
+# the same, with the Tile's repeat count read from the input's batch dimension (no divisor to patch)
+def batch_merged_tile_batch_read(seed: int = 0) -> onnx.ModelProto:
+    return batch_merged_tile_gather(seed, count_from_input=True)
+
+
 def batch_merged_seq_first(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     heads = "".join(f"""
@@ -2032,6 +2038,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("mqa_block", mqa_block, "heads"),
     ("batch_merged_heads", batch_merged_heads, "heads"),
     ("batch_merged_tile_gather", batch_merged_tile_gather, "heads"),
+    ("batch_merged_tile_batch_read", batch_merged_tile_batch_read, "heads"),
     ("batch_merged_seq_first", batch_merged_seq_first, "heads"),
     ("batch_merged_heads_outer", batch_merged_heads_outer, "heads"),
     ("ms_attention", ms_attention, "heads"),

@@ -182,10 +182,13 @@ class Walk:
         """
         self.end_checks.setdefault(key, (node, check))
 
-    def require_merged(self, value: ir.Value, axis: int, period: str) -> None:
-        """Refuse the group unless ``value``'s ``axis`` is tracked, merged with ``period`` (an end check)."""
+    def require_merged(self, value: ir.Value, axis: int, period: str, like: tuple[str, int]) -> None:
+        """Refuse the group unless ``value``'s ``axis`` is tracked, merged with ``period``, with the same
+        positions as the tracked axis ``like`` (an end check: a count read from one sets the other)."""
         key = (value.name, axis)
-        if key not in self.owners or self.periods.get(key) != period:
+        same = (key in self.owners and self.periods.get(key) == period and like in self.owners
+                and np.array_equal(self.units.find(self.owners[key]), self.units.find(self.owners[like])))
+        if not same:
             self.fail(f"the merged {period}*channel dimension read at run time sets axis {axis} of "
                       f"'{value.name}', which does not hold those channels")
 
@@ -381,9 +384,11 @@ class Walk:
         start = int(shape_node.attributes["start"].value) if "start" in shape_node.attributes else 0
         rank = self.rank(x)
         axis = (start + rank if start < 0 else start) + index
-        period = self._trace_period
-        self.check_at_end(("merged source", x.name, axis), shape_node,
-                          lambda: self.require_merged(x, axis, period))
+        period, target = self._trace_period, self._source
+        if target is None:
+            self.fail("a merged batch*channel element read at run time for an untracked axis")
+        self.check_at_end(("merged source", x.name, axis, target[0], target[1]), shape_node,
+                          lambda: self.require_merged(x, axis, period, (target[0], target[1])))
 
     def run(self, seed: ir.Value, axis: int) -> None:
         """Walk from ``seed``'s ``axis`` to a fixpoint."""
@@ -461,9 +466,10 @@ def _is_marker_fill(where: ir.Node, branch: ir.Value) -> bool:
     into a constant: the ones replace only the -1 markers, so the element is the other branch's."""
     arr = const_array(branch)
     cond = where.inputs[0].producer() if where.inputs[0] is not None else None
-    if arr is None or not (arr == 1).all() or cond is None or cond.op_type != "Equal":
+    if arr is None or not (arr == 1).all() or cond is None or cond.op_type != "Equal" \
+            or branch is not where.inputs[1]:
         return False
-    other = where.inputs[2] if branch is where.inputs[1] else where.inputs[1]
+    other = where.inputs[2]
     if other not in cond.inputs:
         return False
     marker = cond.inputs[1] if cond.inputs[0] is other else cond.inputs[0]

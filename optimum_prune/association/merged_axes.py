@@ -158,11 +158,13 @@ def follow_merged_read(walk: Walk, shape_node: ir.Node, axis: int, owner: np.nda
     end = _norm(int(_attr(shape_node, "end", rank)), rank) if "end" in shape_node.attributes else rank
     if not start <= axis < min(end, rank):
         return
-    _follow(walk, shape_node.outputs[0], axis - start, owner, period, 0)
+    _follow(walk, shape_node.outputs[0], axis - start, owner, period, (shape_node.inputs[0].name, axis), 0)
 
 
-def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, period: str, depth: int) -> None:
-    """``index``: the element of ``vec`` holding the merged dimension (None: ``vec`` is that scalar)."""
+def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, period: str,
+            read: tuple[str, int], depth: int) -> None:
+    """``index``: the element of ``vec`` holding the merged dimension (None: ``vec`` is that scalar);
+    ``read``: the (tensor, axis) it was read from."""
     if depth > 16:
         walk.fail("the merged batch*channel dimension is read through too many ops")
     for use in vec.uses():
@@ -180,7 +182,8 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
                           "index")
             hits = [k for k, i in enumerate(flat) if i == index]
             if hits:
-                _follow(walk, node.outputs[0], None if idx.ndim == 0 else hits[0], owner, period, depth + 1)
+                element = None if idx.ndim == 0 else hits[0]
+                _follow(walk, node.outputs[0], element, owner, period, read, depth + 1)
             continue
         if op == "Slice" and slot == 0 and index is not None:
             bounds = _slice_range(walk, node, vec)
@@ -188,12 +191,12 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
                 walk.fail(f"the merged batch*channel dimension is read by Slice '{node.name}' with computed "
                           "bounds")
             if bounds[0] <= index < bounds[1]:
-                _follow(walk, node.outputs[0], index - bounds[0], owner, period, depth + 1)
+                _follow(walk, node.outputs[0], index - bounds[0], owner, period, read, depth + 1)
             continue
         if op in _PASS_THROUGH:
             out = node.outputs[0]
             rank = walk.rank(out)
-            _follow(walk, out, None if rank == 0 else (index or 0), owner, period, depth + 1)
+            _follow(walk, out, None if rank == 0 else (index or 0), owner, period, read, depth + 1)
             continue
         if op == "Concat":
             offset = 0
@@ -204,7 +207,7 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
                 if n is None:
                     walk.fail(f"shape Concat '{node.name}' with a piece of unknown length")
                 offset += n
-            _follow(walk, node.outputs[0], offset + (index or 0), owner, period, depth + 1)
+            _follow(walk, node.outputs[0], offset + (index or 0), owner, period, read, depth + 1)
             continue
         if op == "Div" and slot == 0 and _divides_by_period(walk, node, owner, index):
             continue
@@ -212,12 +215,12 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
             continue  # the vector's length, or the exporters' ``Where(shape == -1, 1, shape)`` test
         flat_reshape = op == "Reshape" and slot == 0 and walk.rank(node.outputs[0]) == walk.rank(vec) == 1
         if (op == "Where" and slot in (1, 2)) or flat_reshape:
-            _follow(walk, node.outputs[0], index, owner, period, depth + 1)
+            _follow(walk, node.outputs[0], index, owner, period, read, depth + 1)
             continue
         if op in ("Reshape", "Expand") and slot == 1 and index is not None:
             out, element = node.outputs[0], index
             walk.check_at_end(("merged read", node.name, element), node,
-                              lambda out=out, element=element: walk.require_merged(out, element, period))
+                              lambda out=out, e=element: walk.require_merged(out, e, period, read))
             continue
         walk.fail(f"the merged batch*channel dimension read at run time flows into {op} '{node.name}'")
 

@@ -682,9 +682,8 @@ def gather_elements(node: ir.Node, entry: Entry, walk: Walk) -> None:
     axis = _norm_axis(int(_attr(node, "axis", 0)), walk.rank(data))
     if entry.axis == axis:
         walk.fail("GatherElements gathers along the channel axis")
-    for value in (data, idx, y):
-        if walk.dim(value, entry.axis) != 1 or value is entry.value:
-            walk.link(value, entry.axis, entry.owner)
+    for value in (data, idx, y):  # no broadcasting: indices and output have the data's other dimensions
+        walk.link(value, entry.axis, entry.owner)
 
 
 def pool(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -817,7 +816,68 @@ def _tiles_into_batch(node: ir.Node, entry: Entry, walk: Walk) -> bool:
     if not symbol.isidentifier() or not split_symbol(dim, symbol, entry.owner.size):
         return False
     walk.link(y, entry.axis, entry.owner, period=symbol)
+    _check_repeat_count(node, entry.axis, symbol, walk)
     return True
+
+
+def _check_repeat_count(node: ir.Node, axis: int, symbol: str, walk: Walk) -> None:
+    """The repeat count of a Tile into the batch must stay the batch once pruned: read from an axis of
+    that size which keeps it, or ``Shape(t)[k] / c`` with ``t``'s axis ``k`` merged in this group (whose
+    divisor ``c`` is then patched where that read is followed)."""
+    from optimum_prune.association.merged_axes import read_source
+
+    value = node.inputs[1]
+    source = read_source(walk, value, axis)
+    if source is not None and walk.dim(*source) == symbol:
+        tensor, k = source
+
+        def keeps_size() -> None:
+            if (tensor.name, k) in walk.owners:
+                walk.fail("Tile's repeat count is read from a dimension that shrinks with the group")
+
+        walk.check_at_end(("tile count", node.name), node, keeps_size)
+        return
+    div = _through_pieces(value, axis, walk)
+    if div is not None and div.op_type == "Div":
+        read = read_source(walk, div.inputs[0], 0)
+        if read is not None:
+            tensor, k = read
+            walk.check_at_end(("tile count", node.name), node,
+                              lambda: _merged_in_group(walk, tensor, k, symbol))
+            return
+    walk.fail("Tile into the batch with a repeat count computed another way")
+
+
+def _merged_in_group(walk: Walk, tensor: ir.Value, axis: int, symbol: str) -> None:
+    if walk.periods.get((tensor.name, axis)) != symbol:
+        walk.fail("Tile's repeat count divides a dimension that is not merged with the batch in this group")
+
+
+def _through_pieces(value: ir.Value, index: int, walk: Walk) -> ir.Node | None:
+    """The node computing element ``index`` of a shape vector, through Concat, Unsqueeze, Cast, Identity."""
+    for _ in range(16):
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type == "Concat":
+            offset = 0
+            for inp in node.inputs:
+                shape = walk.shape(inp)
+                if shape is None or not all(isinstance(d, int) for d in shape):
+                    return None
+                n = int(np.prod(shape))
+                if index < offset + n:
+                    value, index = inp, index - offset
+                    break
+                offset += n
+            else:
+                return None
+            continue
+        if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+            value, index = node.inputs[0], 0
+            continue
+        return node
+    return None
 
 
 def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
