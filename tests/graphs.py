@@ -1539,7 +1539,8 @@ bm (float[B, S, 8] x, float[B, 1, S] pos) => (float[B, S, 6] y) {{
 # [Shape(q_m)[0], S, S] (the merged dimension read at run time).
 def batch_merged_tile_gather(seed: int = 0, *, count_from_input: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
-    count = "Gather<axis = 0>(sh, i0)" if count_from_input else "Div(qb, n_heads)"  # the batch read from x, or (3B) / 3
+    # the repeat count: the batch read from x, or (3B) / 3 read from the merged q
+    count = "Gather<axis = 0>(sh, i0)" if count_from_input else "Div(qb, n_heads)"
     text = f"""
 bt (float[B, S, 8] x, float[6, 8] rel, float[1, S, S] u) => (float[B, S, 6] y) {{
 {_MERGED_QKV}
