@@ -1615,6 +1615,59 @@ sf (float[S, B, 8] x) => (float[S, B, 6] y) {{
     return _build(text, inits)
 
 
+# ConvBERT-style: heads folded inside batch*seq. v[B,S,12] -> Reshape([-1, 4, 1]) = [3*B*S, 4, 1] (3 heads of
+# 4), a per-head weight k[B,S,3] -> Reshape([-1, 1, 1]) = [3*B*S, 1, 1], their batched product, then
+# Reshape([-1, 12]) = [B*S, 12] and back to [B, S, 12]. The period symbol is the product B*S.
+def batch_seq_merged_heads(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+bs (float[B, S, 8] x) => (float[B, S, 6] y) {
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  s = Gather<axis = 0>(sh, i1)
+  b1 = Unsqueeze(b, ax0)
+  s1 = Unsqueeze(s, ax0)
+  out_shape = Concat<axis = 0>(b1, s1, width)
+  v = MatMul(x, Wv)
+  v_m = Reshape(v, fold_v)
+  k0 = MatMul(x, Wk)
+  k = Sigmoid(k0)
+  k_m = Reshape(k, fold_k)
+  p = MatMul(v_m, k_m)
+  p2 = Reshape(p, flat)
+  p3 = Reshape(p2, out_shape)
+  y = MatMul(p3, Wo)
+}
+"""
+    inits = {"i0": _SCALAR0, "i1": _SCALAR1, "ax0": _i64(0), "width": _i64(12), "fold_v": _i64(-1, 4, 1),
+             "fold_k": _i64(-1, 1, 1), "flat": _i64(-1, 12), "Wv": _mat(rng, 8, 12), "Wk": _mat(rng, 8, 3),
+             "Wo": _mat(rng, 12, 6)}
+    return _build(text, inits)
+
+
+# Two groups' heads side by side: h1, h2 [B,S,2,4] (separate projections) -> Concat(axis=2) -> [B,S,4,4]
+# -> Reshape([0, 0, 16]). The 16 counts both groups' positions (disjoint halves): it shrinks by the sum of
+# their removals, so both groups stay prunable.
+def concat_groups_one_reshape(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+cg (float[B, S, 8] x) => (float[B, S, 6] y) {
+  v1 = MatMul(x, W1)
+  h1 = Reshape(v1, hd_shape)
+  a1 = Softmax<axis = -1>(h1)
+  v2 = MatMul(x, W2)
+  h2 = Reshape(v2, hd_shape2)
+  a2 = Softmax<axis = -1>(h2)
+  c = Concat<axis = 2>(a1, a2)
+  m = Reshape(c, mg_shape)
+  y = MatMul(m, Wo)
+}
+"""
+    inits = {"hd_shape": _i64(0, 0, 2, 4), "hd_shape2": _i64(0, 0, 2, 4), "mg_shape": _i64(0, 0, 16),
+             "W1": _mat(rng, 8, 8), "W2": _mat(rng, 8, 8), "Wo": _mat(rng, 16, 6)}
+    return _build(text, inits)
+
+
 # Heads folded *outside* the batch ([B,3,S,4] -> Transpose -> [3,B,S,4] -> Reshape([3*B, S, 4])): the merged
 # axis holds each head's rows contiguously, not one period per batch item, and its dimension prints as 3*B
 # all the same. Refused.
@@ -2041,6 +2094,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("batch_merged_tile_gather", batch_merged_tile_gather, "heads"),
     ("batch_merged_tile_batch_read", batch_merged_tile_batch_read, "heads"),
     ("batch_merged_seq_first", batch_merged_seq_first, "heads"),
+    ("batch_seq_merged_heads", batch_seq_merged_heads, "heads"),
+    ("concat_groups_one_reshape", concat_groups_one_reshape, "heads"),
     ("batch_merged_heads_outer", batch_merged_heads_outer, "heads"),
     ("ms_attention", ms_attention, "heads"),
     ("ms_multihead_attention", ms_multihead_attention, "heads"),

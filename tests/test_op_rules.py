@@ -70,3 +70,22 @@ def test_oracle_detects_a_missed_consumer(tmp_path):
     onnx.save(pruned, out / "model.onnx")
     result = verify(src, out, inputs=make_inputs(model))
     assert result.max_rel_error > RELATIVE_TOLERANCE
+
+
+def test_groups_counted_by_one_shape_element_both_prune(tmp_path):
+    """Two groups' heads concatenated, then one Reshape whose target counts both: the element shrinks by
+    the sum of their removals, so neither group is refused for sharing it."""
+    model, src = _write(tmp_path, "concat_groups_one_reshape")
+    heads = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.kind == "heads"]
+    assert len(heads) == 2 and all(g.prunable for g in heads), [(g.seed, g.reason) for g in heads]
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 2  # one of two heads in each group
+    assert verify(src, out, inputs=make_inputs(model)).exact_groups
+
+
+def test_heads_merged_inside_batch_times_sequence_are_tracked_per_period(tmp_path):
+    _, src = _write(tmp_path, "batch_seq_merged_heads")
+    heads = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.kind == "heads"]
+    merged = {s.merged_with for g in heads for s in g.slices if s.merged_with}
+    assert merged == {"B*S"}, merged

@@ -559,7 +559,9 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
     registry = registry or default_registry()
     groups: list[PruningGroup] = []
     claimed: set[tuple[str, int]] = set()
-    patch_owner: dict[tuple[str, str, int, str], int] = {}
+    # groups patching one element count disjoint positions of the axis it sets (a Concat of two groups'
+    # heads): the element then shrinks by the sum of their removals
+    patch_owner: dict[tuple[str, str, int, str], list[tuple[int, np.ndarray]]] = {}
     claim_owner: dict[tuple, int] = {}
     for seed, axis in find_seeds(model, shapes):
         if (seed.name, axis) in claimed:
@@ -577,10 +579,11 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
         if group.prunable:
             for p in group.patches:
                 key = (p.kind, p.target, p.index, p.attribute)
-                if key in patch_owner:
+                other = next((gid for gid, owner in patch_owner.get(key, ())
+                              if owner.size != p.owner.size or ((owner >= 0) & (p.owner >= 0)).any()), None)
+                if other is not None:
                     group.prunable = False
-                    group.reason = (f"shares the shape element {p.target}[{p.index}] with group "
-                                    f"{patch_owner[key]}")
+                    group.reason = f"shares the shape element {p.target}[{p.index}] with group {other}"
                     break
             else:
                 for key in sorted(walk.claims, key=repr):
@@ -590,7 +593,8 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
                         break
                 else:
                     for p in group.patches:
-                        patch_owner[(p.kind, p.target, p.index, p.attribute)] = group.id
+                        patch_owner.setdefault((p.kind, p.target, p.index, p.attribute), []).append(
+                            (group.id, p.owner))
                     for key in walk.claims:
                         claim_owner[key] = group.id
         groups.append(group)

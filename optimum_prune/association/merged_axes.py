@@ -45,25 +45,50 @@ def split_symbol(merged, symbol, factor: int) -> bool:
     return not isinstance(symbol, int) and factor > 1 and _is_product(merged, symbol, factor)
 
 
-def find_merged_block(outer: list, merged: list, i: int, j: int) -> tuple[int, int] | None:
-    """A block ``outer[i : i+1+k]`` = ``[S, a1..ak]`` against ``merged[j : j+1+l]`` = ``[c*S, b1..bl]``
-    with static ``a``, ``b`` and ``c * prod(b) == prod(a)`` (``[B, 32]`` against ``[4*B, 8]``): ``(k, l)``,
-    the shortest such block, or None."""
-    s, m = outer[i], merged[j]
-    if isinstance(s, int) or isinstance(m, int) or s == m:
+def symbol_product(dims: list) -> str | None:
+    """The period symbol of a run of symbolic dimensions merged together: the dimension itself, or the
+    product of plain names as sympy prints it (``batch_size*sequence_length``); None for compound names,
+    which are never parsed."""
+    if len(dims) == 1:
+        return str(dims[0])
+    if not all(isinstance(d, str) and d.isidentifier() for d in dims):
         return None
-    for k in range(1, len(outer) - i):
-        a_dims = outer[i + 1:i + 1 + k]
-        if not all(isinstance(d, int) for d in a_dims):
-            return None
-        a = int(np.prod(a_dims))
-        for l_ in range(0, len(merged) - j):
-            b_dims = merged[j + 1:j + 1 + l_]
-            if not all(isinstance(d, int) for d in b_dims):
+    import sympy
+
+    return str(sympy.Mul(*(sympy.Symbol(d) for d in dims)))
+
+
+def _leading_symbols(dims: list) -> int:
+    n = 0
+    while n < len(dims) and not isinstance(dims[n], int):
+        n += 1
+    return n
+
+
+def find_merged_block(outer: list, merged: list, i: int, j: int) -> tuple[int, int] | None:
+    """A block ``outer[i : i+r+k]`` = ``[S1..Sr, a1..ak]`` against ``merged[j : j+1+l]`` =
+    ``[c*S1*..*Sr, b1..bl]`` with static ``a``, ``b`` and ``c * prod(b) == prod(a)`` (``[B, 32]`` against
+    ``[4*B, 8]``; ConvBERT's ``[B, S, 16, 3]`` against ``[2*B*S, 8, 3]``): the lengths of both sides of the
+    shortest such block, or None."""
+    m = merged[j] if j < len(merged) else None
+    if m is None or isinstance(m, int):
+        return None
+    for r in range(1, _leading_symbols(outer[i:]) + 1):
+        symbol = symbol_product(outer[i:i + r])
+        if symbol is None or symbol == str(m):
+            continue
+        for k in range(1, len(outer) - i - r + 1):
+            a_dims = outer[i + r:i + r + k]
+            if not all(isinstance(d, int) for d in a_dims):
                 break
-            b = int(np.prod(b_dims)) if b_dims else 1
-            if b and a % b == 0 and split_symbol(m, s, a // b):
-                return k, l_
+            a = int(np.prod(a_dims))
+            for l_ in range(0, len(merged) - j):
+                b_dims = merged[j + 1:j + 1 + l_]
+                if not all(isinstance(d, int) for d in b_dims):
+                    break
+                b = int(np.prod(b_dims)) if b_dims else 1
+                if b and a % b == 0 and split_symbol(m, symbol, a // b):
+                    return r + k, 1 + l_
     return None
 
 
@@ -71,31 +96,33 @@ def static_block(src: list, dst: list, entry_period: str | None, owner_size: int
                  walk: Walk) -> tuple[list[int], list[int], str | None, str | None]:
     """A Reshape block's dimensions with its merged axis made static, for the channel mapping.
 
-    Returns ``(src, dst, src_period, dst_period)``: each side's dimensions with the period symbol ``S``
-    replaced by 1 and the merged dimension ``c*S`` by ``c``, and the period symbol of each side whose
-    first axis is the merged one (None for a side without it). A block without symbols comes back as is;
-    any other symbolic form refuses the group.
+    Returns ``(src, dst, src_period, dst_period)``: each side's dimensions with the symbols ``S..`` of the
+    period replaced by 1 and the merged dimension ``c*S..`` by ``c``, and the period symbol of each side
+    whose first axis is the merged one (None for a side without it). A block without symbols comes back as
+    is; any other symbolic form refuses the group.
     """
     if all(isinstance(d, int) for d in src + dst):
         return list(src), list(dst), None, None
     if entry_period is not None and len(src) == len(dst) == 1 and src[0] == dst[0]:
         return [owner_size], [owner_size], entry_period, entry_period  # [c*B, ...] -> [c*B, ...]
-    head_only = all(isinstance(d, int) for d in src[1:] + dst[1:])
-    if head_only and not isinstance(src[0], int) and not isinstance(dst[0], int):
-        for outer, merged, outer_is_src in ((src, dst, True), (dst, src, False)):
-            rest_outer = int(np.prod(outer[1:])) if len(outer) > 1 else 1
-            rest_merged = int(np.prod(merged[1:])) if len(merged) > 1 else 1
-            if not rest_merged or rest_outer % rest_merged:
-                continue
-            factor = rest_outer // rest_merged
-            if not split_symbol(merged[0], outer[0], factor):
-                continue
-            new_outer = [1] + list(outer[1:])
-            new_merged = [factor] + list(merged[1:])
-            symbol = str(outer[0])
-            if outer_is_src:
-                return new_outer, new_merged, None, symbol
-            return new_merged, new_outer, symbol, None
+    for outer, merged, outer_is_src in ((src, dst, True), (dst, src, False)):
+        r = _leading_symbols(outer)
+        static_rest = all(isinstance(d, int) for d in outer[r:] + merged[1:])
+        if not r or _leading_symbols(merged) != 1 or not static_rest:
+            continue
+        symbol = symbol_product(outer[:r])
+        rest_outer = int(np.prod(outer[r:])) if len(outer) > r else 1
+        rest_merged = int(np.prod(merged[1:])) if len(merged) > 1 else 1
+        if symbol is None or not rest_merged or rest_outer % rest_merged:
+            continue
+        factor = rest_outer // rest_merged
+        if not split_symbol(merged[0], symbol, factor):
+            continue
+        new_outer = [1] * r + list(outer[r:])
+        new_merged = [factor] + list(merged[1:])
+        if outer_is_src:
+            return new_outer, new_merged, None, symbol
+        return new_merged, new_outer, symbol, None
     walk.fail("Reshape: symbolic dimension next to the channel axis")
     raise AssertionError("unreachable")
 

@@ -1027,13 +1027,13 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
             continue
         merged = find_merged_block(sin, sout, i, j)  # [B, 32] -> [4*B, 8]
         if merged is not None:
-            blocks.append((list(range(i, i + 1 + merged[0])), list(range(j, j + 1 + merged[1]))))
-            i, j = i + 1 + merged[0], j + 1 + merged[1]
+            blocks.append((list(range(i, i + merged[0])), list(range(j, j + merged[1]))))
+            i, j = i + merged[0], j + merged[1]
             continue
         merged = find_merged_block(sout, sin, j, i)  # [4*B, 8] -> [B, 32]
         if merged is not None:
-            blocks.append((list(range(i, i + 1 + merged[1])), list(range(j, j + 1 + merged[0]))))
-            i, j = i + 1 + merged[1], j + 1 + merged[0]
+            blocks.append((list(range(i, i + merged[1])), list(range(j, j + merged[0]))))
+            i, j = i + merged[1], j + merged[0]
             continue
         if sin[i] == sout[j] or not (isinstance(sin[i], int) or isinstance(sout[j], int)):
             # equal dims, or two symbolic dims (batch, sequence): paired one to one
