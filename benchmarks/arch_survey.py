@@ -56,8 +56,9 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "sew-d": ("SEWDConfig", dict(_AUDIO, max_position_embeddings=64, position_buckets=16, share_att_key=True,
                                  relative_attention=True, pos_att_type=("p2c", "c2p"), squeeze_factor=2),
               "features"),
-    "convbert": ("ConvBertConfig", dict(_TEXT, embedding_size=32, head_ratio=2, conv_kernel_size=3),
-                 "features"),
+    # 8 heads split 4 self-attention + 4 span-convolution heads (head_ratio 2): 30% of 2 rounds to none
+    "convbert": ("ConvBertConfig", dict(_TEXT, num_attention_heads=8, embedding_size=32, head_ratio=2,
+                                        conv_kernel_size=3), "features"),
     "gptj": ("GPTJConfig", dict(_GPT, rotary_dim=4), "causal"),
     "codegen": ("CodeGenConfig", dict(_GPT, n_ctx=64, rotary_dim=4), "causal"),
     "gpt_bigcode": ("GPTBigCodeConfig", dict(_GPT, multi_query=True), "causal"),
