@@ -1,11 +1,13 @@
 """Axes where the batch and a channel axis are merged into one: ``[batch*heads, seq, head_dim]``.
 
-BLOOM, WavLM, DeBERTa-v2, DETR and ``torch.nn.functional.multi_head_attention_forward`` fold the heads
-into the batch before a batched MatMul (``x.reshape(batch * num_heads, seq, head_dim)``). Position
+BLOOM, DeBERTa-v2 and ``torch.nn.functional.multi_head_attention_forward`` (WavLM, ``nn.MultiheadAttention``)
+fold the heads into the batch before a batched MatMul (``x.reshape(batch * num_heads, seq, head_dim)``);
+ConvBERT's span-based convolution folds them into ``batch * sequence``. Position
 ``b * P + p`` of such an axis belongs to channel position ``p`` of batch item ``b``: the axis repeats
 one period of ``P`` positions an unknown number of times. A walk tracks it like any other axis with the
 owner of one period and remembers the symbolic dimension repeated outside it (the batch, the *period
-symbol*). Only ops that treat the axis position by position may touch it (:data:`MERGED_AXIS_OPS`); a
+symbol*; a product of names such as ``batch_size*sequence_length`` for ConvBERT). Only ops that treat the
+axis position by position may touch it (:data:`MERGED_AXIS_OPS`); a
 constant, a static dimension or a graph input/output on it refuses the group.
 
 Two shape forms count the merged axis and are patched: the factor ``c`` of ``batch * c`` in a target
@@ -207,9 +209,8 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
             if any(i < 0 for i in flat):
                 walk.fail(f"the merged batch*channel dimension is read by '{node.name}' with a negative "
                           "index")
-            hits = [k for k, i in enumerate(flat) if i == index]
-            if hits:
-                element = None if idx.ndim == 0 else hits[0]
+            for hit in (k for k, i in enumerate(flat) if i == index):
+                element = None if idx.ndim == 0 else hit
                 _follow(walk, node.outputs[0], element, owner, period, read, depth + 1)
             continue
         if op == "Slice" and slot == 0 and index is not None:
