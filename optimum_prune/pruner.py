@@ -118,6 +118,7 @@ class _Prepared:
     model: ir.Model
     shapes: dict[str, Shape]
     groups: list[PruningGroup] = field(default_factory=list)
+    untied: list[str] = field(default_factory=list)  # tensors given a private copy per consumer (untie)
 
 
 @dataclass
@@ -133,6 +134,7 @@ class PrunedModel:
     params_after: int
     flops_after: int
     repair: object | None = None
+    untied: list[str] = field(default_factory=list)
 
     def report(self, seconds: float, config_notes: list[str]) -> dict:
         """The ``prune`` entry of ``report.json``."""
@@ -150,6 +152,7 @@ class PrunedModel:
             "seconds": round(seconds, 3),
             "config_notes": config_notes,
             **({"repair": self.repair.to_dict()} if self.repair is not None else {}),
+            **({"untied": self.untied} if self.untied else {}),
             "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                        for g, g_plan in zip(self.groups, self.plan.groups, strict=True)],
         }
@@ -252,7 +255,7 @@ class ORTPruner:
             shapes, groups, tied = cached
             explicit_split_sizes(model, shapes)
             untie(model, tied, seed_names(model, shapes))
-            return _Prepared(model, shapes, groups)
+            return _Prepared(model, shapes, groups, tied)
         shapes = infer_shapes(model)
         if explicit_split_sizes(model, shapes):
             shapes = infer_shapes(model)
@@ -263,7 +266,7 @@ class ORTPruner:
             shapes = infer_shapes(model)
             groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
         self._cache[io_patterns] = (shapes, groups, tied)
-        return _Prepared(model, shapes, groups)
+        return _Prepared(model, shapes, groups, tied)
 
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> AnalysisReport:
         """Find every group (kind, prunable units) and why some cannot be pruned."""
@@ -471,7 +474,7 @@ class ORTPruner:
                            params_before=params_before, flops_before=flops_before,
                            params_after=count_parameters(prep.model),
                            flops_after=count_flops(prep.model, infer_shapes(prep.model)),
-                           repair=repair_report)
+                           repair=repair_report, untied=list(prep.untied))
 
     def _copy_side_files(self, dest: Path) -> None:
         copy_side_files(self.folder, dest)

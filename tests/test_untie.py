@@ -32,8 +32,9 @@ def test_layers_sharing_a_computed_bias_get_a_heads_group_each(tmp_path):
     out = pruner.prune(PruningConfig(sparsity=0.34, scope=("heads",)), tmp_path / "pruned")
     report = json.loads((out / "report.json").read_text())["stages"][-1]
     assert report["units_removed"]["heads"] == 2  # one of three heads in each layer
-    # the copied slopes are not parameters of the input model
+    # the copied slopes are not parameters of the input model; the report names the tensor copied
     assert report["params_before"] == count_parameters(ir.from_proto(model))
+    assert report["untied"] == ["bias"]
     result = verify(src, out, inputs=make_inputs(model))
     assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
     pruned = onnx.load(out / "model.onnx")
