@@ -100,8 +100,9 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "yolos": ("YolosConfig", dict(_VISION, image_size=[32, 32], num_detection_tokens=5), "detection"),
     # DETR: a ResNet backbone (transformers', not timm's), then attention on [batch*heads, seq, head_dim]
     "detr": ("DetrConfig", dict(use_timm_backbone=False, use_pretrained_backbone=False,
-                                backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16],
-                                                     depths=[1, 1], out_features=["stage2"]),
+                                backbone_config=dict(model_type="resnet", embedding_size=8,
+                                                     hidden_sizes=[8, 16], depths=[1, 1],
+                                                     out_features=["stage2"]),
                                 d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
                                 decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
                                 num_queries=5, num_labels=5), "detection"),
