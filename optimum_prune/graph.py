@@ -259,6 +259,17 @@ def fresh_name(taken: set[str], base: str) -> str:
     return name
 
 
+def values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    """Every value of the main graph by name: initializers, graph inputs and node outputs."""
+    values: dict[str, ir.Value] = dict(model.graph.initializers)
+    for v in model.graph.inputs:
+        values.setdefault(v.name, v)
+    for node in model.graph:
+        for out in node.outputs:
+            values[out.name] = out
+    return values
+
+
 def value_names(graph: ir.Graph) -> set[str]:
     """Names of the values of ``graph``'s top level: inputs, initializers and node outputs."""
     names = {v.name for v in graph.inputs} | set(graph.initializers)

@@ -254,7 +254,8 @@ class ORTPruner:
         if cached is not None:
             shapes, groups, tied = cached
             explicit_split_sizes(model, shapes)
-            untie(model, tied, seed_names(model, shapes))
+            if tied:
+                untie(model, tied, seed_names(model, shapes))
             return _Prepared(model, shapes, groups, tied)
         shapes = infer_shapes(model)
         if explicit_split_sizes(model, shapes):

@@ -1472,12 +1472,16 @@ def mqa_block(seed: int = 0) -> onnx.ModelProto:
 # batch and heads merged into one axis ([B*H, S, D], association.merged_axes)
 # --------------------------------------------------------------------------------------------
 
-_MERGED_QKV = """
+# the merged target shape [Shape(x)[0] * n_heads, -1, head_dim]
+_MERGE_SHAPE = """
   sh = Shape(x)
   b = Gather<axis = 0>(sh, i0)
   bh = Mul(b, n_heads)
   bh1 = Unsqueeze(bh, ax0)
   merge_shape = Concat<axis = 0>(bh1, minus1, head_dim)
+"""
+
+_MERGED_QKV = _MERGE_SHAPE + """
   q = MatMul(x, Wq)
   k = MatMul(x, Wk)
   v = MatMul(x, Wv)
@@ -1673,13 +1677,9 @@ cg (float[B, S, 8] x) => (float[B, S, 6] y) {
 # all the same. Refused.
 def batch_merged_heads_outer(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
-    text = """
-bo (float[B, S, 8] x) => (float[B, S, 6] y) {
-  sh = Shape(x)
-  b = Gather<axis = 0>(sh, i0)
-  bh = Mul(b, n_heads)
-  bh1 = Unsqueeze(bh, ax0)
-  merge_shape = Concat<axis = 0>(bh1, minus1, head_dim)
+    text = f"""
+bo (float[B, S, 8] x) => (float[B, S, 6] y) {{
+{_MERGE_SHAPE}
   v = MatMul(x, Wv)
   v_h = Reshape(v, hd_shape)
   v_t = Transpose<perm = [2, 0, 1, 3]>(v_h)
@@ -1689,7 +1689,7 @@ bo (float[B, S, 8] x) => (float[B, S, 6] y) {
   back_t = Transpose<perm = [1, 2, 0, 3]>(back)
   c = Reshape(back_t, mg_shape)
   y = MatMul(c, Wo)
-}
+}}
 """
     inits = {"i0": _SCALAR0, "ax0": _i64(0), "n_heads": np.array(3, dtype=np.int64), "minus1": _i64(-1),
              "head_dim": _i64(4), "hd_shape": _i64(0, 0, 3, 4), "outer_shape": _i64(3, -1, 5, 4),

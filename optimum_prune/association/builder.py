@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.association.merged_axes import MERGED_AXIS_OPS, read_source
+from optimum_prune.association.merged_axes import MERGED_AXIS_OPS, reads_kept_dimension
 from optimum_prune.association.rules import Entry, RuleRegistry, default_registry
-from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr
+from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr, is_marker
 from optimum_prune.association.tree import Patch, PruningGroup, TensorSlice
 from optimum_prune.association.units import UnitSets
 from optimum_prune.graph import Shape, const_array, is_constant
@@ -221,10 +221,10 @@ class Walk:
         finally:
             self._source = self._piece = self._trace_period = None
 
-    def add_patch(self, kind: str, target: str, index: int, attribute: str, owner) -> None:
-        """Element ``index`` of ``target`` (see :class:`~optimum_prune.association.tree.Patch`) counts the
-        positions of ``owner``."""
-        self._add_patch(kind, target, index, attribute, owner)
+    def patch_constant(self, value: ir.Value, index: int, owner) -> None:
+        """Element ``index`` of the constant behind ``value`` (an initializer or Constant node, through
+        Identity) counts the positions of ``owner``."""
+        self._add_patch("constant", _constant_holder(value).name, index, "", owner)
 
     # ---- internals ----------------------------------------------------------------------------
     def _add_patch(self, kind: str, target: str, index: int, attribute: str, owner) -> None:
@@ -258,8 +258,7 @@ class Walk:
             if elem != owner.size or self._trace_period is not None:
                 expected = owner.size if self._trace_period is None else f"{self._trace_period}*{owner.size}"
                 self.fail(f"shape constant '{value.name}'[{index}] is {elem}, expected {expected}")
-            holder = _constant_holder(value)
-            self._add_patch("constant", holder.name, index, "", self._source or owner)
+            self.patch_constant(value, index, self._source or owner)
             return
         node = value.producer()
         if node is None:
@@ -286,9 +285,6 @@ class Walk:
         if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Floor", "Ceil"):
             trace(node.inputs[0], index)
             return
-        if op == "Shape" and self._trace_period is not None:
-            self._defer_merged_read(node, index)
-            return
         if op == "Shape":
             start = int(node.attributes["start"].value) if "start" in node.attributes else 0
             x = node.inputs[0]
@@ -296,6 +292,9 @@ class Walk:
             start = start + rank if start < 0 else start
             axis = start + index
             axis = axis + rank if axis < 0 else axis
+            if self._trace_period is not None:
+                self._defer_merged_read(node, x, axis)
+                return
             self.deferred.append(DeferredRead(x.name, axis, f"shape read by '{node.name}'", self._piece,
                                               self._source or owner, x))
             return
@@ -349,8 +348,12 @@ class Walk:
         k = index if arr.size > 1 else 0
         if int(arr.reshape(-1)[k]) != owner.size:
             return False
-        if self._trace_period is not None:
-            return self._patch_period_factor(node, dynamic, index, const, k, owner)
+        if self._trace_period is not None:  # batch * heads: batch must keep its size
+            if not reads_kept_dimension(self, dynamic, index if self.rank(dynamic) else 0, self._trace_period,
+                                        node):
+                return False
+            self.patch_constant(const, k, self._source or owner)
+            return True
         try:
             other = evaluate_dim_expr(dynamic, index if self.rank(dynamic) else 0, None, -1,
                                       np.zeros(1, dtype=np.int64), self.shape)
@@ -358,32 +361,12 @@ class Walk:
             return False
         if not (other.known[0] and other.values[0] == 1):
             return False
-        holder = _constant_holder(const)
-        self._add_patch("constant", holder.name, k, "", self._source or owner)
+        self.patch_constant(const, k, self._source or owner)
         return True
 
-    def _patch_period_factor(self, node: ir.Node, dynamic: ir.Value, index: int, const: ir.Value, k: int,
-                             owner: np.ndarray) -> bool:
-        source = read_source(self, dynamic, index if self.rank(dynamic) else 0)
-        if source is None or self.dim(source[0], source[1]) != self._trace_period:
-            return False
-        tensor, axis = source
-
-        def unchanged() -> None:
-            if (tensor.name, axis) in self.owners:
-                self.fail(f"'{node.name}' multiplies the channel count by a dimension that shrinks with them")
-
-        self.check_at_end(("period factor", tensor.name, axis), node, unchanged)
-        self._add_patch("constant", _constant_holder(const).name, k, "", self._source or owner)
-        return True
-
-    def _defer_merged_read(self, shape_node: ir.Node, index: int) -> None:
-        """The merged element of a target shape is read from a tensor's dimension: that dimension must be
-        the same merged axis (the graph then recomputes the pruned count)."""
-        x = shape_node.inputs[0]
-        start = int(shape_node.attributes["start"].value) if "start" in shape_node.attributes else 0
-        rank = self.rank(x)
-        axis = (start + rank if start < 0 else start) + index
+    def _defer_merged_read(self, shape_node: ir.Node, x: ir.Value, axis: int) -> None:
+        """The merged element of a target shape is read from ``x``'s ``axis``: that axis must be the same
+        merged axis (the graph then recomputes the pruned count)."""
         period, target = self._trace_period, self._source
         if target is None:
             self.fail("a merged batch*channel element read at run time for an untracked axis")
@@ -473,8 +456,7 @@ def _is_marker_fill(where: ir.Node, branch: ir.Value) -> bool:
     if other not in cond.inputs:
         return False
     marker = cond.inputs[1] if cond.inputs[0] is other else cond.inputs[0]
-    values = const_array(marker)
-    return values is not None and bool((values <= 0).all())
+    return const_array(marker) is not None and is_marker(marker, 0, lambda v: None)
 
 
 def _constant_holder(value: ir.Value) -> ir.Value:

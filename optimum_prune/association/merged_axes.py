@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from optimum_prune.association.shape_expr import is_marker
 from optimum_prune.graph import const_array
 
 if TYPE_CHECKING:
@@ -40,11 +41,39 @@ MERGED_AXIS_OPS = frozenset({
 _PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze")
 
 
+def is_product(merged, a, b) -> bool:
+    """Whether the symbolic dimension ``merged`` (as symbolic shape inference writes it, e.g.
+    ``4*batch_size``) is the product of the dimensions ``a`` and ``b``, one of them symbolic."""
+    if isinstance(merged, int) or (isinstance(a, int) and isinstance(b, int)):
+        return False
+    if a == 1 or b == 1:  # decided without building sympy terms, as are products printed without "*"
+        return str(merged) == str(b if a == 1 else a)
+    if "*" not in str(merged):
+        return False
+    flat = str(merged).replace(" ", "")
+    if not (isinstance(a, int) or isinstance(b, int)):
+        # two symbols, one of them compound ("batch_size*(floor(sequence_length/5) - 1)"): as printed
+        pa, pb = (_factor_text(d) for d in (a, b))
+        if flat in (f"{pa}*{pb}", f"{pb}*{pa}"):
+            return True
+    import sympy
+
+    # printed, never parsed: dimension names come from the model file and are not evaluated
+    def term(d):
+        return sympy.Integer(d) if isinstance(d, int) else sympy.Symbol(str(d))
+
+    return flat == str(term(a) * term(b)).replace(" ", "")
+
+
+def _factor_text(d) -> str:
+    """A symbolic dimension as a factor of a printed product: compound expressions in parentheses."""
+    text = str(d).replace(" ", "")
+    return text if text.isidentifier() else f"({text})"
+
+
 def split_symbol(merged, symbol, factor: int) -> bool:
     """Whether the symbolic dimension ``merged`` prints as ``factor * symbol`` (``4*batch_size``)."""
-    from optimum_prune.association.rules import _is_product
-
-    return not isinstance(symbol, int) and factor > 1 and _is_product(merged, symbol, factor)
+    return not isinstance(symbol, int) and factor > 1 and is_product(merged, symbol, factor)
 
 
 def symbol_product(dims: list) -> str | None:
@@ -129,20 +158,50 @@ def static_block(src: list, dst: list, entry_period: str | None, owner_size: int
     raise AssertionError("unreachable")
 
 
-def read_source(walk: Walk, value: ir.Value, index: int, depth: int = 0) -> tuple[ir.Value, int] | None:
+def element_producer(walk: Walk, value: ir.Value, index: int) -> tuple[ir.Node, int] | None:
+    """The node computing element ``index`` of the shape vector ``value`` and the element's index in its
+    output, through Concat pieces, Cast, Identity, Unsqueeze and Squeeze; None for a constant, a graph
+    input or a piece of unknown length."""
+    for _ in range(16):
+        if const_array(value) is not None:
+            return None
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type in _PASS_THROUGH:
+            value = node.inputs[0]
+            continue
+        if node.op_type != "Concat":
+            return node, index
+        offset = 0
+        for inp in node.inputs:
+            n = _length(walk, inp)
+            if n is None:
+                return None
+            if index < offset + n:
+                value, index = inp, index - offset
+                break
+            offset += n
+        else:
+            return None
+    return None
+
+
+def read_source(walk: Walk, value: ir.Value, index: int) -> tuple[ir.Value, int] | None:
     """The (tensor, axis) whose dimension element ``index`` of the shape value ``value`` reads, through
-    Shape, Gather, Concat, Cast, Identity, Unsqueeze and Squeeze; None for any other form."""
-    if depth > 16 or const_array(value) is not None:
-        return None
-    node = value.producer()
-    if node is None:
-        return None
-    op = node.op_type
-    if op in _PASS_THROUGH:
-        return read_source(walk, node.inputs[0], index, depth + 1)
-    if op == "Gather":
+    Shape, Gather and :func:`element_producer`'s pieces; None for any other form."""
+    for _ in range(16):
+        found = element_producer(walk, value, index)
+        if found is None:
+            return None
+        node, index = found
+        if node.op_type == "Shape":
+            axis = shape_read_axis(walk, node, index)
+            return None if axis is None else (node.inputs[0], axis)
+        if node.op_type != "Gather" or _attr(node, "axis", 0) != 0:
+            return None
         idx = const_array(node.inputs[1])
-        if idx is None or _attr(node, "axis", 0) != 0:
+        if idx is None:
             return None
         flat = idx.reshape(-1)
         j = int(flat[index if flat.size > 1 else 0])
@@ -151,27 +210,36 @@ def read_source(walk: Walk, value: ir.Value, index: int, depth: int = 0) -> tupl
             if n is None:
                 return None
             j += n
-        return read_source(walk, node.inputs[0], j, depth + 1)
-    if op == "Concat":
-        offset = 0
-        for inp in node.inputs:
-            arr_len = _length(walk, inp)
-            if arr_len is None:
-                return None
-            if index < offset + arr_len:
-                return read_source(walk, inp, index - offset, depth + 1)
-            offset += arr_len
-        return None
-    if op == "Shape":
-        x = node.inputs[0]
-        start = int(_attr(node, "start", 0))
-        if start < 0:
-            shape = walk.shape(x)
-            if shape is None:
-                return None
-            start += len(shape)
-        return x, start + index
+        value, index = node.inputs[0], j
     return None
+
+
+def shape_read_axis(walk: Walk, shape_node: ir.Node, index: int) -> int | None:
+    """The axis of ``Shape(x)``'s input that output element ``index`` reads (its ``start`` applied), or
+    None when a negative ``start`` meets an input of unknown rank."""
+    start = int(_attr(shape_node, "start", 0))
+    if start < 0:
+        shape = walk.shape(shape_node.inputs[0])
+        if shape is None:
+            return None
+        start += len(shape)
+    return start + index
+
+
+def reads_kept_dimension(walk: Walk, value: ir.Value, index: int, symbol: str, node: ir.Node) -> bool:
+    """Whether element ``index`` of ``value`` reads a dimension named ``symbol`` from an axis that keeps
+    its size; the axis is checked to stay outside the group when the walk ends (as if at ``node``)."""
+    source = read_source(walk, value, index)
+    if source is None or walk.dim(source[0], source[1]) != symbol:
+        return False
+    tensor, axis = source
+
+    def kept() -> None:
+        if (tensor.name, axis) in walk.owners:
+            walk.fail(f"'{node.name}' reads {symbol} from a dimension that shrinks with the group")
+
+    walk.check_at_end(("kept dimension", tensor.name, axis), node, kept)
+    return True
 
 
 def follow_merged_read(walk: Walk, shape_node: ir.Node, axis: int, owner: np.ndarray, period: str) -> None:
@@ -239,7 +307,7 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
             continue
         if op == "Div" and slot == 0 and _divides_by_period(walk, node, owner, index):
             continue
-        if op == "Shape" or (op == "Equal" and _compared_with_marker(walk, node, slot, index)):
+        if op == "Shape" or (op == "Equal" and is_marker(node.inputs[1 - slot], index or 0, walk.shape)):
             continue  # the vector's length, or the exporters' ``Where(shape == -1, 1, shape)`` test
         flat_reshape = op == "Reshape" and slot == 0 and walk.rank(node.outputs[0]) == walk.rank(vec) == 1
         if (op == "Where" and slot in (1, 2)) or flat_reshape:
@@ -254,8 +322,6 @@ def _follow(walk: Walk, vec: ir.Value, index: int | None, owner: np.ndarray, per
 
 
 def _divides_by_period(walk: Walk, node: ir.Node, owner: np.ndarray, index: int | None) -> bool:
-    from optimum_prune.association.builder import _constant_holder
-
     arr = const_array(node.inputs[1])
     if arr is None:
         return False
@@ -263,22 +329,8 @@ def _divides_by_period(walk: Walk, node: ir.Node, owner: np.ndarray, index: int 
     k = 0 if flat.size == 1 else index
     if k is None or k >= flat.size or int(flat[k]) != owner.size:
         return False
-    walk.add_patch("constant", _constant_holder(node.inputs[1]).name, k, "", owner)
+    walk.patch_constant(node.inputs[1], k, owner)
     return True
-
-
-def _compared_with_marker(walk: Walk, node: ir.Node, slot: int, index: int | None) -> bool:
-    """Whether the other operand of ``Equal`` holds a known value <= 0 at the merged element: a count of at
-    least one compares the same before and after pruning."""
-    from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr
-
-    other = node.inputs[1 - slot]
-    try:
-        expr = evaluate_dim_expr(other, index or 0, None, -1, np.zeros(1, dtype=np.int64), walk.shape,
-                                 float_shapes_unknown=True)
-    except ShapeExprError:
-        return False
-    return bool(expr.known.all() and (expr.values <= 0).all())
 
 
 def _slice_range(walk: Walk, node: ir.Node, vec: ir.Value) -> tuple[int, int] | None:

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.association.merged_axes import find_merged_block, static_block
+from optimum_prune.association.merged_axes import (
+    element_producer,
+    find_merged_block,
+    follow_merged_read,
+    is_product,
+    read_source,
+    reads_kept_dimension,
+    split_symbol,
+    static_block,
+)
 from optimum_prune.association.shape_expr import DimExpr, ShapeExprError, evaluate_dim_expr
 from optimum_prune.graph import const_array, is_constant, is_weight
 
@@ -798,8 +807,6 @@ def _tiles_into_batch(node: ir.Node, entry: Entry, walk: Walk) -> bool:
     repeats the channels once per batch item, a merged axis (``merged_axes``) with the batch as its period
     symbol, which the output's inferred dimension names (``4*batch_size``). The repeat count itself is
     computed by the graph (``query.size(0) // num_heads``, whose divisor is patched where it is read)."""
-    from optimum_prune.association.merged_axes import split_symbol
-
     x, y = node.inputs[0], node.outputs[0]
     if entry.value is y and entry.is_output and walk.period is not None:  # from the merged side
         if walk.dim(x, entry.axis) != entry.owner.size:
@@ -822,62 +829,19 @@ def _tiles_into_batch(node: ir.Node, entry: Entry, walk: Walk) -> bool:
 
 def _check_repeat_count(node: ir.Node, axis: int, symbol: str, walk: Walk) -> None:
     """The repeat count of a Tile into the batch must stay the batch once pruned: read from an axis of
-    that size which keeps it, or ``Shape(t)[k] / c`` with ``t``'s axis ``k`` merged in this group (whose
-    divisor ``c`` is then patched where that read is followed)."""
-    from optimum_prune.association.merged_axes import read_source
-
+    that size which keeps it, or ``Shape(t)[k] / c`` with ``t``'s axis ``k`` merged in this group with the
+    Tile output's positions (its divisor ``c`` is then patched where that read is followed)."""
     value = node.inputs[1]
-    source = read_source(walk, value, axis)
-    if source is not None and walk.dim(*source) == symbol:
-        tensor, k = source
-
-        def keeps_size() -> None:
-            if (tensor.name, k) in walk.owners:
-                walk.fail("Tile's repeat count is read from a dimension that shrinks with the group")
-
-        walk.check_at_end(("tile count", node.name), node, keeps_size)
+    if reads_kept_dimension(walk, value, axis, symbol, node):
         return
-    div = _through_pieces(value, axis, walk)
-    if div is not None and div.op_type == "Div":
-        read = read_source(walk, div.inputs[0], 0)
-        if read is not None:
-            tensor, k = read
-            walk.check_at_end(("tile count", node.name), node,
-                              lambda: _merged_in_group(walk, tensor, k, symbol))
-            return
-    walk.fail("Tile into the batch with a repeat count computed another way")
-
-
-def _merged_in_group(walk: Walk, tensor: ir.Value, axis: int, symbol: str) -> None:
-    if walk.periods.get((tensor.name, axis)) != symbol:
-        walk.fail("Tile's repeat count divides a dimension that is not merged with the batch in this group")
-
-
-def _through_pieces(value: ir.Value, index: int, walk: Walk) -> ir.Node | None:
-    """The node computing element ``index`` of a shape vector, through Concat, Unsqueeze, Cast, Identity."""
-    for _ in range(16):
-        node = value.producer()
-        if node is None:
-            return None
-        if node.op_type == "Concat":
-            offset = 0
-            for inp in node.inputs:
-                shape = walk.shape(inp)
-                if shape is None or not all(isinstance(d, int) for d in shape):
-                    return None
-                n = int(np.prod(shape))
-                if index < offset + n:
-                    value, index = inp, index - offset
-                    break
-                offset += n
-            else:
-                return None
-            continue
-        if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
-            value, index = node.inputs[0], 0
-            continue
-        return node
-    return None
+    found = element_producer(walk, value, axis)
+    divides = found is not None and found[0].op_type == "Div"
+    read = read_source(walk, found[0].inputs[0], 0) if divides else None
+    if read is None:
+        walk.fail("Tile into the batch with a repeat count computed another way")
+    tensor, k = read
+    like = (node.outputs[0].name, axis)
+    walk.check_at_end(("tile count", node.name), node, lambda: walk.require_merged(tensor, k, symbol, like))
 
 
 def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -907,8 +871,6 @@ def shape_sink(node: ir.Node, entry: Entry, walk: Walk) -> None:
         return
     if node.op_type != "Shape":
         walk.fail(f"{node.op_type} of a tensor whose batch and channels are merged")
-    from optimum_prune.association.merged_axes import follow_merged_read
-
     follow_merged_read(walk, node, entry.axis, entry.owner, walk.period)
 
 
@@ -1017,11 +979,11 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
     blocks: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(sin) and j < len(sout):
-        if j + 1 < len(sout) and _is_product(sin[i], sout[j], sout[j + 1]):  # [4*B, ...] -> [B, 4, ...]
+        if j + 1 < len(sout) and is_product(sin[i], sout[j], sout[j + 1]):  # [4*B, ...] -> [B, 4, ...]
             blocks.append(([i], [j, j + 1]))
             i, j = i + 1, j + 2
             continue
-        if i + 1 < len(sin) and _is_product(sout[j], sin[i], sin[i + 1]):  # [B, 4, ...] -> [4*B, ...]
+        if i + 1 < len(sin) and is_product(sout[j], sin[i], sin[i + 1]):  # [B, 4, ...] -> [4*B, ...]
             blocks.append(([i, i + 1], [j]))
             i, j = i + 2, j + 1
             continue
@@ -1065,36 +1027,6 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
             j += 1
         blocks.append((bi, bj))
     return blocks + _align_tail(sin[i:], sout[j:], i, j)
-
-
-def _is_product(merged, a, b) -> bool:
-    """Whether the symbolic dimension ``merged`` (as symbolic shape inference writes it, e.g.
-    ``4*batch_size``) is the product of the dimensions ``a`` and ``b``, one of them symbolic."""
-    if isinstance(merged, int) or (isinstance(a, int) and isinstance(b, int)):
-        return False
-    if a == 1 or b == 1:  # decided without building sympy terms, as are products printed without "*"
-        return str(merged) == str(b if a == 1 else a)
-    if "*" not in str(merged):
-        return False
-    flat = str(merged).replace(" ", "")
-    if not (isinstance(a, int) or isinstance(b, int)):
-        # two symbols, one of them compound ("batch_size*(floor(sequence_length/5) - 1)"): as printed
-        pa, pb = (_factor_text(d) for d in (a, b))
-        if flat in (f"{pa}*{pb}", f"{pb}*{pa}"):
-            return True
-    import sympy
-
-    # printed, never parsed: dimension names come from the model file and are not evaluated
-    def term(d):
-        return sympy.Integer(d) if isinstance(d, int) else sympy.Symbol(str(d))
-
-    return str(merged).replace(" ", "") == str(term(a) * term(b)).replace(" ", "")
-
-
-def _factor_text(d) -> str:
-    """A symbolic dimension as a factor of a printed product: compound expressions in parentheses."""
-    text = str(d).replace(" ", "")
-    return text if text.isidentifier() else f"({text})"
 
 
 def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:

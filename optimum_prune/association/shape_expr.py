@@ -97,6 +97,21 @@ def evaluate_dim_expr(value: ir.Value, index: int, x: ir.Value | None, axis: int
     return DimExpr(dims=ev.dims, values=data.astype(np.int64), known=known.copy(), reads=ev.reads)
 
 
+def is_marker(value: ir.Value, index: int, shape_of: Callable[[ir.Value], Shape | None]) -> bool:
+    """Whether ``value`` holds known values <= 0 (all of a constant, element ``index`` of a computed
+    vector): the ``-1`` marker exporters compare a shape with in ``Where(shape == -1, 1, shape)``. A count
+    of at least one never equals it, pruned or not."""
+    arr = const_array(value)
+    if arr is not None:
+        return arr.size > 0 and bool((arr <= 0).all())
+    try:
+        expr = evaluate_dim_expr(value, index, None, -1, np.zeros(1, dtype=np.int64), shape_of,
+                                 float_shapes_unknown=True)
+    except ShapeExprError:
+        return False
+    return bool(expr.known.all() and (expr.values <= 0).all())
+
+
 class _Evaluator:
     def __init__(self, x: ir.Value | None, axis: int, dims: np.ndarray,
                  shape_of: Callable[[ir.Value], Shape | None], float_shapes_unknown: bool = False) -> None:

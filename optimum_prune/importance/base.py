@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimum_prune.association.tree import PruningGroup, TensorSlice
-from optimum_prune.graph import Shape, const_array, is_constant
+from optimum_prune.graph import Shape, const_array, is_constant, values_by_name  # noqa: F401 (re-exported)
 
 
 class Importance:
@@ -38,17 +38,6 @@ class Importance:
     def __call__(self, group: PruningGroup, model: ir.Model) -> np.ndarray:
         """One score per unit of ``group`` (higher is more important)."""
         raise NotImplementedError
-
-
-def values_by_name(model: ir.Model) -> dict[str, ir.Value]:
-    """Every value of the main graph by name: initializers, graph inputs and node outputs."""
-    values: dict[str, ir.Value] = dict(model.graph.initializers)
-    for v in model.graph.inputs:
-        values.setdefault(v.name, v)
-    for node in model.graph:
-        for out in node.outputs:
-            values[out.name] = out
-    return values
 
 
 def rows(arr: np.ndarray, axis: int) -> np.ndarray:
@@ -92,7 +81,7 @@ def leaf_inputs(group: PruningGroup, model: ir.Model,
     values = values if values is not None else values_by_name(model)
     tracked: dict[str, list[TensorSlice]] = {}
     for s in group.slices:
-        if not s.constant:
+        if not s.constant and s.merged_with is None:  # a batch-merged axis is longer than its owner
             tracked.setdefault(s.name, []).append(s)
     out: list[LeafInput] = []
     for s in group.leaf_slices():

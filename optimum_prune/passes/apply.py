@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from optimum_prune.association.tree import PruningGroup
 from optimum_prune.errors import PlanMismatchError
+from optimum_prune.graph import values_by_name
 from optimum_prune.storage import LAZY_MIN_BYTES
 
 
@@ -44,7 +45,7 @@ def apply_removals(model: ir.Model, groups: list[PruningGroup], removed: dict[in
         for p in group.patches:
             deltas[(p.kind, p.target, p.index, p.attribute)] += int(removed_mask(p.owner, units).sum())
             sizes[(p.kind, p.target, p.index, p.attribute)] = p.owner.size
-    values = _values(model)
+    values = values_by_name(model)
     by_tensor: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for (name, axis), mask in keep.items():
         by_tensor[name].append((axis, mask))
@@ -122,16 +123,6 @@ def _slice_lazily(holder: ir.Value, axes: list[tuple[int, np.ndarray]]) -> None:
     holder.const_value = ir.LazyTensor(lambda: ir.tensor(_sliced(source.numpy(), axes, name), name=name),
                                        dtype=source.dtype, shape=ir.Shape(shape), name=name)
     holder.shape = ir.Shape(shape)
-
-
-def _values(model: ir.Model) -> dict[str, ir.Value]:
-    values: dict[str, ir.Value] = dict(model.graph.initializers)
-    for v in model.graph.inputs:
-        values[v.name] = v
-    for node in model.graph:
-        for out in node.outputs:
-            values[out.name] = out
-    return values
 
 
 def _holder(value: ir.Value):

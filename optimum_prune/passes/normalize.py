@@ -47,7 +47,7 @@ def unshare_vectors(model: ir.Model) -> int:
         if any(u.node.graph is not graph for u in out.uses()):
             continue
         for use in list(out.uses()):
-            use.node.replace_input_with(use.idx, _copy_initializer(graph, src, out.name, copy_of=src.name))
+            use.node.replace_input_with(use.idx, copy_initializer(graph, src, out.name, copy_of=src.name))
             copies += 1
         graph.remove(node, safe=True)
     for name, value in list(graph.initializers.items()):
@@ -56,7 +56,7 @@ def unshare_vectors(model: ir.Model) -> int:
             continue
         uses = [u for u in value.uses() if u.node.graph is graph]
         for use in uses[1:]:
-            copy = _copy_initializer(graph, value, f"{name}__{use.node.name}", copy_of=name)
+            copy = copy_initializer(graph, value, f"{name}__{use.node.name}", copy_of=name)
             use.node.replace_input_with(use.idx, copy)
             copies += 1
     return copies
@@ -100,7 +100,9 @@ def reshare_vectors(model: ir.Model) -> int:
     return removed
 
 
-def _copy_initializer(graph: ir.Graph, src: ir.Value, name: str, copy_of: str | None = None) -> ir.Value:
+def copy_initializer(graph: ir.Graph, src: ir.Value, name: str, copy_of: str | None = None) -> ir.Value:
+    """Register a copy of the initializer ``src`` under ``name`` (made unique); ``copy_of`` marks it as a
+    copy of that initializer, so it is not counted as a parameter and may be shared again."""
     new_name = name
     while new_name in graph.initializers:
         new_name += "_"
@@ -125,7 +127,7 @@ def unshare_shape_constants(model: ir.Model) -> int:
         if len(uses) < 2 or value.is_graph_output():
             continue
         for k, use in enumerate(uses[1:], start=1):
-            use.node.replace_input_with(use.idx, _copy_initializer(graph, value, f"{name}__{k}"))
+            use.node.replace_input_with(use.idx, copy_initializer(graph, value, f"{name}__{k}"))
             copies += 1
     for node in list(graph):
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):

@@ -16,8 +16,8 @@ import onnx_ir as ir
 
 from optimum_prune.association.builder import find_seeds
 from optimum_prune.association.tree import PruningGroup
-from optimum_prune.graph import Shape
-from optimum_prune.passes.normalize import _copy_initializer
+from optimum_prune.graph import Shape, values_by_name
+from optimum_prune.passes.normalize import copy_initializer
 
 _MAX_CONE_NODES = 256
 _MAX_CONSTANT_ELEMENTS = 4096
@@ -31,7 +31,7 @@ def seed_names(model: ir.Model, shapes: dict[str, Shape]) -> set[str]:
 def shared_computed_tensors(model: ir.Model, groups: list[PruningGroup], seeds: set[str]) -> list[str]:
     """Names of the activations a prunable group tracks that have several consumers and are computed from
     graph inputs and small constants only (no ``seeds`` weight, no table), latest in graph order first."""
-    values = _values(model)
+    values = values_by_name(model)
     order = {name: i for i, name in enumerate(values)}
     found: set[str] = set()
     for group in groups:
@@ -89,7 +89,7 @@ def untie(model: ir.Model, names: list[str], seeds: set[str]) -> int:
     """Give every consumer of each tensor in ``names`` but the first its own copy of the subgraph that
     computes it (see :func:`shared_computed_tensors`). Deterministic; returns the copies made."""
     graph = model.graph
-    values = _values(model)
+    values = values_by_name(model)
     copies = 0
     for name in names:
         value = values.get(name)
@@ -119,7 +119,7 @@ def _clone_cone(graph: ir.Graph, cone: list[ir.Node], value: ir.Value,
         if id(v) in mapped:
             return mapped[id(v)]
         if v.producer() is None and v.const_value is not None and not v.is_graph_input():
-            copy = _copy_initializer(graph, v, f"{v.name}{suffix}", copy_of=v.name)
+            copy = copy_initializer(graph, v, f"{v.name}{suffix}", copy_of=v.name)
             mapped[id(v)] = copy
             return copy
         return v  # a graph input: shared
@@ -145,11 +145,3 @@ def _copy_attribute(attr: ir.Attr) -> ir.Attr:
         return ir.AttrTensor(attr.name, ir.tensor(np.array(attr.value.numpy())))
     return attr
 
-
-def _values(model: ir.Model) -> dict[str, ir.Value]:
-    values: dict[str, ir.Value] = {}
-    for node in model.graph:
-        for out in node.outputs:
-            if out.name:
-                values[out.name] = out
-    return values
