@@ -433,7 +433,10 @@ class ORTPruner:
             if validate:
                 validate_model_file(model_file, source=self.model_path, header=written.header)
             self._copy_side_files(tmp)
-            config_notes = _update_config(tmp / "config.json", pruned.groups, pruned.removed)
+            patterns = tuple(pruned.plan.config.get("io_patterns", DEFAULT_IO_PATTERNS))
+            has_cache = any(p in v.name for v in pruned.model.graph.inputs for p in patterns)
+            config_notes = _update_config(tmp / "config.json", pruned.groups, pruned.removed,
+                                          has_cache=has_cache)
             if validate and _cache_resized(pruned.groups, pruned.removed) and (tmp / "config.json").is_file():
                 check_generates(tmp, model_file.name)
             pruned.plan.save(tmp / PLAN_FILE)
@@ -561,13 +564,29 @@ def _kv_heads_pruned(cfg: dict, groups: list[PruningGroup], removed: dict[int, s
     return not (n_kv is not None and n_heads and n_kv < n_heads and units == {n_heads})
 
 
-def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
+def _config_can_set(model_type: str | None, key: str) -> bool:
+    """Whether ``model_type``'s transformers config class takes ``key`` from config.json (Falcon computes
+    ``head_dim`` from the hidden size and head count, a read-only property that rejects the key)."""
+    import inspect
+
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        return True
+    attr = inspect.getattr_static(CONFIG_MAPPING[model_type], key, None)
+    return not (isinstance(attr, property) and attr.fset is None)
+
+
+def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]], *,
+                   has_cache: bool = False) -> list[str]:
     """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
 
     When pruned head groups resize the key/value cache, only the KV-head count changes (with an
     explicit ``head_dim``): Optimum's runtime sizes the cache as ``num_key_value_heads`` x
     ``hidden_size // num_attention_heads``, so ``num_attention_heads`` keeps its source value. Query
-    heads pruned alone (multi-query attention) change neither count, for the same reason.
+    heads pruned alone (multi-query attention) change neither count, for the same reason: so do head
+    groups of a graph with a cache (``has_cache``) that leave it whole, whatever config.json says of
+    the key/value heads (Falcon-7B's ``multi_query`` overrides its ``num_kv_heads``).
     Otherwise new head counts are recorded when they still divide the hidden size (some config
     classes reject other values, and the graph does not read them). Returns notes on what was kept.
     Raises :class:`PruningError` when the cache was resized unevenly (no config can describe it).
@@ -587,9 +606,10 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
         n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
         hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
         new = dict(cfg)
-        if n_heads and isinstance(hidden, int) and cfg.get("head_dim") is None:
+        if (n_heads and isinstance(hidden, int) and cfg.get("head_dim") is None
+                and _config_can_set(cfg.get("model_type"), "head_dim")):
             new["head_dim"] = hidden // n_heads
-        query_only = not cache_resized and not _kv_heads_pruned(cfg, groups, removed, n_heads)
+        query_only = not cache_resized and (has_cache or not _kv_heads_pruned(cfg, groups, removed, n_heads))
         if cache_resized or query_only:
             for k in _KV_KEYS if cache_resized else ():
                 if isinstance(cfg.get(k), int):

@@ -1468,6 +1468,137 @@ def mqa_block(seed: int = 0) -> onnx.ModelProto:
                                 merge_inits={**scalar, "ax0": _i64(0), "head_dim": _i64(3)})
 
 
+# Fused QKV with one shared KV head (multi-query attention), Falcon-7B style: one projection
+# x[B,S,10] -> MatMul(Wqkv[10,18]) -> Reshape[0,0,6,3] (4 query heads, then k, then v; head_dim 3)
+#   q = Slice(axes=[2], [0:-2])  -> [B,S,4,3] -> Transpose(0,2,1,3)
+#   k = Gather(axis=2, [-2])     -> [B,S,1,3] -> Transpose(0,2,3,1) -> [B,1,3,S]
+#   v = Gather(axis=2, [-1])     -> [B,S,1,3] -> Transpose(0,2,1,3) -> [B,1,S,3]
+# q @ k^T (k broadcast over the heads) -> Softmax -> @ v -> Transpose -> Reshape[0,0,12] -> Wo[12,7].
+# The bound -2 and the indices -2/-1 count k and v from the end: their six channels are kept whole,
+# and the four query heads are pruned on their own.
+def fused_qkv_mqa_slices(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+fmqa (float[B, S, 10] x) => (float[B, S, 7] y) {
+  f = MatMul(x, Wqkv)
+  f4 = Reshape(f, qkv_shape)
+  q0 = Slice(f4, zero, minus2, ax2)
+  k0 = Gather<axis = 2>(f4, minus2)
+  v0 = Gather<axis = 2>(f4, minus1)
+  q = Transpose<perm = [0, 2, 1, 3]>(q0)
+  kt = Transpose<perm = [0, 2, 3, 1]>(k0)
+  v = Transpose<perm = [0, 2, 1, 3]>(v0)
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  p = Softmax<axis = -1>(sc)
+  c0 = MatMul(p, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {
+        "Wqkv": _mat(rng, 10, 18),
+        "Wo": _mat(rng, 12, 7),
+        "qkv_shape": _i64(0, 0, 6, 3),
+        "zero": _i64(0),
+        "minus2": _i64(-2),
+        "minus1": _i64(-1),
+        "ax2": _i64(2),
+        "mg_shape": _i64(0, 0, 12),
+        "scale": _f32(1.0 / math.sqrt(3.0)),
+    }
+    return _build(text, inits)
+
+
+# Fused QKV with one shared KV head, GPTBigCode style: Split(axis=-1, [12, 3, 3]) of one projection
+# x[B,S,10] -> MatMul(Wqkv[10,18]) + bqkv -> q[B,S,12] -> Reshape[0,0,4,3] -> Transpose(0,2,1,3)
+#   k[B,S,3] -> Unsqueeze(1) -> Transpose(0,1,3,2) -> [B,1,3,S];  v[B,S,3] -> Unsqueeze(1) -> [B,1,S,3]
+# q @ k^T -> Softmax -> @ v -> [B,4,S,3] -> Transpose -> Reshape[0,0,12] -> Wo[12,7].
+# k's channels are summed with every head's (q.k^T) and v's are each head's head_dim (the Reshape
+# merges heads x v-channels): both are kept whole, and the query heads are pruned on their own.
+def fused_qkv_mqa_split(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+smqa (float[B, S, 10] x) => (float[B, S, 7] y) {
+  f0 = MatMul(x, Wqkv)
+  f = Add(f0, bqkv)
+  q0, k0, v0 = Split<axis = -1>(f, sizes)
+  q1 = Reshape(q0, q_shape)
+  q = Transpose<perm = [0, 2, 1, 3]>(q1)
+  k1 = Unsqueeze(k0, ax1)
+  kt = Transpose<perm = [0, 1, 3, 2]>(k1)
+  v = Unsqueeze(v0, ax1)
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  p = Softmax<axis = -1>(sc)
+  c0 = MatMul(p, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {
+        "Wqkv": _mat(rng, 10, 18),
+        "bqkv": _vec(rng, 18),
+        "Wo": _mat(rng, 12, 7),
+        "sizes": _i64(12, 3, 3),
+        "q_shape": _i64(0, 0, 4, 3),
+        "ax1": _i64(1),
+        "mg_shape": _i64(0, 0, 12),
+        "scale": _f32(1.0 / math.sqrt(3.0)),
+    }
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) + b1 -> Relu = a; head = Slice(a, [0:-4]) -> MatMul(W2[8,6]);
+#   tail = Slice(a, [-4:]) -> MatMul(W3[4,6]); y = head + tail. The last four channels are counted from
+#   the end: they are kept whole, the first eight prune.
+def slice_negative_bounds(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+sneg (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  a = Relu(h)
+  head = Slice(a, zero, minus4, ax2)
+  tail = Slice(a, minus4, big, ax2)
+  y0 = MatMul(head, W2)
+  y1 = MatMul(tail, W3)
+  y = Add(y0, y1)
+}
+"""
+    inits = {
+        "W1": _mat(rng, 8, 12),
+        "b1": _vec(rng, 12),
+        "W2": _mat(rng, 8, 6),
+        "W3": _mat(rng, 4, 6),
+        "zero": _i64(0),
+        "minus4": _i64(-4),
+        "big": _i64(2**62),
+        "ax2": _i64(2),
+    }
+    return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) + b1 -> Relu = a; first = Gather(a, axis=2, [1]) [B,S,1] (a per-token
+# gate from channel 1), y = MatMul(a, W2[12,6]) * first. Index 1 counts channels 0 and 1: they stay.
+def gather_channel_index(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gch (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  a = Relu(h)
+  g = Gather<axis = 2>(a, one)
+  y0 = MatMul(a, W2)
+  y = Mul(y0, g)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6), "one": _i64(1)}
+    return _build(text, inits)
+
+
 # --------------------------------------------------------------------------------------------
 # batch and heads merged into one axis ([B*H, S, D], association.merged_axes)
 # --------------------------------------------------------------------------------------------
@@ -2090,6 +2221,10 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("gqa_block", gqa_block, "heads"),
     ("mqa_block", mqa_block, "heads"),
+    ("fused_qkv_mqa_slices", fused_qkv_mqa_slices, "heads"),
+    ("fused_qkv_mqa_split", fused_qkv_mqa_split, "heads"),
+    ("slice_negative_bounds", slice_negative_bounds, "ffn"),
+    ("gather_channel_index", gather_channel_index, "ffn"),
     ("batch_merged_heads", batch_merged_heads, "heads"),
     ("batch_merged_tile_gather", batch_merged_tile_gather, "heads"),
     ("batch_merged_tile_batch_read", batch_merged_tile_batch_read, "heads"),

@@ -89,3 +89,27 @@ def test_heads_merged_inside_batch_times_sequence_are_tracked_per_period(tmp_pat
     heads = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.kind == "heads"]
     merged = {s.merged_with for g in heads for s in g.slices if s.merged_with}
     assert merged == {"B*S"}, merged
+
+
+@pytest.mark.parametrize(("key", "units", "kept"), [
+    ("fused_qkv_mqa_slices", 4, 6),  # 4 query heads; k and v (3 channels each) counted from the end
+    ("fused_qkv_mqa_split", 4, 6),  # k summed with every head's channels, v each head's head_dim
+    ("slice_negative_bounds", 8, 4),  # the last four channels, counted from the end
+    ("gather_channel_index", 10, 2),  # channels 0 and 1, counted by the Gather index
+])
+def test_channels_a_refusal_names_are_kept_whole(tmp_path, key, units, kept):
+    """A root whose walk is refused only for some of its channels keeps those whole and prunes the rest."""
+    model, src = _write(tmp_path, key)
+    root = next(i for i in model.graph.initializer if len(i.dims) == 2)
+    group = next(g for g in ORTPruner.from_pretrained(src).analyze().groups if g.seed == root.name)
+    assert group.prunable, group.reason
+    assert (group.units, group.kept_whole.split(" of ")[0]) == (units, str(kept)), group.kept_whole
+    seed_owner = next(s.owner for s in group.slices if (s.name, s.axis) == (group.seed, group.seed_axis))
+    assert int((seed_owner < 0).sum()) == kept
+    out = ORTPruner.from_pretrained(src).prune(
+        PruningConfig(sparsity=0.5, scope=(EXPECTED_KIND[key],)), tmp_path / "p")
+    pruned = {i.name: tuple(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer}
+    width = root.dims[1]
+    per_unit = (width - kept) // units
+    assert pruned[root.name][1] == width - per_unit * (units // 2)  # half the units, none of the kept ones
+    assert verify(src, out, inputs=make_inputs(model)).exact_groups

@@ -110,6 +110,28 @@ def test_multi_query_attention_prunes_query_heads_and_keeps_the_shared_kv_head(z
     assert tokens.shape == (1, 7)
 
 
+@pytest.mark.parametrize("past", [False, True])
+def test_fused_qkv_with_one_kv_head_prunes_query_heads_and_keeps_kv_whole(zoo_root, tmp_path, past):
+    """Falcon-7B's query_key_value projection holds 4 query heads, then one key and one value head, sliced
+    off with bounds counted from the end ([:-2], [-2], [-1]): the walk keeps the key/value channels whole
+    and prunes the query heads on their own; the cache keeps its one KV head and generate() runs."""
+    src = export_zoo_model("falcon", zoo_root, with_past=past)
+    heads = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.kind == "heads"]
+    assert len(heads) == 2 and all(g.prunable and g.units == 4 for g in heads), [g.reason for g in heads]
+    assert all(g.kept_whole.startswith("16 of 48 channels kept whole") for g in heads), heads[0].kept_whole
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 4  # 2 of 4 query heads in each of the 2 layers
+    result = verify(src, out)
+    assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+    import torch
+
+    tokens = load_ort_model("falcon", out).generate(
+        torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+        max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert tokens.shape == (1, 7)
+
+
 def test_beit_heads_prune_with_their_relative_position_bias(zoo_root, tmp_path):
     """BEiT's per-head relative position bias table is interpolated by a Resize (scale 1 on the head
     axis) before it is added to the scores: its head columns are sliced with the heads."""

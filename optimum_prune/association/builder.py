@@ -22,11 +22,20 @@ from optimum_prune.association.units import UnitSets
 from optimum_prune.graph import Shape, const_array, is_constant
 
 _MAX_STEPS_PER_VALUE = 50
+_MAX_KEEP_RETRIES = 8  # walks again from one seed with more channels kept whole (see _walk_keeping_whole)
 _SAME = object()  # Walk.link: the linked axis is merged with the batch as the entry's axis is
 
 
 class Refusal(Exception):
-    """Raised inside a walk when the group cannot be pruned safely."""
+    """Raised inside a walk when the group cannot be pruned safely.
+
+    ``keep``: unit ids whose channels, kept whole, would lift this refusal (the trailing heads a
+    negative Slice bound counts from the end, say); the builder then walks the seed again without them.
+    """
+
+    def __init__(self, reason: str, keep: np.ndarray | None = None) -> None:
+        super().__init__(reason)
+        self.keep = keep
 
 
 @dataclass
@@ -104,12 +113,20 @@ class Walk:
         return s[axis]
 
     # ---- what rules call ----------------------------------------------------------------------
-    def fail(self, reason: str) -> None:
-        """Refuse the whole group, naming the node being processed."""
+    def fail(self, reason: str, *, keep: np.ndarray | None = None) -> None:
+        """Refuse the whole group, naming the node being processed.
+
+        ``keep``: the units (ids, any representative) whose channels, kept whole, would lift the refusal;
+        the builder may then walk the seed again with those channels fixed (see :func:`build_groups`).
+        """
         node = self.current
         where = (f" at node '{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node is not None
                  else "")
-        raise Refusal(f"{reason}{where}")
+        if keep is not None:
+            keep = np.asarray(keep, dtype=np.int64)
+            keep = keep[keep >= 0]
+            keep = keep if keep.size else None
+        raise Refusal(f"{reason}{where}", keep)
 
     def mark(self, tag: str) -> None:
         """Record a property of the group ("attention", "conv") used to name its kind."""
@@ -139,6 +156,8 @@ class Walk:
         if value is None or not value.name:
             return
         owner = np.asarray(owner, dtype=np.int64)
+        if owner.size and not (owner >= 0).any():
+            return  # no position of the group: the axis keeps its size, nothing to follow
         period = self.period if period is _SAME else period
         dim = self.dim(value, axis)
         key = (value.name, axis)
@@ -373,10 +392,14 @@ class Walk:
         self.check_at_end(("merged source", x.name, axis, target[0], target[1]), shape_node,
                           lambda: self.require_merged(x, axis, period, (target[0], target[1])))
 
-    def run(self, seed: ir.Value, axis: int) -> None:
-        """Walk from ``seed``'s ``axis`` to a fixpoint."""
+    def run(self, seed: ir.Value, axis: int, fixed: np.ndarray | None = None) -> None:
+        """Walk from ``seed``'s ``axis`` to a fixpoint; ``fixed`` (a mask of the seed's channels) are kept
+        whole: they belong to no unit."""
         self.values[seed.name] = seed
-        self.link(seed, axis, np.arange(self.n_units, dtype=np.int64))
+        owner = np.arange(self.n_units, dtype=np.int64)
+        if fixed is not None:
+            owner[fixed] = -1
+        self.link(seed, axis, owner)
         steps = 0
         limit = _MAX_STEPS_PER_VALUE * max(1, len(self.model.graph.initializers) + len(self.model.graph))
         while self._stack:
@@ -549,13 +572,8 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
         if (seed.name, axis) in claimed:
             continue
         n = _const_shape(seed)[axis]
-        walk = Walk(model, shapes, registry, n)
         group = PruningGroup(id=len(groups), seed=seed.name, seed_axis=axis)
-        try:
-            walk.run(seed, axis)
-        except Refusal as e:
-            group.prunable = False
-            group.reason = str(e)
+        walk = _walk_keeping_whole(model, shapes, registry, seed, axis, n, group)
         claimed.update(walk.owners)
         _finalize(group, walk, io_patterns)
         if group.prunable:
@@ -581,6 +599,38 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
                         claim_owner[key] = group.id
         groups.append(group)
     return groups
+
+
+def _walk_keeping_whole(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegistry, seed: ir.Value,
+                        axis: int, n: int, group: PruningGroup) -> Walk:
+    """Walk from ``seed``; when the walk is refused for channels that could simply be kept whole (the
+    refusal names their units: a fused QKV projection's single key/value head, sliced off by a bound
+    counted from the end), walk again with those channels fixed, so the rest of the seed stays prunable.
+
+    Each retry fixes at least one more channel; at most :data:`_MAX_KEEP_RETRIES` retries. Sets
+    ``group.prunable`` / ``group.reason`` when the walk is refused for good, and ``group.kept_whole``.
+    """
+    fixed = np.zeros(n, dtype=bool)
+    kept: list[str] = []
+    for attempt in range(_MAX_KEEP_RETRIES + 1):
+        walk = Walk(model, shapes, registry, n)
+        try:
+            walk.run(seed, axis, fixed if fixed.any() else None)
+        except Refusal as e:
+            grow = np.zeros(n, dtype=bool)
+            if e.keep is not None:
+                grow = np.isin(walk.units.find(np.arange(n)), walk.units.find(e.keep)) & ~fixed
+            if not grow.any() or (fixed | grow).all() or attempt == _MAX_KEEP_RETRIES:
+                group.prunable = False
+                group.reason = str(e)
+                break
+            fixed |= grow
+            kept.append(str(e))
+            continue
+        break
+    if kept:
+        group.kept_whole = f"{int(fixed.sum())} of {n} channels kept whole: " + "; ".join(kept)
+    return walk
 
 
 def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> None:

@@ -175,7 +175,8 @@ def _link_labels(node: ir.Node, entry: Entry, walk: Walk, operands: list[tuple[i
             # q.k^T summed over channels that are not whole heads (e.g. head_dim of a single head): a
             # removed channel drops its term from every product, and no constant slice can be zeroed
             # to match, so the result would not be exact.
-            walk.fail(f"{node.op_type} sums the channels of two activations (channels inside a head)")
+            walk.fail(f"{node.op_type} sums the channels of two activations (channels inside a head)",
+                      keep=entry.owner)
         for value, lab in operands[:2]:
             for ax, lb in enumerate(lab):
                 if lb == "K" and not (value is entry.value and ax == entry.axis):
@@ -571,11 +572,14 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if steps is not None and int(steps.reshape(-1)[i]) != 1:
         walk.fail("Slice along the channel axis with a step")
     bounds = []
+    tail = size  # positions from here on are counted from the end by a negative bound: never removed
     for which, bound_v, arr in (("start", starts_v, starts), ("end", ends_v, ends)):
         if arr is not None:
             b = int(arr.reshape(-1)[i])
             if b < 0:
-                walk.fail("Slice along the channel axis with negative bounds")
+                tail = min(tail, max(size + b, 0))
+                bounds.append((max(size + b, 0), ("negative", None, None)))
+                continue
             bounds.append((min(b, size) if which == "end" else b, None))
             continue
         try:
@@ -598,17 +602,35 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
         part = entry.owner[start:end]
         if (part >= 0).any():
             walk.link(y, entry.axis, part)
+    if tail < size:
+        _check_kept(walk, node, x, entry.axis, tail, size, "a negative Slice bound")
     if start > 0 and start_expr is None:
         walk.patch_shape_element(starts_v, i, in_owner[:start], node, source=(x, entry.axis, 0, start))
     if end < size and end_expr is None:
         walk.patch_shape_element(ends_v, i, in_owner[:end], node, source=(x, entry.axis, 0, end))
     for b, computed in ((start, start_expr), (end, end_expr)):
-        if computed is not None:
+        if computed is not None and computed[0] != "negative":
             which, expr, f = computed
             walk.claim(("the computed bounds of Slice", node.name))
             walk.check_at_end(("slice", node.name, which), node,
                               lambda b=b, which=which, expr=expr, f=f: _check_computed_bound(
                                   walk, x, entry.axis, which, b, expr, f))
+
+
+def _check_kept(walk: Walk, node: ir.Node, x: ir.Value, axis: int, lo: int, hi: int, what: str) -> None:
+    """Positions ``lo:hi`` of ``x``'s ``axis`` must not be removed: a constant bound or index counts them
+    (from the end when negative), and would land elsewhere. Checked now and once the walk ends (ownership
+    can still grow); the refusal names their units, so the builder can walk again keeping them whole."""
+
+    def check() -> None:
+        key = (x.name, axis)
+        owned = walk.units.find(walk.owners[key])[lo:hi] if key in walk.owners else np.empty(0, np.int64)
+        if (owned >= 0).any():
+            walk.fail(f"{what} counts positions {lo}:{hi} of the channel axis, and the group would remove "
+                      "some of them", keep=owned)
+
+    check()
+    walk.check_at_end(("kept", node.name, x.name, axis, lo, hi), node, check)
 
 
 def _clamp_bound(values: np.ndarray, dims: np.ndarray) -> np.ndarray:
@@ -677,11 +699,30 @@ def gather(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.link(data, o if o < axis else o - ri + 1, entry.owner)
         return
     if entry.axis == axis:
-        walk.fail("Gather selects along the channel axis")
+        _gather_channels(node, walk, data, axis, const_array(idx))
+        return
     out_axis = entry.axis if entry.axis < axis else entry.axis + ri - 1
     walk.link(y, out_axis, entry.owner)
     if is_constant(data):
         walk.root(data, entry.axis)
+
+
+def _gather_channels(node: ir.Node, walk: Walk, data: ir.Value, axis: int,
+                     indices: np.ndarray | None) -> None:
+    """Gather of constant positions of the channel axis (a fused projection's last heads, ``x[..., -1, :]``):
+    the gathered positions, and every position the index counts over (those before it, or after it when
+    it is negative), stay: the output keeps its size and the index its meaning."""
+    size = walk.dim(data, axis)
+    if indices is None or not isinstance(size, int) or indices.size == 0:
+        walk.fail("Gather selects along the channel axis")
+    flat = indices.reshape(-1).astype(np.int64)
+    if ((flat < -size) | (flat >= size)).any():
+        walk.fail("Gather along the channel axis with an index out of range")
+    negative, positive = flat[flat < 0] + size, flat[flat >= 0]
+    if negative.size:
+        _check_kept(walk, node, data, axis, int(negative.min()), size, "a negative Gather index")
+    if positive.size:
+        _check_kept(walk, node, data, axis, 0, int(positive.max()) + 1, "a Gather index")
 
 
 def gather_elements(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -903,6 +944,7 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
             break
     else:
         walk.fail(f"{node.op_type}: cannot align the channel axis between {list(sin)} and {list(sout)}")
+    _refuse_product_coupling(node, entry, walk, src_axes)
     src_dims = [src_shape[a] for a in src_axes]
     dst_dims = [dst_shape[a] for a in dst_axes]
     if node.op_type == "Flatten" and not all(isinstance(d, int) for d in src_dims + dst_dims):
@@ -940,6 +982,24 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
                                  allowzero=bool(_attr(node, "allowzero", 0)),
                                  source=(y, out_axis, 0, out_owner.size),
                                  period=walk.period if entry.is_output else carrier_period)
+
+
+def _refuse_product_coupling(node: ir.Node, entry: Entry, walk: Walk, src_axes: list[int]) -> None:
+    """Two axes merged into one that both carry the group's units (the heads of attention probabilities
+    times the head_dim channels of a single key/value head they all share): each merged position belongs
+    to a unit of each, so every unit of both would couple into one. Refused naming the inner axis' units:
+    kept whole, the outer axis' units (the heads) stay prunable on their own."""
+    here = src_axes.index(entry.axis)
+    for other_axis in src_axes:
+        key = (entry.value.name, other_axis)
+        if other_axis == entry.axis or key not in walk.owners:
+            continue
+        other = walk.units.find(walk.owners[key])
+        if not (other >= 0).any():
+            continue
+        inner = entry.owner if here > src_axes.index(other_axis) else other
+        walk.fail(f"{node.op_type} merges two axes that both carry the group's channels (axes {entry.axis} "
+                  f"and {other_axis} of '{entry.value.name}'): every unit of both would couple", keep=inner)
 
 
 def _flattened(sin: tuple, axis: int, name: str) -> tuple:

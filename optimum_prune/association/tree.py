@@ -65,6 +65,7 @@ class PruningGroup:
     reason: str = ""
     exact: bool = True
     notes: list[str] = field(default_factory=list)
+    kept_whole: str = ""  # seed channels that belong to no unit, and the refusals that fixed them
 
     roots: list[tuple[str, int]] = field(default_factory=list)
 
@@ -87,6 +88,7 @@ class PruningGroup:
             "unit_size": self.unit_size,
             "prunable": self.prunable,
             "reason": self.reason,
+            "kept_whole": self.kept_whole,
             "exact": self.exact,
             "tensors": sorted({s.name for s in self.slices if s.constant}),
             "io": sorted({s.name for s in self.slices if s.io}),
