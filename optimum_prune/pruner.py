@@ -110,6 +110,8 @@ class AnalysisReport:
             lines.append(f"{kind:<8}{row['groups']:>8}{row['prunable']:>10}{row['units']:>8}")
         for u in self.unprunable()[:10]:
             lines.append(f"  group {u['group']} ({u['kind']}, seed {u['seed']}): {u['reason']}")
+        for g in [g for g in self.groups if g.prunable and g.kept_whole][:10]:
+            lines.append(f"  group {g.id} ({g.kind}, seed {g.seed}): {g.kept_whole}")
         return "\n".join(lines)
 
 

@@ -106,6 +106,7 @@ def test_channels_a_refusal_names_are_kept_whole(tmp_path, key, units, kept):
     assert (group.units, group.kept_whole.split(" of ")[0]) == (units, str(kept)), group.kept_whole
     seed_owner = next(s.owner for s in group.slices if (s.name, s.axis) == (group.seed, group.seed_axis))
     assert int((seed_owner < 0).sum()) == kept
+    assert group.kept_whole in str(ORTPruner.from_pretrained(src).analyze())  # the analysis says so
     out = ORTPruner.from_pretrained(src).prune(
         PruningConfig(sparsity=0.5, scope=(EXPECTED_KIND[key],)), tmp_path / "p")
     pruned = {i.name: tuple(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer}
