@@ -1468,6 +1468,46 @@ def mqa_block(seed: int = 0) -> onnx.ModelProto:
                                 merge_inits={**scalar, "ax0": _i64(0), "head_dim": _i64(3)})
 
 
+# attention_block with a constant position bias built by ConstantOfShape([1, n_heads, 1, 1]) and
+# added to the scores (T5's zero bias of a cross-attention without relative attention bias): the
+# n_heads element of the shape is patched with the heads.
+def constant_of_shape_bias(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = (
+        """
+cos (float[B, S, 10] x) => (float[B, S, 6] y) {
+  q = MatMul(x, Wq)
+  k = MatMul(x, Wk)
+  v = MatMul(x, Wv)
+  bias = ConstantOfShape<value = float[1] {0.5}>(bshape)
+  q_h = Reshape(q, hd_shape)
+  q_t = Transpose<perm = [0, 2, 1, 3]>(q_h)
+  k_h = Reshape(k, hd_shape)
+  k_t = Transpose<perm = [0, 2, 3, 1]>(k_h)
+  v_h = Reshape(v, hd_shape)
+  v_t = Transpose<perm = [0, 2, 1, 3]>(v_h)
+  sc0 = MatMul(q_t, k_t)
+  sc = Add(sc0, bias)
+  probs = Softmax<axis = -1>(sc)
+  c0 = MatMul(probs, v_t)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    )
+    inits = {
+        "Wq": _mat(rng, 10, 12),
+        "Wk": _mat(rng, 10, 12),
+        "Wv": _mat(rng, 10, 12),
+        "Wo": _mat(rng, 12, 6),
+        "bshape": _i64(1, 3, 1, 1),
+        "hd_shape": _i64(0, 0, 3, 4),
+        "mg_shape": _i64(0, 0, 12),
+    }
+    return _build(text, inits)
+
+
 # Fused QKV with one shared KV head (multi-query attention), Falcon-7B style: one projection
 # x[B,S,10] -> MatMul(Wqkv[10,18]) -> Reshape[0,0,6,3] (4 query heads, then k, then v; head_dim 3)
 #   q = Slice(axes=[2], [0:-2])  -> [B,S,4,3] -> Transpose(0,2,1,3)
@@ -2221,6 +2261,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("gqa_block", gqa_block, "heads"),
     ("mqa_block", mqa_block, "heads"),
+    ("constant_of_shape_bias", constant_of_shape_bias, "heads"),
     ("fused_qkv_mqa_slices", fused_qkv_mqa_slices, "heads"),
     ("fused_qkv_mqa_split", fused_qkv_mqa_split, "heads"),
     ("slice_negative_bounds", slice_negative_bounds, "ffn"),

@@ -905,6 +905,16 @@ def expand(node: ir.Node, entry: Entry, walk: Walk) -> None:
                              source=(y, out_axis, 0, entry.owner.size), period=walk.period)
 
 
+def constant_of_shape(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """ConstantOfShape: a tensor of one fill value whose shape is an input (T5's zero position bias,
+    ``zeros(1, n_heads, q, k)``): nothing to slice, and the shape element that counts the channels is
+    patched. Its input is a shape vector, which never carries channels."""
+    if not entry.is_output:
+        walk.fail("ConstantOfShape's shape input cannot carry channels")
+    walk.patch_shape_element(node.inputs[0], entry.axis, entry.owner, node,
+                             source=(node.outputs[0], entry.axis, 0, entry.owner.size), period=walk.period)
+
+
 def shape_sink(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Shape / Size read the (new) dimensions at run time: nothing to propagate. A read of an axis where
     the batch and the channels are merged is followed to where it is used (``merged_axes``)."""
@@ -1323,6 +1333,7 @@ def default_registry() -> RuleRegistry:
     reg.register(POOL_OPS, pool)
     reg.register(("Pad",), pad)
     reg.register(("Expand",), expand)
+    reg.register(("ConstantOfShape",), constant_of_shape)
     reg.register(("Resize", "Upsample"), resize)
     reg.register(("Tile",), tile)
     reg.register(("Shape", "Size"), shape_sink)
