@@ -1299,8 +1299,11 @@ th (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
-def _sdpa(q: str, k: str, v: str, out: str) -> str:
-    """Scaled dot-product attention on 3-D q/k/v [B,S,12] -> out [B,S,12] (3 heads x 4)."""
+def _sdpa(q: str, k: str, v: str, out: str, bias: str | None = None) -> str:
+    """Scaled dot-product attention on 3-D q/k/v [B,S,12] -> out [B,S,12] (3 heads x 4); ``bias``, when
+    given, is added to the scaled scores."""
+    scores = "scores" if bias is None else "scores_b"
+    add_bias = "" if bias is None else f"\n  scores = Add(scores_b, {bias})"
     return f"""
   {q}_h = Reshape({q}, hd_shape)
   {q}_t = Transpose<perm = [0, 2, 1, 3]>({q}_h)
@@ -1309,7 +1312,7 @@ def _sdpa(q: str, k: str, v: str, out: str) -> str:
   {v}_h = Reshape({v}, hd_shape)
   {v}_t = Transpose<perm = [0, 2, 1, 3]>({v}_h)
   scores0 = MatMul({q}_t, {k}_t)
-  scores = Div(scores0, scale)
+  {scores} = Div(scores0, scale){add_bias}
   probs = Softmax<axis = -1>(scores)
   ctx0 = MatMul(probs, {v}_t)
   ctx1 = Transpose<perm = [0, 2, 1, 3]>(ctx0)
@@ -1385,6 +1388,19 @@ qkv (float[B, S, 10] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+# Attention of 4 query heads of head_dim 3: q[B,4,S,3], kt[B,kv,3,S] and v[B,kv,S,3] (kv = 4 or 1,
+# broadcast) -> scaled scores -> Softmax -> @ v -> Transpose -> Reshape[0,0,12] -> MatMul(Wo) = y.
+_FOUR_HEAD_TAIL = """
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  p = Softmax<axis = -1>(sc)
+  c0 = MatMul(p, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+"""
+
+
 # GQA: 4 query heads, 2 KV heads, head_dim 3.
 # x[B,S,10] -> MatMul(Wq[10,12]) -> Reshape[0,0,4,3] -> Transpose(0,2,1,3) -> q[B,4,S,3]
 # x[B,S,10] -> MatMul(Wk[10,6]) -> Reshape[0,0,2,3] -> Transpose(0,2,1,3) -> [B,2,S,3]
@@ -1421,14 +1437,7 @@ def _repeat_kv_attention(name: str, seed: int, *, kv_heads: int, merge: str, mer
   v3 = Unsqueeze(v2, ax2)
   v4 = Expand(v3, rep_shape)
   v = Reshape(v4, {merge})
-  sc0 = MatMul(q, kt)
-  sc = Mul(sc0, scale)
-  p = Softmax<axis = -1>(sc)
-  c0 = MatMul(p, v)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
-  y = MatMul(c, Wo)
-}}
+{_FOUR_HEAD_TAIL}}}
 """
     inits = {
         "Wq": _mat(rng, 10, 12),
@@ -1480,18 +1489,9 @@ cos (float[B, S, 10] x) => (float[B, S, 6] y) {
   k = MatMul(x, Wk)
   v = MatMul(x, Wv)
   bias = ConstantOfShape<value = float[1] {0.5}>(bshape)
-  q_h = Reshape(q, hd_shape)
-  q_t = Transpose<perm = [0, 2, 1, 3]>(q_h)
-  k_h = Reshape(k, hd_shape)
-  k_t = Transpose<perm = [0, 2, 3, 1]>(k_h)
-  v_h = Reshape(v, hd_shape)
-  v_t = Transpose<perm = [0, 2, 1, 3]>(v_h)
-  sc0 = MatMul(q_t, k_t)
-  sc = Add(sc0, bias)
-  probs = Softmax<axis = -1>(sc)
-  c0 = MatMul(probs, v_t)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
+"""
+        + _sdpa("q", "k", "v", "c", bias="bias")
+        + """
   y = MatMul(c, Wo)
 }
 """
@@ -1502,8 +1502,7 @@ cos (float[B, S, 10] x) => (float[B, S, 6] y) {
         "Wv": _mat(rng, 10, 12),
         "Wo": _mat(rng, 12, 6),
         "bshape": _i64(1, 3, 1, 1),
-        "hd_shape": _i64(0, 0, 3, 4),
-        "mg_shape": _i64(0, 0, 12),
+        **_sdpa_inits(),
     }
     return _build(text, inits)
 
@@ -1528,14 +1527,7 @@ fmqa (float[B, S, 10] x) => (float[B, S, 7] y) {
   q = Transpose<perm = [0, 2, 1, 3]>(q0)
   kt = Transpose<perm = [0, 2, 3, 1]>(k0)
   v = Transpose<perm = [0, 2, 1, 3]>(v0)
-  sc0 = MatMul(q, kt)
-  sc = Mul(sc0, scale)
-  p = Softmax<axis = -1>(sc)
-  c0 = MatMul(p, v)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
-  y = MatMul(c, Wo)
-}
+""" + _FOUR_HEAD_TAIL + """}
 """
     inits = {
         "Wqkv": _mat(rng, 10, 18),
@@ -1569,14 +1561,7 @@ smqa (float[B, S, 10] x) => (float[B, S, 7] y) {
   k1 = Unsqueeze(k0, ax1)
   kt = Transpose<perm = [0, 1, 3, 2]>(k1)
   v = Unsqueeze(v0, ax1)
-  sc0 = MatMul(q, kt)
-  sc = Mul(sc0, scale)
-  p = Softmax<axis = -1>(sc)
-  c0 = MatMul(p, v)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
-  y = MatMul(c, Wo)
-}
+""" + _FOUR_HEAD_TAIL + """}
 """
     inits = {
         "Wqkv": _mat(rng, 10, 18),

@@ -398,7 +398,7 @@ class Walk:
         self.values[seed.name] = seed
         owner = np.arange(self.n_units, dtype=np.int64)
         if fixed is not None:
-            owner[fixed] = -1
+            owner[fixed] = -1  # an all-False mask changes nothing
         self.link(seed, axis, owner)
         steps = 0
         limit = _MAX_STEPS_PER_VALUE * max(1, len(self.model.graph.initializers) + len(self.model.graph))
@@ -615,19 +615,16 @@ def _walk_keeping_whole(model: ir.Model, shapes: dict[str, Shape], registry: Rul
     for attempt in range(_MAX_KEEP_RETRIES + 1):
         walk = Walk(model, shapes, registry, n)
         try:
-            walk.run(seed, axis, fixed if fixed.any() else None)
+            walk.run(seed, axis, fixed)
+            break
         except Refusal as e:
-            grow = np.zeros(n, dtype=bool)
-            if e.keep is not None:
-                grow = np.isin(walk.units.find(np.arange(n)), walk.units.find(e.keep)) & ~fixed
+            grow = np.zeros(n, dtype=bool) if e.keep is None else (
+                np.isin(walk.units.find(np.arange(n)), walk.units.find(e.keep)) & ~fixed)
             if not grow.any() or (fixed | grow).all() or attempt == _MAX_KEEP_RETRIES:
-                group.prunable = False
-                group.reason = str(e)
+                group.prunable, group.reason = False, str(e)
                 break
             fixed |= grow
             kept.append(str(e))
-            continue
-        break
     if kept:
         group.kept_whole = f"{int(fixed.sum())} of {n} channels kept whole: " + "; ".join(kept)
     return walk

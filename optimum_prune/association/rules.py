@@ -572,15 +572,13 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if steps is not None and int(steps.reshape(-1)[i]) != 1:
         walk.fail("Slice along the channel axis with a step")
     bounds = []
-    tail = size  # positions from here on are counted from the end by a negative bound: never removed
+    negative: set[str] = set()  # bounds counted from the end: they follow pruning unpatched
     for which, bound_v, arr in (("start", starts_v, starts), ("end", ends_v, ends)):
         if arr is not None:
             b = int(arr.reshape(-1)[i])
             if b < 0:
-                tail = min(tail, max(size + b, 0))
-                bounds.append((max(size + b, 0), ("negative", None, None)))
-                continue
-            bounds.append((min(b, size) if which == "end" else b, None))
+                negative.add(which)
+            bounds.append((max(size + b, 0) if b < 0 else (min(b, size) if which == "end" else b), None))
             continue
         try:
             expr = evaluate_dim_expr(bound_v, i, x, entry.axis, np.arange(size + 1), walk.shape)
@@ -602,14 +600,15 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
         part = entry.owner[start:end]
         if (part >= 0).any():
             walk.link(y, entry.axis, part)
-    if tail < size:
+    if negative:  # the positions from the first bound counted from the end on must stay
+        tail = min(start if "start" in negative else size, end if "end" in negative else size)
         _check_kept(walk, node, x, entry.axis, tail, size, "a negative Slice bound")
-    if start > 0 and start_expr is None:
+    if start > 0 and start_expr is None and "start" not in negative:
         walk.patch_shape_element(starts_v, i, in_owner[:start], node, source=(x, entry.axis, 0, start))
-    if end < size and end_expr is None:
+    if end < size and end_expr is None and "end" not in negative:
         walk.patch_shape_element(ends_v, i, in_owner[:end], node, source=(x, entry.axis, 0, end))
     for b, computed in ((start, start_expr), (end, end_expr)):
-        if computed is not None and computed[0] != "negative":
+        if computed is not None:
             which, expr, f = computed
             walk.claim(("the computed bounds of Slice", node.name))
             walk.check_at_end(("slice", node.name, which), node,
