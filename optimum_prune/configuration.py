@@ -154,9 +154,14 @@ class PruningConfig:
             by kind, e.g. ``{"ffn": 8}``); a budget is then met within one rounding step per group.
         exclude: substrings of seed tensor names whose groups are left alone.
         io_patterns: substrings of graph input/output names a group may resize (the KV cache).
-        prune_kv_heads: also prune head groups that resize the KV cache (past/present). Off by default:
-            optimum-onnx sizes the cache as ``hidden_size // num_attention_heads`` for most decoders,
-            so such a folder would not ``generate`` with ``ORTModelForCausalLM``.
+        prune_kv_heads: also prune head groups that resize the KV cache (past/present). Off by default,
+            since it changes what the runtime must feed: Optimum sizes the first, empty cache from
+            ``config.json``. Where ``config.json`` can record the pruned count (a key/value-head count,
+            the same share in every layer, a runtime that reads it) it is recorded; elsewhere
+            (``head_dim = hidden_size // num_attention_heads`` models such as GPT-2 or OPT, per-layer
+            counts) the pruned cache inputs narrow the dense-sized first cache to the kept heads
+            (:mod:`optimum_prune.passes.cache_inputs`), which generates with ``ORTModelForCausalLM`` on
+            its default CPU path but not with IO binding (which sizes the output cache the same way).
         recover: repair the consumers of pruned groups by least squares on calibration data: ``True``
             (default :class:`RecoveryConfig`), a :class:`RecoveryConfig` (or its dict), or
             ``False``/``None``. Without calibration data the pruner uses generated inputs (512 rows of 32

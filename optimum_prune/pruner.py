@@ -36,11 +36,18 @@ from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
 from optimum_prune.calibration import CalibrationConfig, CalibrationData
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig, RecoveryConfig
-from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
+from optimum_prune.errors import (
+    ConfigError,
+    InvalidModelError,
+    PlanMismatchError,
+    PruningError,
+    ValidationError,
+)
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
 from optimum_prune.importance import get_importance
 from optimum_prune.metrics import count_flops, count_parameters
 from optimum_prune.passes.apply import apply_removals
+from optimum_prune.passes.cache_inputs import narrow_cache_inputs
 from optimum_prune.passes.normalize import (
     explicit_split_sizes,
     name_nodes,
@@ -295,8 +302,6 @@ class ORTPruner:
             resizes_cache = any(s.io for s in g.slices)
             if (g.prunable and g.kind in config.scope and not any(pat in g.seed for pat in config.exclude)
                     and (config.prune_kv_heads or not resizes_cache)):
-                if resizes_cache and g.kind == "heads":
-                    self._check_cache_describable()
                 eligible.append(g)
         return eligible
 
@@ -401,19 +406,6 @@ class ORTPruner:
                                           min_units=config.min_units)
         return LatencyModel(table, eligible, prep.model)
 
-    def _check_cache_describable(self) -> None:
-        """Raise :class:`ConfigError` unless config.json can record a pruned key/value-head count."""
-        path = self.folder / "config.json"
-        if not path.is_file():
-            return
-        cfg = json.loads(path.read_text())
-        if not any(isinstance(cfg.get(k), int) for k in _KV_KEYS):
-            raise ConfigError(
-                f"prune_kv_heads=True, but {path} has no key/value-head count ({', '.join(_KV_KEYS)}): "
-                f"runtimes size the cache of model_type {cfg.get('model_type')!r} from num_attention_heads, "
-                "so a model with pruned cache heads could not generate. Use prune_kv_heads=False (heads "
-                "are then pruned only where the cache is untouched) or export without past key/values.")
-
     def prune(self, config: PruningConfig | None = None, save_dir: str | os.PathLike | None = None, *,
               plan: PruningPlan | None = None, validate: bool = True,
               calibration: CalibrationData | None = None) -> Path:
@@ -431,16 +423,37 @@ class ORTPruner:
         pruned = self.prune_in_memory(config, plan=plan, calibration=calibration)
         with staging_folder(save_dir) as tmp:
             model_file = tmp / self.model_path.name
-            written = save_model_atomic(pruned.model, model_file)
-            if validate:
-                validate_model_file(model_file, source=self.model_path, header=written.header)
             self._copy_side_files(tmp)
+            config_file = tmp / "config.json"
+            cache_resized = _cache_resized(pruned.groups, pruned.removed)
             patterns = tuple(pruned.plan.config.get("io_patterns", DEFAULT_IO_PATTERNS))
             has_cache = any(p in v.name for v in pruned.model.graph.inputs for p in patterns)
-            config_notes = _update_config(tmp / "config.json", pruned.groups, pruned.removed,
-                                          has_cache=has_cache)
-            if validate and _cache_resized(pruned.groups, pruned.removed) and (tmp / "config.json").is_file():
-                check_generates(tmp, model_file.name)
+            # A runtime sizes the first, empty cache from config.json: where it cannot say the pruned
+            # head counts, the cache inputs narrow what arrives to the kept heads.
+            narrow = cache_resized and config_file.is_file() and not _config_describes_cache(
+                json.loads(config_file.read_text()), pruned.groups, pruned.removed)
+
+            def write(narrowed: bool) -> list[str]:
+                if narrowed:
+                    resized = _resized_inputs(pruned.model, pruned.groups, pruned.removed)
+                    narrow_cache_inputs(pruned.model, resized)
+                written = save_model_atomic(pruned.model, model_file)
+                if validate:
+                    validate_model_file(model_file, source=self.model_path, header=written.header)
+                return _update_config(config_file, pruned.groups, pruned.removed, has_cache=has_cache,
+                                      cache_narrowed=narrowed)
+
+            config_notes = write(narrow)
+            if validate and cache_resized and config_file.is_file():
+                try:
+                    check_generates(tmp, model_file.name)
+                except ValidationError:
+                    if narrow:
+                        raise
+                    # This model type's runtime ignores the recorded key/value-head count: narrow instead.
+                    self._copy_side_files(tmp)
+                    config_notes = write(True)
+                    check_generates(tmp, model_file.name)
             pruned.plan.save(tmp / PLAN_FILE)
             report = pruned.report(time.perf_counter() - start, config_notes)
             _write_report(tmp, self.folder, report)
@@ -556,6 +569,32 @@ def _cache_resized(groups: list[PruningGroup], removed: dict[int, set[int]]) -> 
     return any(s.io for g in groups if g.kind == "heads" and removed.get(g.id) for s in g.slices)
 
 
+def _config_describes_cache(cfg: dict, groups: list[PruningGroup], removed: dict[int, set[int]]) -> bool:
+    """Whether config.json can record the pruned cache: it has a key/value-head count, and every head
+    group keeps the same share (it holds one count for all layers)."""
+    return (any(isinstance(cfg.get(k), int) for k in _KV_KEYS)
+            and _uniform_ratio(groups, removed, "heads") is not None)
+
+
+def _resized_inputs(model: ir.Model, groups: list[PruningGroup],
+                    removed: dict[int, set[int]]) -> dict[str, dict[int, int]]:
+    """The graph inputs pruned head groups resized: name -> {axis: kept width} (read from the pruned
+    model, whose declared input shapes have the kept widths)."""
+    inputs = {v.name: v for v in model.graph.inputs}
+    out: dict[str, dict[int, int]] = {}
+    for g in groups:
+        if g.kind != "heads" or not removed.get(g.id):
+            continue
+        for s in g.slices:
+            if s.io and s.name in inputs:
+                width = inputs[s.name].shape[s.axis] if inputs[s.name].shape is not None else None
+                if not isinstance(width, int):
+                    raise PruningError(f"cache input '{s.name}' has no fixed size on axis {s.axis} after "
+                                       "pruning, so it cannot be narrowed")
+                out.setdefault(s.name, {})[s.axis] = width
+    return out
+
+
 def _kv_heads_pruned(cfg: dict, groups: list[PruningGroup], removed: dict[int, set[int]],
                      n_heads: int | None) -> bool:
     """Whether the pruned head groups remove key/value heads: False when their units are query heads
@@ -580,7 +619,7 @@ def _config_can_set(model_type: str | None, key: str) -> bool:
 
 
 def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]], *,
-                   has_cache: bool = False) -> list[str]:
+                   has_cache: bool = False, cache_narrowed: bool = False) -> list[str]:
     """Record uniform head / KV-head / FFN counts in config.json so runtimes size caches correctly.
 
     When pruned head groups resize the key/value cache, only the KV-head count changes (with an
@@ -588,10 +627,11 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
     ``hidden_size // num_attention_heads``, so ``num_attention_heads`` keeps its source value. Query
     heads pruned alone (multi-query attention) change neither count, for the same reason: so do head
     groups of a graph with a cache (``has_cache``) that leave it whole, whatever config.json says of
-    the key/value heads (Falcon-7B's ``multi_query`` overrides its ``num_kv_heads``).
+    the key/value heads (Falcon-7B's ``multi_query`` overrides its ``num_kv_heads``), and head groups
+    whose cache inputs are narrowed (``cache_narrowed``, see :mod:`optimum_prune.passes.cache_inputs`):
+    the runtime then sizes the first cache for the dense model, which the graph narrows.
     Otherwise new head counts are recorded when they still divide the hidden size (some config
     classes reject other values, and the graph does not read them). Returns notes on what was kept.
-    Raises :class:`PruningError` when the cache was resized unevenly (no config can describe it).
     """
     if not path.is_file():
         return []
@@ -600,10 +640,14 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
     changed = False
     cache_resized = _cache_resized(groups, removed)
     heads = _uniform_ratio(groups, removed, "heads")
-    if cache_resized and heads is None:
-        raise PruningError("head groups that resize the key/value cache were pruned unevenly across layers; "
-                           "config.json cannot describe per-layer cache sizes. Prune every head group by the "
-                           "same share (uniform sparsity) or leave prune_kv_heads=False.")
+    if cache_narrowed:
+        n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
+        notes.append(f"config.json keeps the source head counts (num_attention_heads={n_heads}): the "
+                     "model's cache inputs take the cache a runtime sizes from them and narrow it to each "
+                     "layer's kept heads (optimum_prune.passes.cache_inputs). Load it without IO binding "
+                     "(use_io_binding=False, the default on CPU): IO binding sizes the output cache the "
+                     "same way.")
+        heads = None  # the counts stay
     if heads is not None and heads < 1:
         n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
         hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))

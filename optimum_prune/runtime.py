@@ -107,9 +107,7 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
                 out[inp.name] = np.broadcast_to(positions, reference.shape).copy()
                 continue
             if "past" in lname and inp.shape:
-                shape = [d if isinstance(d, int) else (reference.shape[0] if i == 0 else 0)
-                         for i, d in enumerate(inp.shape)]
-                out[inp.name] = np.zeros(shape, dtype=dtype)
+                out[inp.name] = empty_cache(session, inp, reference.shape[0])
                 continue
         missing.append(inp.name)
     if missing:
@@ -117,6 +115,18 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
                           f"{sorted(feeds)}); pass feed dicts with every input, or a dataset the folder's "
                           "tokenizer/processor turns into them")
     return out
+
+
+def empty_cache(session, inp, batch: int) -> np.ndarray:
+    """Zeros for cache input ``inp`` of ``session`` with past length 0, as in a first generation step:
+    symbolic dimensions are ``batch`` (the first), the width a narrowed cache input computes with (see
+    :mod:`optimum_prune.passes.cache_inputs`), or 0."""
+    from optimum_prune.passes.cache_inputs import narrowed_dims
+
+    narrowed = narrowed_dims(session)
+    shape = [d if isinstance(d, int) else narrowed.get(d, batch if i == 0 else 0)
+             for i, d in enumerate(inp.shape)]
+    return np.zeros(shape, dtype=ORT_TYPES.get(inp.type, np.float32))
 
 
 def generate_feeds(session, model: ir.Model, *, rows: int, length: int, seed: int = 0,

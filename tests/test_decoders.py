@@ -8,10 +8,12 @@ import shutil
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import onnxruntime as ort
 import pytest
 
 from optimum_prune import ORTPruner, PruningConfig
 from optimum_prune.errors import ValidationError
+from optimum_prune.passes.cache_inputs import narrowed_dims
 from zoo import export_zoo_model, load_ort_model
 
 
@@ -82,17 +84,27 @@ def test_config_records_pruned_mlp_and_kv_widths(zoo_root, tmp_path):
     assert after["num_attention_heads"] == before["num_attention_heads"]  # the cache's head_dim rule
 
 
-def test_kv_pruning_refused_when_the_runtime_cannot_generate(zoo_root, tmp_path):
-    """phi3's config has num_key_value_heads, but Optimum sizes its cache from num_attention_heads:
-    the folder would not generate, so nothing is written."""
-    src = export_zoo_model("phi3", zoo_root, with_past=True)
+def test_the_cache_inputs_are_narrowed_when_the_recorded_count_does_not_generate(zoo_root, tmp_path,
+                                                                              monkeypatch):
+    """The pruner first records the pruned KV-head count in config.json; when Optimum cannot generate
+    with it, it restores the source counts, narrows the cache inputs and tries again; when that fails
+    too, nothing is written."""
+    tried = []
+
+    def cannot_generate(folder, file_name="model.onnx"):
+        session = ort.InferenceSession(str(folder / file_name), providers=["CPUExecutionProvider"])
+        tried.append((json.loads((folder / "config.json").read_text())["num_key_value_heads"],
+                      narrowed_dims(session)))
+        raise ValidationError("Optimum's ORTModelForCausalLM cannot generate with it (a test)")
+
+    monkeypatch.setattr("optimum_prune.pruner.check_generates", cannot_generate)
+    src = export_zoo_model("llama", zoo_root, with_past=True)
     config = PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True)
     with pytest.raises(ValidationError, match="cannot generate"):
         ORTPruner.from_pretrained(src).prune(config, tmp_path / "pruned")
     assert not (tmp_path / "pruned").exists()
-    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("ffn", "heads")),
-                                               tmp_path / "default")
-    assert json.loads((out / "report.json").read_text())["stages"][-1]["units_removed"]["ffn"] > 0
+    assert [count for count, _ in tried] == [1, 2]  # the pruned count, then the source count
+    assert tried[0][1] == {} and sorted(tried[1][1].values()) == [1] * 4  # 2 layers x key, value
 
 
 def test_global_allocation_keeps_kv_groups_uniform_and_generates(zoo_root, tmp_path):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from optimum_prune import ORTPruner, PruningConfig, verify
-from optimum_prune.errors import ConfigError
 from optimum_prune.verify import RELATIVE_TOLERANCE
 from zoo import ZOO, dummy_inputs, export_zoo_model, load_ort_model
 
@@ -178,9 +177,63 @@ def test_deberta_v2_heads_prune_with_their_relative_position_lookups(zoo_root, t
         assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
 
 
-def test_kv_head_pruning_refused_when_the_config_cannot_describe_the_cache(zoo_root, tmp_path):
-    src = export_zoo_model("gpt2", zoo_root, with_past=True)
-    with pytest.raises(ConfigError, match="no key/value-head count"):
-        config = PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True)
-        ORTPruner.from_pretrained(src).prune(config, tmp_path / "pruned")
-    assert not (tmp_path / "pruned").exists()
+def _assert_cached_generation_matches_recomputation(name, folder, steps: int = 4) -> None:
+    """Optimum's cached greedy generation on ``folder`` gives, at every step, the logits of running the
+    pruned graph on the whole sequence so far from an empty cache (the first cache Optimum feeds is
+    sized by config.json; the later ones are the graph's own)."""
+    import onnxruntime as ort
+    import torch
+
+    from optimum_prune.runtime import complete_feeds
+
+    model = load_ort_model(name, folder)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    result = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                            min_new_tokens=steps, do_sample=False, output_logits=True,
+                            return_dict_in_generate=True)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    sequence = ids.numpy()
+    for step, scores in enumerate(result.logits):
+        logits = session.run(["logits"], complete_feeds(session, {"input_ids": sequence}))[0][:, -1]
+        np.testing.assert_allclose(scores.numpy(), logits, rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
+        sequence = result.sequences[:, : ids.shape[1] + step + 1].numpy()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "opt", "bloom", "phi3"])
+def test_cache_heads_config_json_cannot_describe_are_narrowed_and_generate(zoo_root, tmp_path, name):
+    """gpt2, opt and bloom size their cache heads as hidden_size // num_attention_heads (no key/value
+    count), and Optimum ignores phi3's num_key_value_heads: the pruned cache inputs narrow the dense-sized
+    first cache, config.json keeps the source head counts, and generation matches recomputation."""
+    src = export_zoo_model(name, zoo_root, with_past=True)
+    dense_cfg = json.loads((src / "config.json").read_text())
+    out = ORTPruner.from_pretrained(src).prune(
+        PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True), tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 4  # 2 of 4 heads in each of the 2 layers
+    assert any("narrow it to each layer's kept heads" in n for n in report["config_notes"])
+    cfg = json.loads((out / "config.json").read_text())
+    for key in ("num_attention_heads", "n_head", "num_key_value_heads"):
+        assert cfg.get(key) == dense_cfg.get(key)
+    result = verify(src, out)
+    assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+    _assert_cached_generation_matches_recomputation(name, out)
+
+
+def test_cache_heads_pruned_unevenly_across_layers_are_narrowed(zoo_root, tmp_path):
+    """One KV group removed in the first layer only: no config.json can say so (it holds one count),
+    so the cache inputs are narrowed instead and the counts stay."""
+    src = export_zoo_model("llama", zoo_root, with_past=True)
+    dense_cfg = json.loads((src / "config.json").read_text())
+    pruner = ORTPruner.from_pretrained(src)
+    plan = pruner.plan(PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True))
+    heads = [g for g in plan.groups if g.kind == "heads"]
+    assert len(heads) == 2 and all(len(g.kept) < g.units for g in heads)
+    heads[1].kept = list(range(heads[1].units))
+    out = pruner.prune(plan=plan, save_dir=tmp_path / "pruned")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_key_value_heads"] == dense_cfg["num_key_value_heads"]
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["heads"] == 1
+    result = verify(src, out)
+    assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, result.outputs
+    _assert_cached_generation_matches_recomputation("llama", out)

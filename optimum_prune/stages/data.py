@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from optimum_prune.errors import ConfigError, InvalidModelError
+from optimum_prune.runtime import empty_cache
 from optimum_prune.stages.base import StageConfig, positive_int
 
 BUILTIN_DATASETS = ("rotten_tomatoes",)
@@ -250,8 +251,7 @@ def complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarra
             m = mask if mask is not None else np.ones((batch, seq), dtype=np.int64)
             out[name] = np.clip(np.cumsum(m, axis=1) - 1, 0, None).astype(dtype)
         elif name.startswith("past_key_values") or "past" in name:
-            shape = [d if isinstance(d, int) else (batch if i == 0 else 0) for i, d in enumerate(inp.shape)]
-            out[name] = np.zeros(shape, dtype=dtype)
+            out[name] = empty_cache(session, inp, batch)
         else:
             raise InvalidModelError(f"cannot build input {name!r} ({inp.type}, {inp.shape}) of the model")
     return out
