@@ -6,7 +6,8 @@
 Each architecture is a tiny random-weight config (the zoo's dimensions: hidden 32, FFN 48, 4 heads,
 2 layers; vision: hidden 36, image 32, patch 8), exported with optimum-onnx through the zoo's own
 machinery (``tests/zoo.py``), decoders with and without past key/values, pruned at 30% of ``ffn`` +
-``heads`` + ``conv`` with the default ``l2`` criterion and checked by the exactness oracle
+``heads`` + ``conv`` with the default ``l2`` criterion (with past key/values: ``prune_kv_heads=True``,
+and the pruned folder must generate with its ORTModel class) and checked by the exactness oracle
 (:func:`optimum_prune.verify`). The JSON records the share of parameters removed, the units removed per
 kind, the oracle's error and the analysis' reasons for the groups it refused; a config that does not
 export is recorded as such (that is optimum-onnx's or the config's limit, not the pruner's). Each
@@ -170,13 +171,20 @@ def run_variant(name: str, past: bool) -> dict:
         analysis = pruner.analyze()
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            out = pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn", "heads", "conv")), Path(tmp) / "p")
+            # with past key/values, heads go through the cache (the pruner checks the folder generates)
+            config = PruningConfig(sparsity=0.3, scope=("ffn", "heads", "conv"), prune_kv_heads=past)
+            out = pruner.prune(config, Path(tmp) / "p")
             seconds = time.perf_counter() - start
             report = json.loads((out / "report.json").read_text())["stages"][-1]
             result = verify(src, out)
             if multi_file:
                 row["files"] = sorted(f.name for f in out.glob("*.onnx"))
                 row["generates"] = _generates(zoo.SEQ2SEQ[name], out)
+            elif past:
+                row["generates"] = _generates_causal(zoo.ZOO[name], out)
+                if not row["generates"]:  # is it the pruning, or Optimum's runtime for this model type?
+                    row["dense_generates"] = _generates_causal(zoo.ZOO[name], src)
+                row["narrowed_cache"] = any("narrow" in n for n in report.get("config_notes", []))
         # the analysis' own reasons first, then the cross-file ones (shared weights, another structure)
         refused = sorted({u["reason"] for u in analysis.unprunable() if u["reason"]},
                          key=lambda why: (why.startswith("its root weights are shared"), why))
@@ -204,12 +212,31 @@ def _generates(spec, folder: Path) -> bool:
     return tokens.shape[-1] >= 3
 
 
+def _generates_causal(spec, folder: Path) -> bool:
+    """Whether ``folder`` loads with ``ORTModelForCausalLM`` (with its cache) and generates three tokens."""
+    import torch
+
+    try:
+        model = spec.ort_model_class().from_pretrained(folder, use_io_binding=False, use_cache=True,
+                                                       provider="CPUExecutionProvider")
+        ids = torch.tensor([[1, 2, 3, 4]])
+        tokens = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
+                                min_new_tokens=3, do_sample=False)
+    except Exception:  # ONNX Runtime raises its own types
+        return False
+    return tokens.shape[-1] == 7
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| arch | past | params removed | units removed (ffn/heads/conv) | oracle max rel err | "
              "refused groups |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         past = "yes" if r["past"] else ""
+        if r["past"] and "generates" in r and not r.get("files"):
+            past += ", generates" if r["generates"] else ", NO generate"
+            past += ", narrowed" if r.get("narrowed_cache") else ""
+            past += " (nor does the dense export)" if r.get("dense_generates") is False else ""
         if r.get("files"):  # an encoder-decoder export: its files, and whether it generates once pruned
             past = f"{len(r['files'])} files" + (", generates" if r.get("generates") else ", NO generate")
         if not r["ok"]:

@@ -230,6 +230,22 @@ def _quality_ceiling() -> str | None:
     return "\n".join(lines)
 
 
+def _cache_narrowing() -> str | None:
+    data = _results("cache_narrowing")
+    if data is None:
+        return None
+    import cache_narrowing
+
+    shape = data["shape"]
+    return (cache_narrowing.markdown(data) + "\n\n" +
+            f"- GPT-2 shape {shape['n_layer']} layers x {shape['n_embd']} hidden x {shape['n_head']} heads, "
+            f"vocabulary {shape['vocab_size']}, random weights; {data['heads_removed']} heads removed "
+            f"({data['params_before'] / 1e6:.1f}M -> {data['params_after'] / 1e6:.1f}M parameters); one "
+            f"new token at batch 1, {data['threads']} ONNX Runtime threads, median of {data['repeats']} "
+            f"interleaved rounds; `ORTModelForCausalLM` generated {len(data['generated']) - 4} tokens from "
+            f"the narrowed folder; commit {data['commit']}, {data['created']}")
+
+
 def _arch_survey() -> str | None:
     data = _results("arch_survey")
     if data is None:
@@ -249,7 +265,8 @@ def main() -> None:
     for name, render in (("engine_speed", _engine_speed), ("zoo", _zoo), ("quality", _quality),
                          ("quality_classifier", _quality_classifier), ("latency_budget", _latency_budget),
                          ("decoder", _decoder), ("distill", _distill), ("norm_kernels", _norm_kernels),
-                         ("arch_survey", _arch_survey), ("quality_ceiling", _quality_ceiling)):
+                         ("arch_survey", _arch_survey), ("quality_ceiling", _quality_ceiling),
+                         ("cache_narrowing", _cache_narrowing)):
         body = render()
         if body is None:
             continue

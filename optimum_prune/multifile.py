@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from optimum_prune.association.rules import RuleRegistry
@@ -36,12 +37,14 @@ from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
 from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
 from optimum_prune.graph import const_array, save_model_atomic
+from optimum_prune.passes.cache_inputs import NARROWED_DIMS_KEY, narrow_cache_inputs
 from optimum_prune.passes.validate import make_session, validate_model_file
 from optimum_prune.plan import PLAN_FILE, PruningPlan, load_component_plans, save_component_plans
 from optimum_prune.pruner import (
     AnalysisReport,
     ORTPruner,
     PrunedModel,
+    _resized_inputs,
     _update_config,
     _write_report,
     check_save_dir,
@@ -227,12 +230,6 @@ class MultiFilePruner:
         ``calibration`` is one :class:`CalibrationData` (used for the files whose inputs it feeds) or a
         mapping from file name to calibration data.
         """
-        if config.prune_kv_heads:
-            raise ConfigError(
-                "prune_kv_heads=True is not supported for encoder-decoder models: Optimum's "
-                "ORTModelForSeq2SeqLM sizes the decoder's key/value cache from config.json as num_heads x "
-                "hidden_size // num_heads, which cannot describe pruned decoder heads; prune with "
-                "prune_kv_heads=False (encoder heads and every FFN are still pruned)")
         links = self._links(tuple(config.io_patterns))
         leader = links.leader_of()
         preps = {f: p._prepare(config.io_patterns) for f, p in self.pruners.items()}
@@ -330,6 +327,15 @@ class MultiFilePruner:
         for f, pruner in self.pruners.items():
             pruned[f] = pruner.prune_in_memory(config, plan=plans[f],
                                                calibration=self._calibration_for(f, calibration))
+        # Optimum's ORTModelForSeq2SeqLM sizes the first, empty decoder cache from config.json as
+        # num_attention_heads x hidden_size // num_attention_heads, which no count can make the pruned
+        # one: the cache inputs narrow it, and config.json keeps the source counts.
+        narrowed = False
+        for pm in pruned.values():
+            resized = _resized_inputs(pm.model, pm.groups, pm.removed)
+            if resized:
+                narrow_cache_inputs(pm.model, resized)
+                narrowed = True
         with staging_folder(save_dir) as tmp:
             for f, pm in pruned.items():
                 written = save_model_atomic(pm.model, tmp / f)
@@ -342,7 +348,7 @@ class MultiFilePruner:
                     _copy_model(self.folder, MERGED_DECODER, tmp)
             copy_side_files(self.folder, tmp)
             combined, removed = _renumbered(pruned)
-            notes = _update_config(tmp / "config.json", combined, removed)
+            notes = _update_config(tmp / "config.json", combined, removed, cache_narrowed=narrowed)
             save_component_plans(tmp / PLAN_FILE, {f: pm.plan for f, pm in pruned.items()})
             seconds = time.perf_counter() - start
             components = {f: pm.report(seconds, []) for f, pm in pruned.items()}
@@ -455,5 +461,12 @@ def _merge_decoders(folder: Path, validate: bool) -> None:
         raise PruningError(f"could not rebuild {MERGED_DECODER} from the pruned {DECODER} and "
                            f"{DECODER_WITH_PAST} with optimum's merge_decoders "
                            f"({type(e).__name__}: {e})") from e
+    # merge_decoders keeps the with-past decoder's inputs, not its metadata: the narrowed cache widths
+    with_past = onnx.load(str(folder / DECODER_WITH_PAST), load_external_data=False)
+    props = {p.key: p.value for p in with_past.metadata_props if p.key == NARROWED_DIMS_KEY}
+    if props:
+        merged = onnx.load(str(target), load_external_data=False)
+        onnx.helper.set_model_props(merged, {**{p.key: p.value for p in merged.metadata_props}, **props})
+        onnx.save(merged, str(target))
     if validate:
         validate_model_file(target)

@@ -44,6 +44,7 @@ def test_a_narrowed_cache_input_takes_a_dense_sized_empty_cache_and_its_own_cach
     assert dims == {"narrowed_0": 2}
     declared = [d.dim_param or d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim]
     assert declared == ["B", "narrowed_0", "P", 4]
+    assert model.graph.node[0].op_type == "Reshape"  # no copy of the cache at each step
     session = _session(model)
     assert narrowed_dims(session) == {"narrowed_0": 2}
     rng = np.random.default_rng(0)
@@ -62,6 +63,19 @@ def test_a_narrowed_cache_input_takes_a_dense_sized_empty_cache_and_its_own_cach
                                            "cond": np.array(cond)})
         np.testing.assert_array_equal(present, np.concatenate([past, k], axis=2))
         np.testing.assert_array_equal(seen, sign * past)
+
+
+def test_an_input_without_a_length_axis_is_sliced_to_the_kept_width():
+    model = _build("""
+        g (float[B, 4, 3] past) => (float[B, 2, 3] y) { y = Identity(past) }""", {})
+    m = ir.from_proto(model)
+    narrow_cache_inputs(m, {"past": {1: 2}})
+    model = ir.to_proto(m)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.graph.node[0].op_type == "Slice"
+    x = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    np.testing.assert_array_equal(_session(model).run(None, {"past": x})[0], x[:, :2])
+    np.testing.assert_array_equal(_session(model).run(None, {"past": x[:, :2]})[0], x[:, :2])
 
 
 def test_generated_first_caches_have_the_narrowed_width():

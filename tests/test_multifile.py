@@ -85,6 +85,62 @@ def test_encoder_decoder_export_prunes_every_file_exactly_and_generates(zoo_root
     assert merged.shape[0] == 4 and np.isfinite(merged).all()
 
 
+def _recomputed_logits(folder, inputs, sequences: np.ndarray, steps: int) -> np.ndarray:
+    """Each step's last-position logits from the pruned encoder and the no-cache decoder run on the whole
+    decoder prefix (no key/value cache at all)."""
+    import onnxruntime as ort
+
+    def session(name):
+        return ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+
+    encoder, decoder = session("encoder_model.onnx"), session(DECODER)
+    feeds = {k: v.numpy() for k, v in inputs.items()}
+    hidden = encoder.run(None, {i.name: feeds[i.name] for i in encoder.get_inputs()})[0]
+    wanted = {i.name for i in decoder.get_inputs()}
+    out = []
+    for step in range(steps):
+        prefix = sequences[:, : step + 1]
+        decoder_feeds = {"input_ids": prefix, "encoder_hidden_states": hidden}
+        if "encoder_attention_mask" in wanted:
+            decoder_feeds["encoder_attention_mask"] = feeds["attention_mask"]
+        out.append(decoder.run(["logits"], decoder_feeds)[0][:, -1])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("name", sorted(SEQ2SEQ))
+def test_decoder_heads_prune_through_the_cache_and_generate(zoo_root, tmp_path, name):
+    """With prune_kv_heads the decoders' self-attention heads go too (twins keep the same heads); the
+    with-past decoder's cache inputs narrow the empty first cache Optimum sizes from config.json, which
+    keeps its head counts. Cached generation, merged or not, gives the logits of recomputing every step
+    from the whole prefix without a cache."""
+    src = export_seq2seq_model(name, zoo_root)
+    dense_cfg = json.loads((src / "config.json").read_text())
+    out = ORTPruner.from_pretrained(src).prune(
+        PruningConfig(sparsity=0.5, scope=SCOPE, prune_kv_heads=True), tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    heads = {f: c["units_removed"]["heads"] for f, c in report["components"].items()}
+    assert heads[DECODER] > 0 and heads[DECODER_WITH_PAST] == heads[DECODER], heads
+    assert any("narrow it to each layer's kept heads" in n for n in report["config_notes"])
+    cfg = json.loads((out / "config.json").read_text())
+    head_keys = [k for k in dense_cfg if "heads" in k or k == "d_kv"]
+    assert head_keys and all(cfg[k] == dense_cfg[k] for k in head_keys)
+    plans = read_component_plans(out)
+    removed = sorted(tuple(g.kept) for g in plans[DECODER].groups if g.kind == "heads" and g.removed)
+    assert removed == sorted(tuple(g.kept) for g in plans[DECODER_WITH_PAST].groups
+                             if g.kind == "heads" and g.removed)
+    for f in sorted(plans):
+        result = verify(src, out, file_name=f)
+        assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE, (f, result.outputs)
+    inputs = _encoder_inputs(name)
+    for merged in (True, False):
+        model = _load(name, out, use_merged=merged)
+        result = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                output_logits=True, return_dict_in_generate=True)
+        cached = np.stack([s.numpy() for s in result.logits])
+        recomputed = _recomputed_logits(out, inputs, result.sequences.numpy(), 4)
+        np.testing.assert_allclose(cached, recomputed, rtol=1e-4, atol=1e-5, err_msg=f"merged={merged}")
+
+
 def test_twins_follow_their_leader_under_a_data_driven_criterion(t5_folder, tmp_path):
     pruner = ORTPruner.from_pretrained(t5_folder)
     calibration = {f: CalibrationData.generated(t5_folder / f) for f in pruner.files}
@@ -140,15 +196,13 @@ def test_multi_file_refusals_name_the_file_and_the_fix(t5_folder, tmp_path):
     pruner = ORTPruner.from_pretrained(t5_folder)
     with pytest.raises(ConfigError, match="recover=False"):
         pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn",), recover=True), tmp_path / "a")
-    with pytest.raises(ConfigError, match="prune_kv_heads"):
-        pruner.prune(PruningConfig(sparsity=0.3, prune_kv_heads=True), tmp_path / "b")
     encoder_only = {"encoder_model.onnx": CalibrationData.generated(t5_folder / "encoder_model.onnx")}
     with pytest.raises(ConfigError, match=DECODER):
         pruner.prune(PruningConfig(sparsity=0.3, scope=("ffn",), importance="activation"), tmp_path / "c",
                      calibration=encoder_only)
     with pytest.raises(ConfigError, match="one plan per file"):
         pruner.prune(plan=PruningPlan(groups=[]), save_dir=tmp_path / "d")
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    assert not any((tmp_path / d).exists() for d in "acd")
     single = ORTPruner.from_pretrained(t5_folder, file_name="encoder_model.onnx")
     assert not isinstance(single, MultiFilePruner)
 

@@ -6,10 +6,15 @@ with the model type's head counts). When pruning removes cache heads that ``conf
 describe (multi-head attention whose head size is derived from the head count, a model type whose
 runtime ignores ``num_key_value_heads``, or layers pruned by different shares), the pruned graph would
 reject that first cache. :func:`narrow_cache_inputs` makes such a cache input's pruned axes symbolic and
-slices what arrives to the kept width (``[:kept]``) before any node reads it: the empty first cache
-narrows to the pruned shape, and the caches the model itself returns already have it, so the slice
-keeps them whole. The kept widths are recorded in the model's metadata (:data:`NARROWED_DIMS_KEY`, a
-JSON map from the symbolic dimension to its width) so that generated inputs give those dimensions the
+reshapes what arrives to the kept width before any node reads it: ``Reshape(past, [0, kept, -1, 0])``,
+the ``-1`` on the cache's other symbolic axis (its length). The empty first cache has no elements, so it
+becomes ``(batch, kept, 0, head_dim)``; the caches the model itself returns already have the kept width
+and pass unchanged, without a copy (ONNX Runtime's Reshape aliases its input). A cache of another
+width with elements in it is not one this model made: its length comes out wrong (or the Reshape
+fails). Where the input has no such length axis, a ``Slice`` to ``[:kept]`` narrows it instead (it
+copies at every run; on a GPT-2-size decoder it cost 5-11% of a decode step, ``benchmarks/
+cache_narrowing.py``). The kept widths are recorded in the model's metadata (:data:`NARROWED_DIMS_KEY`,
+a JSON map from the symbolic dimension to its width) so that generated inputs give those dimensions the
 width the graph computes with (see :func:`narrowed_dims`).
 """
 
@@ -27,12 +32,12 @@ _NODE_PREFIX = "optimum_prune/narrow_cache/"
 
 
 def narrow_cache_inputs(model: ir.Model, kept: dict[str, dict[int, int]]) -> dict[str, int]:
-    """Slice each graph input of ``kept`` (name -> {axis: kept width}) to its kept widths, in place.
+    """Narrow each graph input of ``kept`` (name -> {axis: kept width}) to its kept widths, in place.
 
-    The input's declared size on those axes becomes a symbolic dimension, so any width is accepted;
-    a ``Slice`` node (``starts`` 0, ``ends`` the kept widths) feeds every former reader, subgraphs
-    included. Returns the symbolic dimensions made (name -> kept width), which are also stored in
-    ``model.metadata_props[NARROWED_DIMS_KEY]``.
+    The input's declared size on those axes becomes a symbolic dimension, so any width is accepted; a
+    ``Reshape`` (or, without a symbolic length axis to absorb the rest, a ``Slice``) feeds every former
+    reader, subgraphs included. Returns the symbolic dimensions made (name -> kept width), which are
+    also stored in ``model.metadata_props[NARROWED_DIMS_KEY]``.
 
     Raises :class:`PruningError` when a name is not a graph input, or the opset is older than 10
     (``Slice`` then takes its bounds as attributes, not inputs).
@@ -49,22 +54,30 @@ def narrow_cache_inputs(model: ir.Model, kept: dict[str, dict[int, int]]) -> dic
         value = inputs.get(name)
         if value is None:
             raise PruningError(f"'{name}' is not a graph input, so it cannot be narrowed")
-        order = sorted(axes)
-        widths = [int(axes[a]) for a in order]
         shape = list(value.shape) if value.shape is not None else None
-        for axis, width in zip(order, widths, strict=True):
+        length = _length_axis(shape, axes) if shape is not None else None
+        for axis in sorted(axes):
             # Not derived from the input's name: feed generators read "past", "batch" or "seq" in a name.
             dim = f"narrowed_{len(recorded) + len(dims)}"
-            dims[dim] = width
+            dims[dim] = int(axes[axis])
             if shape is not None:
                 shape[axis] = ir.SymbolicDim(dim)
         if shape is not None:
             value.shape = ir.Shape(shape)
-        bounds = [_initializer(model, f"{name}_narrow_{part}", np.asarray(data, dtype=np.int64))
-                  for part, data in (("starts", [0] * len(order)), ("ends", widths), ("axes", order))]
         narrowed = ir.Value(name=f"{name}_narrowed", type=value.type)
         users = list(value.uses())
-        node = ir.Node("", "Slice", inputs=[value, *bounds], outputs=[narrowed], name=_NODE_PREFIX + name)
+        if length is not None:
+            target = [0] * len(shape)  # 0: the input's own size on that axis
+            for axis, width in axes.items():
+                target[axis] = int(width)
+            target[length] = -1
+            node = ir.Node("", "Reshape", inputs=[value, _initializer(model, f"{name}_narrow_shape", target)],
+                           outputs=[narrowed], name=_NODE_PREFIX + name)
+        else:
+            order = sorted(axes)
+            parts = {"starts": [0] * len(order), "ends": [int(axes[a]) for a in order], "axes": order}
+            bounds = [_initializer(model, f"{name}_narrow_{part}", data) for part, data in parts.items()]
+            node = ir.Node("", "Slice", inputs=[value, *bounds], outputs=[narrowed], name=_NODE_PREFIX + name)
         for user, index in users:
             user.replace_input_with(index, narrowed)
         nodes.append(node)
@@ -79,6 +92,13 @@ def narrow_cache_inputs(model: ir.Model, kept: dict[str, dict[int, int]]) -> dic
     return dims
 
 
+def _length_axis(shape: list, axes: dict[int, int]) -> int | None:
+    """The one axis a Reshape's ``-1`` may take: symbolic, neither the first (batch) nor narrowed; None
+    when there is not exactly one."""
+    free = [i for i, d in enumerate(shape) if i > 0 and i not in axes and not isinstance(d, int)]
+    return free[0] if len(free) == 1 else None
+
+
 def narrowed_dims(session) -> dict[str, int]:
     """The symbolic dimensions :func:`narrow_cache_inputs` made in ``session``'s model, with the width the
     graph computes with (an ONNX Runtime ``InferenceSession``; empty for any other model)."""
@@ -86,7 +106,8 @@ def narrowed_dims(session) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(text).items()} if text else {}
 
 
-def _initializer(model: ir.Model, name: str, data: np.ndarray) -> ir.Value:
+def _initializer(model: ir.Model, name: str, values: list[int]) -> ir.Value:
+    data = np.asarray(values, dtype=np.int64)
     value = ir.Value(name=name, shape=ir.Shape(data.shape), type=ir.TensorType(ir.DataType.INT64),
                      const_value=ir.tensor(data, name=name))
     model.graph.register_initializer(value)
