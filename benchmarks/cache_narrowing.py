@@ -56,29 +56,41 @@ def export(folder: Path) -> Path:
     return out
 
 
-def without_slices(narrowed: Path, dest: Path) -> Path:
-    """``narrowed`` with its cache-narrowing slices removed and the cache inputs declared at the kept width
-    (the graph a runtime that sized the cache right would run)."""
+def _narrowing_nodes(model) -> list:
+    from optimum_prune.passes.cache_inputs import NARROWING_NODE_PREFIX
+
+    return [n for n in model.graph if (n.name or "").startswith(NARROWING_NODE_PREFIX)]
+
+
+def _save_variant(model, narrowed: Path, dest: Path) -> Path:
+    """Write ``model`` as ``dest/model.onnx`` next to the JSON and text files of the ``narrowed`` folder."""
     import onnx_ir as ir
 
-    from optimum_prune.passes.cache_inputs import NARROWED_DIMS_KEY
-
-    model = ir.load(str(narrowed / "model.onnx"))
-    widths = json.loads(model.metadata_props.pop(NARROWED_DIMS_KEY))
-    for node in [n for n in model.graph if (n.name or "").startswith("optimum_prune/narrow_cache/")]:
-        source = node.inputs[0]
-        ir.convenience.replace_all_uses_with(node.outputs[0], source)
-        model.graph.remove(node, safe=True)
-    for value in model.graph.inputs:
-        if value.shape is not None:
-            value.shape = ir.Shape([widths[str(d)] if isinstance(d, ir.SymbolicDim) and str(d) in widths
-                                    else d for d in value.shape])
     dest.mkdir(parents=True, exist_ok=True)
     for f in narrowed.iterdir():
         if f.suffix == ".json" or f.name.endswith(".txt"):
             shutil.copy(f, dest / f.name)
     ir.save(model, str(dest / "model.onnx"))
     return dest
+
+
+def without_slices(narrowed: Path, dest: Path) -> Path:
+    """``narrowed`` with its narrowing nodes removed and the cache inputs declared at the kept width (the
+    graph a runtime that sized the cache right would run)."""
+    import onnx_ir as ir
+
+    from optimum_prune.passes.cache_inputs import NARROWED_DIMS_KEY
+
+    model = ir.load(str(narrowed / "model.onnx"))
+    widths = json.loads(model.metadata_props.pop(NARROWED_DIMS_KEY))
+    for node in _narrowing_nodes(model):
+        ir.convenience.replace_all_uses_with(node.outputs[0], node.inputs[0])
+        model.graph.remove(node, safe=True)
+    for value in model.graph.inputs:
+        if value.shape is not None:
+            value.shape = ir.Shape([widths.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d
+                                    for d in value.shape])
+    return _save_variant(model, narrowed, dest)
 
 
 def with_slices(narrowed: Path, dest: Path) -> Path:
@@ -86,28 +98,20 @@ def with_slices(narrowed: Path, dest: Path) -> Path:
     import onnx_ir as ir
 
     model = ir.load(str(narrowed / "model.onnx"))
-    for node in [n for n in model.graph if (n.name or "").startswith("optimum_prune/narrow_cache/")]:
+    for node in _narrowing_nodes(model):
         target = node.inputs[1].const_value.numpy()
-        axes = [i for i, t in enumerate(target) if t > 0]
-        consts = []
-        parts = {"starts": [0] * len(axes), "ends": [int(target[a]) for a in axes], "axes": axes}
-        for part, data in parts.items():
-            arr = np.asarray(data, dtype=np.int64)
-            v = ir.Value(name=f"{node.name}_{part}", shape=ir.Shape(arr.shape),
-                         type=ir.TensorType(ir.DataType.INT64), const_value=ir.tensor(arr))
+        axes = [i for i, t in enumerate(target) if t > 0]  # 0 keeps a dim, -1 is the length
+        bounds = {"starts": [0] * len(axes), "ends": [int(target[a]) for a in axes], "axes": axes}
+        consts = [ir.Value(name=f"{node.name}_{part}", const_value=ir.tensor(np.asarray(data, np.int64)))
+                  for part, data in bounds.items()]
+        for v in consts:
             model.graph.register_initializer(v)
-            consts.append(v)
         sliced = ir.Node("", "Slice", inputs=[node.inputs[0], *consts],
                          outputs=[ir.Value(name=f"{node.outputs[0].name}_sliced")], name=f"{node.name}_slice")
         model.graph.insert_before(node, sliced)
         ir.convenience.replace_all_uses_with(node.outputs[0], sliced.outputs[0])
         model.graph.remove(node, safe=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in narrowed.iterdir():
-        if f.suffix == ".json" or f.name.endswith(".txt"):
-            shutil.copy(f, dest / f.name)
-    ir.save(model, str(dest / "model.onnx"))
-    return dest
+    return _save_variant(model, narrowed, dest)
 
 
 def step_feeds(session, past: int, rng) -> dict[str, np.ndarray]:

@@ -343,7 +343,8 @@ class MultiFilePruner:
                     validate_model_file(tmp / f, source=self.folder / f, header=written.header)
             if MERGED_DECODER in self.unprunable_files:
                 if self.rebuild_merged:
-                    _merge_decoders(tmp, validate)
+                    _merge_decoders(tmp, validate,
+                                    pruned[DECODER_WITH_PAST].model.metadata_props.get(NARROWED_DIMS_KEY))
                 else:
                     _copy_model(self.folder, MERGED_DECODER, tmp)
             copy_side_files(self.folder, tmp)
@@ -450,8 +451,9 @@ def _copy_model(source: Path, name: str, dest: Path) -> None:
         link_or_copy(source / item, dest / item)
 
 
-def _merge_decoders(folder: Path, validate: bool) -> None:
-    """Rebuild ``decoder_model_merged.onnx`` in ``folder`` from its two pruned decoders."""
+def _merge_decoders(folder: Path, validate: bool, narrowed: str | None = None) -> None:
+    """Rebuild ``decoder_model_merged.onnx`` in ``folder`` from its two pruned decoders; ``narrowed`` is
+    the with-past decoder's narrowed cache widths (its metadata), which ``merge_decoders`` drops."""
     from optimum.onnx.graph_transformations import merge_decoders
 
     target = folder / MERGED_DECODER
@@ -461,12 +463,10 @@ def _merge_decoders(folder: Path, validate: bool) -> None:
         raise PruningError(f"could not rebuild {MERGED_DECODER} from the pruned {DECODER} and "
                            f"{DECODER_WITH_PAST} with optimum's merge_decoders "
                            f"({type(e).__name__}: {e})") from e
-    # merge_decoders keeps the with-past decoder's inputs, not its metadata: the narrowed cache widths
-    with_past = onnx.load(str(folder / DECODER_WITH_PAST), load_external_data=False)
-    props = {p.key: p.value for p in with_past.metadata_props if p.key == NARROWED_DIMS_KEY}
-    if props:
+    if narrowed is not None:
         merged = onnx.load(str(target), load_external_data=False)
-        onnx.helper.set_model_props(merged, {**{p.key: p.value for p in merged.metadata_props}, **props})
+        onnx.helper.set_model_props(merged, {**{p.key: p.value for p in merged.metadata_props},
+                                             NARROWED_DIMS_KEY: narrowed})
         onnx.save(merged, str(target))
     if validate:
         validate_model_file(target)

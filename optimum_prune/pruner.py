@@ -451,7 +451,7 @@ class ORTPruner:
                     if narrow:
                         raise
                     # This model type's runtime ignores the recorded key/value-head count: narrow instead.
-                    self._copy_side_files(tmp)
+                    shutil.copyfile(self.folder / "config.json", config_file)
                     config_notes = write(True)
                     check_generates(tmp, model_file.name)
             pruned.plan.save(tmp / PLAN_FILE)

@@ -84,6 +84,9 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
     (``past_key_values.*``) is empty (past length 0, as in a first generation step). Inputs named in
     ``skip`` are left to the caller. Any other missing input raises :class:`ConfigError`.
     """
+    from optimum_prune.passes.cache_inputs import narrowed_dims
+
+    narrowed = narrowed_dims(session)
     out: dict[str, np.ndarray] = {}
     reference = next((np.asarray(v) for k, v in feeds.items() if k == "input_ids"), None)
     missing = []
@@ -107,7 +110,7 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
                 out[inp.name] = np.broadcast_to(positions, reference.shape).copy()
                 continue
             if "past" in lname and inp.shape:
-                out[inp.name] = empty_cache(session, inp, reference.shape[0])
+                out[inp.name] = empty_cache(inp, reference.shape[0], narrowed)
                 continue
         missing.append(inp.name)
     if missing:
@@ -117,13 +120,10 @@ def complete_feeds(session, feeds: dict[str, np.ndarray], *, skip: frozenset[str
     return out
 
 
-def empty_cache(session, inp, batch: int) -> np.ndarray:
-    """Zeros for cache input ``inp`` of ``session`` with past length 0, as in a first generation step:
-    symbolic dimensions are ``batch`` (the first), the width a narrowed cache input computes with (see
-    :mod:`optimum_prune.passes.cache_inputs`), or 0."""
-    from optimum_prune.passes.cache_inputs import narrowed_dims
-
-    narrowed = narrowed_dims(session)
+def empty_cache(inp, batch: int, narrowed: dict[str, int]) -> np.ndarray:
+    """Zeros for cache input ``inp`` (an ONNX Runtime input description) with past length 0, as in a
+    first generation step: symbolic dimensions are ``batch`` (the first), the width a narrowed cache
+    input computes with (``narrowed``: :func:`optimum_prune.passes.cache_inputs.narrowed_dims`), or 0."""
     shape = [d if isinstance(d, int) else narrowed.get(d, batch if i == 0 else 0)
              for i, d in enumerate(inp.shape)]
     return np.zeros(shape, dtype=ORT_TYPES.get(inp.type, np.float32))

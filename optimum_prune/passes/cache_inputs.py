@@ -28,7 +28,7 @@ import onnx_ir as ir
 from optimum_prune.errors import PruningError
 
 NARROWED_DIMS_KEY = "optimum_prune.narrowed_dims"
-_NODE_PREFIX = "optimum_prune/narrow_cache/"
+NARROWING_NODE_PREFIX = "optimum_prune/narrow_cache/"  # the name of every node narrow_cache_inputs adds
 
 
 def narrow_cache_inputs(model: ir.Model, kept: dict[str, dict[int, int]]) -> dict[str, int]:
@@ -72,12 +72,13 @@ def narrow_cache_inputs(model: ir.Model, kept: dict[str, dict[int, int]]) -> dic
                 target[axis] = int(width)
             target[length] = -1
             node = ir.Node("", "Reshape", inputs=[value, _initializer(model, f"{name}_narrow_shape", target)],
-                           outputs=[narrowed], name=_NODE_PREFIX + name)
+                           outputs=[narrowed], name=NARROWING_NODE_PREFIX + name)
         else:
             order = sorted(axes)
             parts = {"starts": [0] * len(order), "ends": [int(axes[a]) for a in order], "axes": order}
             bounds = [_initializer(model, f"{name}_narrow_{part}", data) for part, data in parts.items()]
-            node = ir.Node("", "Slice", inputs=[value, *bounds], outputs=[narrowed], name=_NODE_PREFIX + name)
+            node = ir.Node("", "Slice", inputs=[value, *bounds], outputs=[narrowed],
+                           name=NARROWING_NODE_PREFIX + name)
         for user, index in users:
             user.replace_input_with(index, narrowed)
         nodes.append(node)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from optimum_prune.errors import ConfigError, InvalidModelError
+from optimum_prune.passes.cache_inputs import narrowed_dims
 from optimum_prune.runtime import empty_cache
 from optimum_prune.stages.base import StageConfig, positive_int
 
@@ -232,6 +233,7 @@ _ORT_TYPES = {
 def complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Add the inputs an exported graph takes beyond ids/pixels: masks of ones, zero token types,
     ``position_ids`` from the mask, and empty ``past_key_values`` (past length 0)."""
+    narrowed = narrowed_dims(session)
     out: dict[str, np.ndarray] = {}
     first = next(iter(feeds.values()))
     batch = first.shape[0]
@@ -251,7 +253,7 @@ def complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarra
             m = mask if mask is not None else np.ones((batch, seq), dtype=np.int64)
             out[name] = np.clip(np.cumsum(m, axis=1) - 1, 0, None).astype(dtype)
         elif name.startswith("past_key_values") or "past" in name:
-            out[name] = empty_cache(session, inp, batch)
+            out[name] = empty_cache(inp, batch, narrowed)
         else:
             raise InvalidModelError(f"cannot build input {name!r} ({inp.type}, {inp.shape}) of the model")
     return out
