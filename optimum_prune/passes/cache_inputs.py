@@ -12,7 +12,7 @@ becomes ``(batch, kept, 0, head_dim)``; the caches the model itself returns alre
 and pass unchanged, without a copy (ONNX Runtime's Reshape aliases its input). A cache of another
 width with elements in it is not one this model made: its length comes out wrong (or the Reshape
 fails). Where the input has no such length axis, a ``Slice`` to ``[:kept]`` narrows it instead (it
-copies at every run; on a GPT-2-size decoder it cost 2-9% of a decode step, ``benchmarks/
+copies at every run; on a GPT-2-size decoder it cost 2-10% of a decode step, ``benchmarks/
 cache_narrowing.py``). The kept widths are recorded in the model's metadata (:data:`NARROWED_DIMS_KEY`,
 a JSON map from the symbolic dimension to its width) so that generated inputs give those dimensions the
 width the graph computes with (see :func:`narrowed_dims`).
