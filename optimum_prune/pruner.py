@@ -56,6 +56,7 @@ from optimum_prune.passes.normalize import (
     unshare_vectors,
     unshared_elements,
 )
+from optimum_prune.passes.static_ifs import IfDecision, apply_if_decisions, fold_static_ifs
 from optimum_prune.passes.untie import seed_names, shared_computed_tensors, untie
 from optimum_prune.passes.validate import check_generates, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
@@ -223,7 +224,9 @@ class ORTPruner:
         self.model_path = Path(model_path)
         self.folder = self.model_path.parent
         self.registry = registry
-        self._cache: dict[tuple[str, ...], tuple[dict[str, Shape], list[PruningGroup]]] = {}
+        # per io_patterns: shapes, groups, tied tensors, the If nodes folded (see _prepare)
+        self._cache: dict[tuple[str, ...], tuple[dict[str, Shape], list[PruningGroup], list[str],
+                                                  tuple[IfDecision, ...]]] = {}
 
     @classmethod
     def from_pretrained(cls, model_or_path: str | os.PathLike, file_name: str = "model.onnx",
@@ -261,12 +264,16 @@ class ORTPruner:
         unshare_vectors(model)
         cached = self._cache.get(io_patterns)
         if cached is not None:
-            shapes, groups, tied = cached
+            shapes, groups, tied, decisions = cached
+            apply_if_decisions(model, decisions)
             explicit_split_sizes(model, shapes)
             if tied:
                 untie(model, tied, seed_names(model, shapes))
             return _Prepared(model, shapes, groups, tied)
         shapes = infer_shapes(model)
+        decisions = fold_static_ifs(model, shapes)  # an If on "lengths differ" hides its branch's heads
+        if decisions:
+            shapes = infer_shapes(model)
         if explicit_split_sizes(model, shapes):
             shapes = infer_shapes(model)
         groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
@@ -275,7 +282,7 @@ class ORTPruner:
         if untie(model, tied, seeds):  # layers coupled only through a shared computed tensor (ALiBi)
             shapes = infer_shapes(model)
             groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
-        self._cache[io_patterns] = (shapes, groups, tied)
+        self._cache[io_patterns] = (shapes, groups, tied, tuple(decisions))
         return _Prepared(model, shapes, groups, tied)
 
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> AnalysisReport:

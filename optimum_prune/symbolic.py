@@ -1,7 +1,7 @@
 """ONNX Runtime's symbolic shape inference, run on a graph whose large weights are shape-only stubs.
 
-Two things about the stock entry point (``SymbolicShapeInference.infer_shapes``) do not suit a
-pruner, and this module works around both without copying its logic:
+These things about the stock entry point (``SymbolicShapeInference.infer_shapes``) do not suit a
+pruner, and this module works around them without copying its logic:
 
 - It reads the value of every initializer that feeds an arithmetic op (to propagate shape
   computations), so a stubbed bias makes the whole inference fail. :class:`_StubAware` answers
@@ -9,6 +9,12 @@ pruner, and this module works around both without copying its logic:
 - It reads ``axes`` from the input (opset 18) only for ReduceSum and ReduceMean; the other reductions
   are given the same rule. It leaves Flatten to ONNX inference, which names the output dimensions
   afresh when an input one is symbolic; Flatten gets a symbolic rule.
+- Its Slice rule asserts where sympy cannot decide the sign of a computed bound, which ends the
+  inference of the whole graph; here the axes the Slice does not cut keep their dimensions instead.
+- Its Expand rule leaves the output unknown when the target shape's value is, and the driver then
+  asserts on that value; here the input dimensions other than 1 carry over and the rest get symbols.
+- It computes Equal on shape values but not Not, so an If on "lengths differ" cannot pick its branch;
+  Not gets a rule.
 - ``import onnxruntime.tools`` imports torch when it is installed (about 1.6 s), and a failed
   inference writes ``sym_shape_infer_temp.onnx`` into the working directory. The module file is
   therefore loaded on its own, and the driver loop below does not write anything.
@@ -23,6 +29,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import onnx
 
 _MODULE_NAME = "optimum_prune._ort_symbolic_shape_infer"
@@ -60,6 +67,69 @@ def _stub_aware_class() -> type:
                        "ReduceSumSquare"):
                 self.dispatcher_.setdefault(op, self._infer_ReduceMean)
             self.dispatcher_.setdefault("Flatten", self._infer_Flatten)
+            self.dispatcher_.setdefault("Not", self._infer_Not)
+            self.dispatcher_["Slice"] = self._infer_Slice_keeping_other_axes
+            self.dispatcher_["Expand"] = self._infer_Expand_to_unknown_shape
+
+        def _infer_Expand_to_unknown_shape(self, node):  # noqa: N802 (the base class's naming)
+            """The base rule; when the target shape's value is unknown (Cohere's repeat_interleave computes
+            it with ReduceMax), the output keeps each input dimension other than 1 (a broadcast cannot
+            change it) and gets fresh symbols elsewhere. The base class left those dimensions unknown and
+            then asserted on the unknown value, ending the inference of the whole graph."""
+            super()._infer_Expand(node)
+            if self._try_get_value(node, 1) is not None:
+                return
+            target = self._get_shape(node, 1)
+            if not target or not isinstance(target[0], int):
+                return
+            shape = self._get_sympy_shape(node, 0)
+            rank = max(target[0], len(shape))
+            aligned = [None] * (rank - len(shape)) + list(shape)
+            new = [d if d is not None and d != 1 else self._new_symbolic_dim_from_output(node, 0, i)
+                   for i, d in enumerate(aligned)]
+            self._update_computed_dims(new)
+            self.known_vi_[node.output[0]].CopyFrom(onnx.helper.make_tensor_value_info(
+                node.output[0], self.known_vi_[node.input[0]].type.tensor_type.elem_type,
+                _ort_module().get_shape_from_sympy_shape(new)))
+
+        def _infer_Slice_keeping_other_axes(self, node):  # noqa: N802 (the base class's naming)
+            """The base rule; where it fails (it asserts when sympy cannot decide the sign of a computed
+            bound, SEW-D's ``x[..., :length]``), the axes the Slice does not cut keep their dimensions and
+            each cut axis gets a fresh symbol, instead of every axis (batch and channels included)."""
+            try:
+                super()._infer_Slice(node)
+                return
+            except Exception:  # noqa: BLE001 (any failure of the base rule: fall back)
+                pass
+            mod = _ort_module()
+            shape = self._get_sympy_shape(node, 0)
+            rank = len(shape)
+            if len(node.input) > 3 and node.input[3]:
+                axes = self._try_get_value(node, 3)
+                if axes is None:
+                    return
+                axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+            else:
+                starts = self._get_shape(node, 1) if len(node.input) > 1 else None
+                if not starts or not isinstance(starts[0], int):
+                    return
+                axes = list(range(starts[0]))
+            cut = {a + rank if a < 0 else a for a in axes}
+            new = [self._new_symbolic_dim_from_output(node, 0, i) if i in cut else d
+                   for i, d in enumerate(shape)]
+            self._update_computed_dims(new)
+            self.known_vi_[node.output[0]].CopyFrom(onnx.helper.make_tensor_value_info(
+                node.output[0], self.known_vi_[node.input[0]].type.tensor_type.elem_type,
+                mod.get_shape_from_sympy_shape(new)))
+
+        def _infer_Not(self, node):  # noqa: N802 (the base class's naming)
+            """Not of a computed boolean, so an If on ``Not(Equal(len_q, len_k))`` (DeBERTa's relative
+            positions, "query and key lengths differ") resolves to one branch. Without it both branches
+            are inferred, and the one that never runs ends the whole inference on shapes it cannot have."""
+            value = self._try_get_value(node, 0)
+            if value is not None:
+                self.sympy_data_[node.output[0]] = ([not bool(v) for v in value] if isinstance(value, list)
+                                                    else not bool(value))
 
         def _infer_Flatten(self, node):  # noqa: N802 (the base class's naming)
             """Flatten's output is (product of the axes before ``axis``, product of the rest), symbolic

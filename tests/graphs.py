@@ -29,7 +29,7 @@ import onnx
 import onnx.parser
 from onnx import numpy_helper
 
-DIM_VALUES: dict[str, int] = {"B": 2, "S": 5}
+DIM_VALUES: dict[str, int] = {"B": 2, "S": 5, "T": 7}
 MS = "com.microsoft"
 
 # --------------------------------------------------------------------------------------------
@@ -1361,6 +1361,75 @@ mha (float[B, S, 10] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+def _if_on_lengths(seed: int, k_input: str) -> onnx.ModelProto:
+    """``attention_block`` whose scores pass through DeBERTa's "do the query and key lengths differ?"
+    ``If``: the then-branch (never taken when the lengths are one symbol) gives every key the first
+    key's score."""
+    rng = np.random.default_rng(seed)
+    inputs = "float[B, S, 10] x" + (", float[B, T, 10] xk" if k_input == "xk" else "")
+    text = f"""
+mha ({inputs}) => (float[B, S, 6] y) {{
+  q0 = MatMul(x, Wq)
+  q = Add(q0, bq)
+  k0 = MatMul({k_input}, Wk)
+  k = Add(k0, bk)
+  v0 = MatMul({k_input}, Wv)
+  v = Add(v0, bv)
+  q_h = Reshape(q, hd_shape)
+  q_t = Transpose<perm = [0, 2, 1, 3]>(q_h)
+  k_h = Reshape(k, hd_shape)
+  k_t = Transpose<perm = [0, 2, 3, 1]>(k_h)
+  v_h = Reshape(v, hd_shape)
+  v_t = Transpose<perm = [0, 2, 1, 3]>(v_h)
+  scores0 = MatMul(q_t, k_t)
+  q_shape = Shape(q)
+  q_len1 = Slice(q_shape, one, two)
+  q_len = Squeeze(q_len1)
+  k_shape = Shape(k)
+  k_len1 = Slice(k_shape, one, two)
+  k_len = Squeeze(k_len1)
+  same = Equal(q_len, k_len)
+  differ = Not(same)
+  cond = Cast<to = 9>(differ)
+  scores1 = If(cond) <
+    then_branch = then_g () => (float[B, H, S, T] first_key) {{
+      sliced = Slice(scores0, zero, one, minus_one)
+      scores_shape = Shape(scores0)
+      first_key = Expand(sliced, scores_shape)
+    }},
+    else_branch = else_g () => (float[B, H, S, T] same_scores) {{
+      same_scores = Identity(scores0)
+    }}
+  >
+  scores = Div(scores1, scale)
+  probs = Softmax<axis = -1>(scores)
+  ctx0 = MatMul(probs, v_t)
+  ctx1 = Transpose<perm = [0, 2, 1, 3]>(ctx0)
+  ctx = Reshape(ctx1, mg_shape)
+  o = MatMul(ctx, Wo)
+  y = Add(o, bo)
+}}
+"""
+    inits = {
+        "Wq": _mat(rng, 10, 12), "bq": _vec(rng, 12), "Wk": _mat(rng, 10, 12), "bk": _vec(rng, 12),
+        "Wv": _mat(rng, 10, 12), "bv": _vec(rng, 12), "Wo": _mat(rng, 12, 6), "bo": _vec(rng, 6),
+        "one": _i64(1), "two": _i64(2), "zero": _i64(0), "minus_one": _i64(-1), **_sdpa_inits(),
+    }
+    return _build(text, inits)
+
+
+# attention_block with If(Cast(Not(Equal(len(q), len(k))))) on the scores: q and k from the same x, so
+# the lengths are one symbol, the condition is False for every input and the If folds to its else-branch.
+def if_on_equal_lengths(seed: int = 0) -> onnx.ModelProto:
+    return _if_on_lengths(seed, "x")
+
+
+# The same If with keys from a second input of length T: the condition depends on the input, the If
+# stays, and the heads (whose scores flow into it) are refused.
+def if_on_undecided_lengths(seed: int = 0) -> onnx.ModelProto:
+    return _if_on_lengths(seed, "xk")
+
+
 # x[B,S,10] -> MatMul(Wqkv[10,36]) -> Add(bqkv[36]) -> Split(axis=-1, [12,12,12]) -> q, k, v
 #   -> (attention as in `attention_block`) -> MatMul(Wo[12,6]) -> y
 def split_qkv_attention(seed: int = 0) -> onnx.ModelProto:
@@ -2244,6 +2313,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("transpose_heads", transpose_heads, "heads"),
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
+    ("if_on_equal_lengths", if_on_equal_lengths, "heads"),
+    ("if_on_undecided_lengths", if_on_undecided_lengths, "heads"),
     ("gqa_block", gqa_block, "heads"),
     ("mqa_block", mqa_block, "heads"),
     ("constant_of_shape_bias", constant_of_shape_bias, "heads"),
@@ -2288,6 +2359,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "chunk_computed_offset",
     "chunk_computed_unpaired",
     "batch_merged_heads_outer",
+    "if_on_undecided_lengths",
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
@@ -2298,6 +2370,7 @@ EXPECTED_REASON: dict[str, str] = {
     "reshape_heads_read_embed_shared": "must shrink is read from",
     "chunk_computed_unpaired": "do not all own the same share",
     "batch_merged_heads_outer": "symbolic dimension next to the channel axis",
+    "if_on_undecided_lengths": "no association rule for op ai.onnx::If",
 }
 
 
