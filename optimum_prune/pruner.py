@@ -129,6 +129,7 @@ class _Prepared:
     shapes: dict[str, Shape]
     groups: list[PruningGroup] = field(default_factory=list)
     untied: list[str] = field(default_factory=list)  # tensors given a private copy per consumer (untie)
+    folded_ifs: tuple[IfDecision, ...] = ()  # If nodes replaced by the branch the shapes decide
 
 
 @dataclass
@@ -145,6 +146,7 @@ class PrunedModel:
     flops_after: int
     repair: object | None = None
     untied: list[str] = field(default_factory=list)
+    folded_ifs: tuple[IfDecision, ...] = ()
 
     def report(self, seconds: float, config_notes: list[str]) -> dict:
         """The ``prune`` entry of ``report.json``."""
@@ -163,6 +165,8 @@ class PrunedModel:
             "config_notes": config_notes,
             **({"repair": self.repair.to_dict()} if self.repair is not None else {}),
             **({"untied": self.untied} if self.untied else {}),
+            **({"folded_ifs": [{"node": name, "branch": "then" if taken else "else"}
+                               for name, taken in self.folded_ifs]} if self.folded_ifs else {}),
             "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                        for g, g_plan in zip(self.groups, self.plan.groups, strict=True)],
         }
@@ -269,7 +273,7 @@ class ORTPruner:
             explicit_split_sizes(model, shapes)
             if tied:
                 untie(model, tied, seed_names(model, shapes))
-            return _Prepared(model, shapes, groups, tied)
+            return _Prepared(model, shapes, groups, tied, decisions)
         shapes = infer_shapes(model)
         decisions = fold_static_ifs(model, shapes)  # an If on "lengths differ" hides its branch's heads
         if decisions:
@@ -283,7 +287,7 @@ class ORTPruner:
             shapes = infer_shapes(model)
             groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
         self._cache[io_patterns] = (shapes, groups, tied, tuple(decisions))
-        return _Prepared(model, shapes, groups, tied)
+        return _Prepared(model, shapes, groups, tied, tuple(decisions))
 
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> AnalysisReport:
         """Find every group (kind, prunable units) and why some cannot be pruned."""
@@ -500,7 +504,8 @@ class ORTPruner:
                            params_before=params_before, flops_before=flops_before,
                            params_after=count_parameters(prep.model),
                            flops_after=count_flops(prep.model, infer_shapes(prep.model)),
-                           repair=repair_report, untied=list(prep.untied))
+                           repair=repair_report, untied=list(prep.untied),
+                           folded_ifs=prep.folded_ifs)
 
     def _copy_side_files(self, dest: Path) -> None:
         copy_side_files(self.folder, dest)

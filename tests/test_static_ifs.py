@@ -3,6 +3,8 @@ let the shapes decide them (symbolic.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -10,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from graphs import if_on_equal_lengths, if_on_undecided_lengths, make_inputs
+from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.graph import _collect, _stub_proto, infer_shapes
 from optimum_prune.passes.static_ifs import apply_if_decisions, fold_static_ifs
 from optimum_prune.symbolic import symbolic_infer
@@ -158,3 +161,31 @@ def test_an_expand_to_a_computed_shape_keeps_the_input_dimensions():
     """)
     shapes = _symbolic_shapes(proto)
     assert shapes["y"][0] == "B" and shapes["y"][2] == 4
+
+
+def test_the_pruned_folder_reports_the_folded_if_and_stays_exact(tmp_path):
+    """report.json names each If replaced by a branch (the output model keeps no If), and the heads
+    behind it prune exactly; a model with no decidable If reports none."""
+    cases = (("equal", if_on_equal_lengths, True), ("undecided", if_on_undecided_lengths, False))
+    for name, graph, folded in cases:
+        src = tmp_path / name
+        src.mkdir()
+        proto = graph()
+        onnx.save(proto, src / "model.onnx")
+        before = (src / "model.onnx").read_bytes()
+        out = tmp_path / f"{name}-pruned"
+        config = PruningConfig(sparsity=0.5, scope=("heads", "ffn"))
+        ORTPruner.from_pretrained(src).prune(config, save_dir=out)
+        assert (src / "model.onnx").read_bytes() == before
+        report = json.loads((out / "report.json").read_text())
+        (stage,) = report["stages"]
+        pruned = onnx.load(out / "model.onnx")
+        if folded:
+            assert [entry["branch"] for entry in stage["folded_ifs"]] == ["else"]
+            assert stage["folded_ifs"][0]["node"].startswith("If")
+            assert "If" not in {n.op_type for n in pruned.graph.node}
+            assert stage["units_removed"]["heads"] > 0
+            assert verify(src, out, inputs=make_inputs(proto)).exact_groups
+        else:
+            assert "folded_ifs" not in stage
+            assert "If" in {n.op_type for n in pruned.graph.node}
