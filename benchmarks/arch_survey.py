@@ -116,6 +116,39 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                                  max_position_embeddings=64),
                                 vision_config={k: v for k, v in _VISION.items() if k != "num_labels"},
                                 projection_dim=16), "zero-shot"),
+    # More encoders, decoders, vision and speech models (added 2026-12-03)
+    "modernbert": ("ModernBertConfig", dict(_TEXT, global_attn_every_n_layers=2, local_attention=16,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                                            sep_token_id=2), "features"),
+    "xlm": ("XLMConfig", dict(vocab_size=100, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64),
+            "features"),
+    "flaubert": ("FlaubertConfig", dict(vocab_size=100, emb_dim=32, n_layers=2, n_heads=4,
+                                        max_position_embeddings=64), "features"),
+    "ibert": ("IBertConfig", _TEXT, "features"),
+    "megatron-bert": ("MegatronBertConfig", _TEXT, "features"),
+    "rembert": ("RemBertConfig", dict(_TEXT, input_embedding_size=16, output_embedding_size=16), "features"),
+    "layoutlm": ("LayoutLMConfig", _TEXT, "features"),
+    "big_bird": ("BigBirdConfig", dict(_TEXT, attention_type="original_full"), "features"),
+    "gemma2": ("Gemma2Config", {"head_dim": 8, "num_key_value_heads": 4}, "llama"),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 8, "num_key_value_heads": 4, "sliding_window": 16},
+                    "llama"),
+    "olmo2": ("Olmo2Config", {"num_key_value_heads": 4}, "llama"),
+    "nemotron": ("NemotronConfig", {"num_key_value_heads": 4, "head_dim": 8}, "llama"),
+    "arcee": ("ArceeConfig", {"num_key_value_heads": 4}, "llama"),
+    "helium": ("HeliumConfig", {"num_key_value_heads": 4, "head_dim": 8}, "llama"),
+    "glm": ("GlmConfig", {"num_key_value_heads": 4, "head_dim": 8}, "llama"),
+    "smollm3": ("SmolLM3Config", {"num_key_value_heads": 4}, "llama"),
+    "qwen3_moe": ("Qwen3MoeConfig", {"num_key_value_heads": 4, "head_dim": 8, "num_experts": 4,
+                                     "num_experts_per_tok": 2, "moe_intermediate_size": 24}, "llama"),
+    "vit_msn": ("ViTMSNConfig", _VISION, "image"),
+    "convnextv2": ("ConvNextV2Config", dict(image_size=32, hidden_sizes=[16, 24], depths=[1, 1], num_stages=2,
+                                            num_labels=10), "image"),
+    "efficientnet": ("EfficientNetConfig", dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.2,
+                                                hidden_dim=320, num_labels=10), "image"),
+    "data2vec-audio": ("Data2VecAudioConfig", _AUDIO, "features"),
+    "unispeech-sat": ("UniSpeechSatConfig", _AUDIO, "features"),
+    "sew": ("SEWConfig", dict(_AUDIO, squeeze_factor=2), "features"),
+    "wav2vec2-conformer": ("Wav2Vec2ConformerConfig", dict(_AUDIO, conv_depthwise_kernel_size=3), "features"),
     # Encoder-decoder models, exported with past key/values as several ONNX files (MultiFilePruner)
     "bart-seq2seq": ("BartConfig", _SEQ2SEQ, "seq2seq"),
     "mbart": ("MBartConfig", _SEQ2SEQ, "seq2seq"),
@@ -147,7 +180,7 @@ def _spec(name: str):
                                             "zero-shot": zoo._TASK_ZERO_SHOT}[kind]
     cls = getattr(transformers, cls_name)
     return zoo.ZooSpec(cls.model_type, lambda: cls(**kwargs), task, is_decoder=causal,
-                       is_cnn=name in ("regnet", "poolformer", "mobilenet_v1"))
+                       is_cnn=name in ("regnet", "poolformer", "mobilenet_v1", "convnextv2", "efficientnet"))
 
 
 def run_variant(name: str, past: bool) -> dict:

@@ -29,7 +29,7 @@ import onnx
 import onnx.parser
 from onnx import numpy_helper
 
-DIM_VALUES: dict[str, int] = {"B": 2, "S": 5, "T": 7}
+DIM_VALUES: dict[str, int] = {"B": 2, "S": 5, "T": 7, "height": 32}
 MS = "com.microsoft"
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +194,38 @@ tile (float[B, 8] x) => (float[B, 3, 6] y) {
 """
     inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "ax1": _i64(1), "reps": _i64(1, 3, 1)}
     return _build(text, inits)
+
+
+# x[B,S,8] -> MatMul(W1[8,12]) -> GatherND(indices [3,2] over (batch, sequence)) -> [3,12] -> Relu
+#   -> MatMul(W2[12,6]) -> y[3,6]      (the channel axis is not indexed: it moves to the output's last axis)
+def gather_nd(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gnd (float[B, S, 8] x) => (float[3, 6] y) {
+  h = MatMul(x, W1)
+  g = GatherND(h, pairs)
+  r = Relu(g)
+  y = MatMul(r, W2)
+}
+"""
+    pairs = np.array([[0, 0], [1, 3], [0, 4]], dtype=np.int64)
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "pairs": pairs}
+    return _build(text, inits)
+
+
+# the same with indices of depth 3 ([B,S,12] indexed down to single channels): refused
+def gather_nd_channel_axis(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gnd (float[B, S, 8] x) => (float[1, 3] y) {
+  h = MatMul(x, W1)
+  g = GatherND(h, triples)
+  u = Unsqueeze(g, ax0)
+  y = MatMul(u, W2)
+}
+"""
+    triples = np.array([[0, 0, 1], [1, 3, 5]], dtype=np.int64)
+    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 2, 3), "triples": triples, "ax0": _i64(0)})
 
 
 # the same tiled twice along the channel axis: [B,24] -> MatMul(W2[24,6]); the copies cannot be sliced
@@ -1238,6 +1270,39 @@ merge (float[B, 4, 8] x) => (float[B, 4, 6] y) {
     return _build(text, inits)
 
 
+# x[B,height,8] -> MatMul(W1[8,12]) -> Reshape(-1, 12) -> [B*height, 12] -> Relu -> Reshape(b, 32, 12)
+#   -> [B,32,12] -> MatMul(W2[12,6]) -> y. The token count is symbolic in the input (LeViT's, computed
+#   from the image size) while the target's 32 was traced as a constant: the leading axes cannot be
+#   paired, the trailing channel axis still maps one to one. ``merged=True`` reshapes to (b, 384) instead,
+#   which merges the tokens with the channels: refused.
+def reshape_traced_token_count(seed: int = 0, *, merged: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    target, out = ("b1, merged_width", "float[B, 6] y") if merged else \
+        ("b1, tokens, twelve", "float[B, 32, 6] y")
+    text = f"""
+traced (float[B, height, 8] x) => ({out}) {{
+  h = MatMul(x, W1)
+  m = Reshape(h, flat_shape)
+  r = Relu(m)
+  sh = Shape(x)
+  b = Gather<axis = 0>(sh, i0)
+  b1 = Unsqueeze(b, ax0)
+  target = Concat<axis = 0>({target})
+  u = Reshape(r, target)
+  y = MatMul(u, W2)
+}}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 32 * 12 if merged else 12, 6),
+             "flat_shape": _i64(-1, 12),
+             "i0": _SCALAR0, "ax0": _i64(0), **({"merged_width": _i64(32 * 12)} if merged else
+                                                {"tokens": _i64(32), "twelve": _i64(12)})}
+    return _build(text, inits)
+
+
+def reshape_traced_token_count_merged(seed: int = 0) -> onnx.ModelProto:
+    return reshape_traced_token_count(seed, merged=True)
+
+
 # x[B,S,12] -> MatMul(Wv[12,12]) -> Reshape(b, s, 3, 4) -> Softmax -> Reshape(b, s, e) -> MatMul(Wo[12,6]),
 #   with e = Shape(x)[2] read from the (unpruned) block input, as CLIP's attention reshapes its output to
 #   ``(batch, seq, embed_dim)`` of ``hidden_states.size()``: e becomes a constant, the kept width
@@ -1322,6 +1387,36 @@ def _sdpa(q: str, k: str, v: str, out: str, bias: str | None = None) -> str:
 
 def _sdpa_inits() -> dict[str, np.ndarray]:
     return {"hd_shape": _i64(0, 0, 3, 4), "mg_shape": _i64(0, 0, 12), "scale": _f32(2.0)}
+
+
+# ModernBERT's / timm's fused QKV: x[B,S,10] -> MatMul(Wqkv[10,36]) -> Reshape[0,0,3,3,4] -> [B,S,3,H,D]
+#   -> Transpose(2,0,3,1,4) -> [3,B,H,S,D] -> Split(axis 0) + Squeeze -> q, k, v [B,3,S,4] (unbind(0))
+#   -> attention -> Transpose(0,2,1,3) -> Reshape[0,0,12] -> MatMul(Wo[12,6]) -> y. The outermost axis of
+#   the Reshape's block (q/k/v) is split off, so the heads are carried by the next one.
+def fused_qkv_unbind(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+unbind (float[B, S, 10] x) => (float[B, S, 6] y) {
+  f = MatMul(x, Wqkv)
+  f5 = Reshape(f, qkv_shape)
+  ft = Transpose<perm = [2, 0, 3, 1, 4]>(f5)
+  q1, k1, v1 = Split<axis = 0, num_outputs = 3>(ft)
+  q = Squeeze(q1, ax0)
+  k = Squeeze(k1, ax0)
+  v = Squeeze(v1, ax0)
+  kt = Transpose<perm = [0, 1, 3, 2]>(k)
+  sc0 = MatMul(q, kt)
+  sc = Div(sc0, scale)
+  pr = Softmax<axis = -1>(sc)
+  c0 = MatMul(pr, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {"Wqkv": _mat(rng, 10, 36), "Wo": _mat(rng, 12, 6), "qkv_shape": _i64(0, 0, 3, 3, 4),
+             "ax0": _i64(0), "mg_shape": _i64(0, 0, 12), "scale": _f32(2.0)}
+    return _build(text, inits)
 
 
 # x[B,S,10] -> MatMul(Wq[10,12]) + bq -> Reshape[0,0,3,4] -> Transpose(0,2,1,3) ----------+
@@ -2294,6 +2389,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("expand", expand, "ffn"),
     ("tile", tile, "ffn"),
     ("tile_channel_axis", tile_channel_axis, "ffn"),
+    ("gather_nd", gather_nd, "ffn"),
+    ("gather_nd_channel_axis", gather_nd_channel_axis, "ffn"),
     ("resize_scales", resize_scales, "conv"),
     ("resize_sizes_axes", resize_sizes_axes, "conv"),
     ("resize_channel_axis", resize_channel_axis, "conv"),
@@ -2309,10 +2406,13 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("reshape_heads_read_embed", reshape_heads_read_embed, "heads"),
     ("flatten_symbolic_batch", flatten_symbolic_batch, "ffn"),
     ("reshape_merge_symbolic_batch", reshape_merge_symbolic_batch, "ffn"),
+    ("reshape_traced_token_count", reshape_traced_token_count, "ffn"),
+    ("reshape_traced_token_count_merged", reshape_traced_token_count_merged, "ffn"),
     ("reshape_heads_read_embed_shared", reshape_heads_read_embed_shared, "heads"),
     ("transpose_heads", transpose_heads, "heads"),
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
+    ("fused_qkv_unbind", fused_qkv_unbind, "heads"),
     ("if_on_equal_lengths", if_on_equal_lengths, "heads"),
     ("if_on_undecided_lengths", if_on_undecided_lengths, "heads"),
     ("gqa_block", gqa_block, "heads"),
@@ -2360,6 +2460,8 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "chunk_computed_unpaired",
     "batch_merged_heads_outer",
     "if_on_undecided_lengths",
+    "reshape_traced_token_count_merged",
+    "gather_nd_channel_axis",
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
@@ -2371,6 +2473,8 @@ EXPECTED_REASON: dict[str, str] = {
     "chunk_computed_unpaired": "do not all own the same share",
     "batch_merged_heads_outer": "symbolic dimension next to the channel axis",
     "if_on_undecided_lengths": "no association rule for op ai.onnx::If",
+    "reshape_traced_token_count_merged": "cannot align the channel axis",
+    "gather_nd_channel_axis": "GatherND indexes the channel axis",
 }
 
 

@@ -114,3 +114,12 @@ def test_channels_a_refusal_names_are_kept_whole(tmp_path, key, units, kept):
     per_unit = (width - kept) // units
     assert pruned[root.name][1] == width - per_unit * (units // 2)  # half the units, none of the kept ones
     assert verify(src, out, inputs=make_inputs(model)).exact_groups
+
+
+def test_heads_are_carried_past_an_axis_that_is_split_off(tmp_path):
+    """[B, S, 3, heads, head_dim] unbound into q, k, v: the walk through the size-3 axis is refused, the
+    walk again with the heads axis carrying the units succeeds: three heads, each with its q, k and v."""
+    _, src = _write(tmp_path, "fused_qkv_unbind")
+    (group,) = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.seed == "Wqkv"]
+    assert group.prunable and group.kind == "heads", group.reason
+    assert (group.units, group.unit_size) == (3, 12)

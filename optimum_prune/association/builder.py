@@ -23,6 +23,7 @@ from optimum_prune.graph import Shape, const_array, is_constant
 
 _MAX_STEPS_PER_VALUE = 50
 _MAX_KEEP_RETRIES = 8  # walks again from one seed with more channels kept whole (see _walk_keeping_whole)
+_MAX_CARRIER_RETRIES = 6  # walks again with another axis carrying the units after a Reshape (_next_carriers)
 _SAME = object()  # Walk.link: the linked axis is merged with the batch as the entry's axis is
 
 
@@ -75,6 +76,8 @@ class Walk:
     end_checks: dict[tuple, tuple[ir.Node, Callable[[], None]]] = field(default_factory=dict)
     claims: set[tuple] = field(default_factory=set)
     nodes: dict[str, None] = field(default_factory=dict)
+    carrier_choices: dict[str, int] = field(default_factory=dict)  # Reshape -> index of its carrier axis
+    choice_points: list[tuple[str, int]] = field(default_factory=list)  # (Reshape, carriers) in walk order
     current: ir.Node | None = None
     _source: tuple[str, int, int, int] | None = None
     _piece: tuple[str, int] | None = None  # (Concat node, input index) of the one-element piece traced
@@ -127,6 +130,14 @@ class Walk:
             keep = keep[keep >= 0]
             keep = keep if keep.size else None
         raise Refusal(f"{reason}{where}", keep)
+
+    def choose_carrier(self, node: ir.Node, carriers: list[int]) -> int:
+        """The axis of a Reshape's output block that carries the units: the outermost non-1 axis unless
+        this walk was started with another choice (``[3, heads, head_dim]``: the heads, once the walk
+        through the size-3 axis was refused). Records the choice point when there are several."""
+        if len(carriers) > 1 and all(name != node.name for name, _ in self.choice_points):
+            self.choice_points.append((node.name, len(carriers)))
+        return carriers[min(self.carrier_choices.get(node.name, 0), len(carriers) - 1)]
 
     def mark(self, tag: str) -> None:
         """Record a property of the group ("attention", "conv") used to name its kind."""
@@ -606,28 +617,57 @@ def _walk_keeping_whole(model: ir.Model, shapes: dict[str, Shape], registry: Rul
     """Walk from ``seed``; when the walk is refused for channels that could simply be kept whole (the
     refusal names their units: a fused QKV projection's single key/value head, sliced off by a bound
     counted from the end), walk again with those channels fixed, so the rest of the seed stays prunable.
+    When a refusal names no such channels and a Reshape on the way split the channels over several axes,
+    walk again with the next of those axes carrying the units (:func:`_next_carriers`: ModernBERT's
+    ``[batch, seq, 3, heads, head_dim]``, whose size-3 axis is split off into q, k and v, carries its heads
+    on the next axis). Any walk that completes is exact; the refusal reported is the first walk's.
 
-    Each retry fixes at least one more channel; at most :data:`_MAX_KEEP_RETRIES` retries. Sets
-    ``group.prunable`` / ``group.reason`` when the walk is refused for good, and ``group.kept_whole``.
+    Each keep retry fixes at least one more channel; at most :data:`_MAX_KEEP_RETRIES` of them and
+    :data:`_MAX_CARRIER_RETRIES` carrier retries. Sets ``group.prunable`` / ``group.reason`` when the walk
+    is refused for good, and ``group.kept_whole``.
     """
     fixed = np.zeros(n, dtype=bool)
     kept: list[str] = []
-    for attempt in range(_MAX_KEEP_RETRIES + 1):
-        walk = Walk(model, shapes, registry, n)
+    choices: dict[str, int] = {}
+    first_refusal: str | None = None
+    keep_retries = carrier_retries = 0
+    while True:
+        walk = Walk(model, shapes, registry, n, carrier_choices=dict(choices))
         try:
             walk.run(seed, axis, fixed)
             break
         except Refusal as e:
             grow = np.zeros(n, dtype=bool) if e.keep is None else (
                 np.isin(walk.units.find(np.arange(n)), walk.units.find(e.keep)) & ~fixed)
-            if not grow.any() or (fixed | grow).all() or attempt == _MAX_KEEP_RETRIES:
-                group.prunable, group.reason = False, str(e)
+            if grow.any() and not (fixed | grow).all() and keep_retries < _MAX_KEEP_RETRIES:
+                keep_retries += 1
+                fixed |= grow
+                kept.append(str(e))
+                continue
+            first_refusal = first_refusal or str(e)
+            # a refusal that names channels is about those channels, not about the axis carrying them
+            following = _next_carriers(walk, choices) if e.keep is None else None
+            if following is None or carrier_retries >= _MAX_CARRIER_RETRIES:
+                group.prunable, group.reason = False, first_refusal
                 break
-            fixed |= grow
-            kept.append(str(e))
+            carrier_retries += 1
+            choices, fixed, kept, keep_retries = following, np.zeros(n, dtype=bool), [], 0
     if kept:
         group.kept_whole = f"{int(fixed.sum())} of {n} channels kept whole: " + "; ".join(kept)
     return walk
+
+
+def _next_carriers(walk: Walk, choices: dict[str, int]) -> dict[str, int] | None:
+    """The next carrier choices to try, depth first: the last Reshape the refused walk met that has an
+    untried carrier axis moves to its next one, the Reshapes met after it go back to their first; None
+    when every choice was tried."""
+    for pos in range(len(walk.choice_points) - 1, -1, -1):
+        name, n_carriers = walk.choice_points[pos]
+        current = choices.get(name, 0)
+        if current + 1 < n_carriers:
+            later = {other for other, _ in walk.choice_points[pos + 1:]}
+            return {**{k: v for k, v in choices.items() if k not in later}, name: current + 1}
+    return None
 
 
 def _finalize(group: PruningGroup, walk: Walk, io_patterns: tuple[str, ...]) -> None:

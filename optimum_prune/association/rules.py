@@ -706,6 +706,32 @@ def gather(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.root(data, entry.axis)
 
 
+def gather_nd(node: ir.Node, entry: Entry, walk: Walk) -> None:
+    """GatherND: the output is ``indices.shape[:-1] + data.shape[batch_dims + k:]`` (``k`` the index
+    depth), so a data axis past the indexed ones moves unchanged to the output's trailing axes (an
+    interleaved rotary's ``x[..., 0::2]`` as some exporters emit it, gathering over the axes before the
+    heads). An indexed axis, a batch axis or the indices themselves cannot carry channels."""
+    data, idx, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    if entry.value is idx and not entry.is_output:
+        walk.fail("GatherND indices cannot carry channels")
+    ri = walk.rank(idx)
+    depth = walk.dim(idx, ri - 1)
+    if not isinstance(depth, int):
+        walk.fail("GatherND with an index depth that is not static")
+    first = int(_attr(node, "batch_dims", 0)) + depth  # the first data axis not indexed
+    lead = ri - 1  # output axes before the data's trailing ones
+    if entry.is_output:
+        if entry.axis < lead:
+            walk.fail("a GatherND index axis cannot carry channels")
+        walk.link(data, entry.axis - lead + first, entry.owner)
+        return
+    if entry.axis < first:
+        walk.fail("GatherND indexes the channel axis")
+    walk.link(y, entry.axis - first + lead, entry.owner)
+    if is_constant(data):
+        walk.root(data, entry.axis)
+
+
 def _gather_channels(node: ir.Node, walk: Walk, data: ir.Value, axis: int,
                      indices: np.ndarray | None) -> None:
     """Gather of constant positions of the channel axis (a fused projection's last heads, ``x[..., -1, :]``):
@@ -947,6 +973,10 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
         blocks = [(list(range(cut)), [0]), (list(range(cut, len(sin))), [1])]
     else:
         blocks = _align_blocks(sin, sout)
+        if not any(entry.axis in (bout if entry.is_output else bin_) for bin_, bout in blocks):
+            # leading axes the shapes cannot pair ([B*P, C] -> [B, 4, C] with P computed, 4 traced):
+            # the trailing axes of equal dimensions still map one to one (row-major order)
+            blocks = _align_tail(sin, sout, 0, 0)
     for bin_, bout in blocks:
         src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
         if entry.axis in src_axes:
@@ -971,7 +1001,7 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     block = np.broadcast_to(
         entry.owner.reshape([-1 if i == local else 1 for i in range(len(src_dims))]), src_dims
     ).reshape(dst_dims)
-    carrier = carriers[0]
+    carrier = walk.choose_carrier(node, carriers)
     k = dst_axes.index(carrier)
     rows = np.moveaxis(block, k, 0).reshape(dst_dims[k], -1)
     dst_owner = _rows_owner(rows.reshape(-1), dst_dims[k], walk, node.op_type)
@@ -1099,7 +1129,9 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
 
 
 def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:
-    """Align what is left from the right end (e.g. [B, S, H] -> [B*S, H])."""
+    """Align what is left from the right end (e.g. [B, S, H] -> [B*S, H]): axes of equal dimensions
+    (the same integer or the same symbol) pair one to one from the last, whatever comes before them,
+    since a Reshape keeps the row-major order of the elements."""
     blocks = []
     i, j = len(sin) - 1, len(sout) - 1
     while i >= 0 and j >= 0 and sin[i] == sout[j]:
@@ -1328,6 +1360,7 @@ def default_registry() -> RuleRegistry:
     reg.register(("Split",), split)
     reg.register(("Slice",), slice_)
     reg.register(("Gather",), gather)
+    reg.register(("GatherND",), gather_nd)
     reg.register(("GatherElements",), gather_elements)
     reg.register(POOL_OPS, pool)
     reg.register(("Pad",), pad)
