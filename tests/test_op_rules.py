@@ -10,6 +10,7 @@ import pytest
 
 from graphs import EXPECTED_KIND, EXPECTED_REASON, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
 from optimum_prune import ORTPruner, PruningConfig, verify
+from optimum_prune.association.rules import _align_tail
 from optimum_prune.verify import RELATIVE_TOLERANCE
 
 PRUNABLE = sorted(k for k in OP_GRAPHS if k not in EXPECTED_UNPRUNABLE)
@@ -123,3 +124,9 @@ def test_heads_are_carried_past_an_axis_that_is_split_off(tmp_path):
     (group,) = [g for g in ORTPruner.from_pretrained(src).analyze().groups if g.seed == "Wqkv"]
     assert group.prunable and group.kind == "heads", group.reason
     assert (group.units, group.unit_size) == (3, 12)
+
+
+def test_unknown_dimensions_never_pair_in_a_reshape():
+    """The trailing-axis alignment pairs equal dimensions only: two unknown ones are not known equal."""
+    assert _align_tail(["B*P", 12], ["B", 4, 12], 0, 0) == [([1], [2])]
+    assert _align_tail(["B", None], ["B", 4, None], 0, 0) == []

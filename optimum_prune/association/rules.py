@@ -1131,10 +1131,10 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
 def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:
     """Align what is left from the right end (e.g. [B, S, H] -> [B*S, H]): axes of equal dimensions
     (the same integer or the same symbol) pair one to one from the last, whatever comes before them,
-    since a Reshape keeps the row-major order of the elements."""
+    since a Reshape keeps the row-major order of the elements. Unknown dimensions never pair."""
     blocks = []
     i, j = len(sin) - 1, len(sout) - 1
-    while i >= 0 and j >= 0 and sin[i] == sout[j]:
+    while i >= 0 and j >= 0 and sin[i] is not None and sin[i] == sout[j]:
         blocks.append(([i0 + i], [j0 + j]))
         i -= 1
         j -= 1
