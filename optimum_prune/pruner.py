@@ -275,7 +275,8 @@ class ORTPruner:
                 untie(model, tied, seed_names(model, shapes))
             return _Prepared(model, shapes, groups, tied, decisions)
         shapes = infer_shapes(model)
-        decisions = fold_static_ifs(model, shapes)  # an If on "lengths differ" hides its branch's heads
+        # an If on "lengths differ" hides its branch's heads
+        decisions = tuple(fold_static_ifs(model, shapes))
         if decisions:
             shapes = infer_shapes(model)
         if explicit_split_sizes(model, shapes):
@@ -286,8 +287,8 @@ class ORTPruner:
         if untie(model, tied, seeds):  # layers coupled only through a shared computed tensor (ALiBi)
             shapes = infer_shapes(model)
             groups = build_groups(model, shapes, self.registry, io_patterns=io_patterns)
-        self._cache[io_patterns] = (shapes, groups, tied, tuple(decisions))
-        return _Prepared(model, shapes, groups, tied, tuple(decisions))
+        self._cache[io_patterns] = (shapes, groups, tied, decisions)
+        return _Prepared(model, shapes, groups, tied, decisions)
 
     def analyze(self, io_patterns: tuple[str, ...] = DEFAULT_IO_PATTERNS) -> AnalysisReport:
         """Find every group (kind, prunable units) and why some cannot be pruned."""

@@ -198,34 +198,27 @@ tile (float[B, 8] x) => (float[B, 3, 6] y) {
 
 # x[B,S,8] -> MatMul(W1[8,12]) -> GatherND(indices [3,2] over (batch, sequence)) -> [3,12] -> Relu
 #   -> MatMul(W2[12,6]) -> y[3,6]      (the channel axis is not indexed: it moves to the output's last axis)
-def gather_nd(seed: int = 0) -> onnx.ModelProto:
+# ``indexed=True``: indices [2,3] index the channel axis too ([2] single channels) -> Unsqueeze -> MatMul
+#   (W2[2,3]) -> y[1,3]: refused
+def gather_nd(seed: int = 0, *, indexed: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
-    text = """
-gnd (float[B, S, 8] x) => (float[3, 6] y) {
+    out, tail = ("float[1, 3] y", "u = Unsqueeze(g, ax0)") if indexed else ("float[3, 6] y", "u = Relu(g)")
+    text = f"""
+gnd (float[B, S, 8] x) => ({out}) {{
   h = MatMul(x, W1)
-  g = GatherND(h, pairs)
-  r = Relu(g)
-  y = MatMul(r, W2)
-}
+  g = GatherND(h, indices)
+  {tail}
+  y = MatMul(u, W2)
+}}
 """
-    pairs = np.array([[0, 0], [1, 3], [0, 4]], dtype=np.int64)
-    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "pairs": pairs}
+    indices = [[0, 0, 1], [1, 3, 5]] if indexed else [[0, 0], [1, 3], [0, 4]]
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 2, 3) if indexed else _mat(rng, 12, 6),
+             "indices": np.array(indices, dtype=np.int64), **({"ax0": _i64(0)} if indexed else {})}
     return _build(text, inits)
 
 
-# the same with indices of depth 3 ([B,S,12] indexed down to single channels): refused
 def gather_nd_channel_axis(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    text = """
-gnd (float[B, S, 8] x) => (float[1, 3] y) {
-  h = MatMul(x, W1)
-  g = GatherND(h, triples)
-  u = Unsqueeze(g, ax0)
-  y = MatMul(u, W2)
-}
-"""
-    triples = np.array([[0, 0, 1], [1, 3, 5]], dtype=np.int64)
-    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 2, 3), "triples": triples, "ax0": _i64(0)})
+    return gather_nd(seed, indexed=True)
 
 
 # the same tiled twice along the channel axis: [B,24] -> MatMul(W2[24,6]); the copies cannot be sliced
@@ -1292,10 +1285,9 @@ traced (float[B, height, 8] x) => ({out}) {{
   y = MatMul(u, W2)
 }}
 """
+    target_pieces = {"merged_width": _i64(32 * 12)} if merged else {"tokens": _i64(32), "twelve": _i64(12)}
     inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 32 * 12 if merged else 12, 6),
-             "flat_shape": _i64(-1, 12),
-             "i0": _SCALAR0, "ax0": _i64(0), **({"merged_width": _i64(32 * 12)} if merged else
-                                                {"tokens": _i64(32), "twelve": _i64(12)})}
+             "flat_shape": _i64(-1, 12), "i0": _SCALAR0, "ax0": _i64(0), **target_pieces}
     return _build(text, inits)
 
 

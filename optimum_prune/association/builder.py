@@ -77,7 +77,7 @@ class Walk:
     claims: set[tuple] = field(default_factory=set)
     nodes: dict[str, None] = field(default_factory=dict)
     carrier_choices: dict[str, int] = field(default_factory=dict)  # Reshape -> index of its carrier axis
-    choice_points: list[tuple[str, int]] = field(default_factory=list)  # (Reshape, carriers) in walk order
+    choice_points: dict[str, int] = field(default_factory=dict)  # Reshape -> its carrier count, walk order
     current: ir.Node | None = None
     _source: tuple[str, int, int, int] | None = None
     _piece: tuple[str, int] | None = None  # (Concat node, input index) of the one-element piece traced
@@ -135,8 +135,8 @@ class Walk:
         """The axis of a Reshape's output block that carries the units: the outermost non-1 axis unless
         this walk was started with another choice (``[3, heads, head_dim]``: the heads, once the walk
         through the size-3 axis was refused). Records the choice point when there are several."""
-        if len(carriers) > 1 and all(name != node.name for name, _ in self.choice_points):
-            self.choice_points.append((node.name, len(carriers)))
+        if len(carriers) > 1:
+            self.choice_points.setdefault(node.name, len(carriers))
         return carriers[min(self.carrier_choices.get(node.name, 0), len(carriers) - 1)]
 
     def mark(self, tag: str) -> None:
@@ -661,11 +661,12 @@ def _next_carriers(walk: Walk, choices: dict[str, int]) -> dict[str, int] | None
     """The next carrier choices to try, depth first: the last Reshape the refused walk met that has an
     untried carrier axis moves to its next one, the Reshapes met after it go back to their first; None
     when every choice was tried."""
-    for pos in range(len(walk.choice_points) - 1, -1, -1):
-        name, n_carriers = walk.choice_points[pos]
+    met = list(walk.choice_points.items())
+    for pos in range(len(met) - 1, -1, -1):
+        name, n_carriers = met[pos]
         current = choices.get(name, 0)
         if current + 1 < n_carriers:
-            later = {other for other, _ in walk.choice_points[pos + 1:]}
+            later = {other for other, _ in met[pos + 1:]}
             return {**{k: v for k, v in choices.items() if k not in later}, name: current + 1}
     return None
 

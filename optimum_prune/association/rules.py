@@ -970,19 +970,15 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
     src_shape, dst_shape = (sout, sin) if entry.is_output else (sin, sout)
     if node.op_type == "Flatten":  # the axes before ``axis`` become output axis 0, the rest axis 1
         cut = _norm_axis(int(_attr(node, "axis", 1)), len(sin)) if sin else 0
-        blocks = [(list(range(cut)), [0]), (list(range(cut, len(sin))), [1])]
+        found = _entry_block([(list(range(cut)), [0]), (list(range(cut, len(sin))), [1])], entry)
     else:
-        blocks = _align_blocks(sin, sout)
-        if not any(entry.axis in (bout if entry.is_output else bin_) for bin_, bout in blocks):
-            # leading axes the shapes cannot pair ([B*P, C] -> [B, 4, C] with P computed, 4 traced):
-            # the trailing axes of equal dimensions still map one to one (row-major order)
-            blocks = _align_tail(sin, sout, 0, 0)
-    for bin_, bout in blocks:
-        src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
-        if entry.axis in src_axes:
-            break
-    else:
+        # where the leading axes cannot be paired ([B*P, C] -> [B, 4, C] with P computed, 4 traced), the
+        # trailing axes of equal dimensions still map one to one (row-major order)
+        found = (_entry_block(_align_blocks(sin, sout), entry)
+                 or _entry_block(_align_tail(sin, sout, 0, 0), entry))
+    if found is None:
         walk.fail(f"{node.op_type}: cannot align the channel axis between {list(sin)} and {list(sout)}")
+    src_axes, dst_axes = found
     _refuse_product_coupling(node, entry, walk, src_axes)
     src_dims = [src_shape[a] for a in src_axes]
     dst_dims = [dst_shape[a] for a in dst_axes]
@@ -1071,6 +1067,16 @@ def _solve_wildcard(sin: list, sout: list) -> tuple[list, list]:
                 dst[unknown[0]] = num // den
                 sides[b] = dst
     return sides[0], sides[1]
+
+
+def _entry_block(blocks: list[tuple[list[int], list[int]]],
+                 entry: Entry) -> tuple[list[int], list[int]] | None:
+    """The (entry side, other side) axes of the block holding the entry's axis, or None."""
+    for bin_, bout in blocks:
+        src_axes, dst_axes = (bout, bin_) if entry.is_output else (bin_, bout)
+        if entry.axis in src_axes:
+            return src_axes, dst_axes
+    return None
 
 
 def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
