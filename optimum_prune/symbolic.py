@@ -63,13 +63,38 @@ def _stub_aware_class() -> type:
             # Opset 18 moved ``axes`` to an input for every reduction; the base class reads it there for
             # ReduceSum / ReduceMean only, and an unknown-rank ReduceL2 (weight normalisation) then ends
             # the whole inference at the next broadcasting op. Same spec as ReduceMean 18: same rule.
-            for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin",
-                       "ReduceSumSquare"):
+            for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
                 self.dispatcher_.setdefault(op, self._infer_ReduceMean)
+            self.dispatcher_.setdefault("ReduceMax", self._infer_ReduceMax_or_Min)
+            self.dispatcher_.setdefault("ReduceMin", self._infer_ReduceMax_or_Min)
             self.dispatcher_.setdefault("Flatten", self._infer_Flatten)
             self.dispatcher_.setdefault("Not", self._infer_Not)
             self.dispatcher_["Slice"] = self._infer_Slice_keeping_other_axes
             self.dispatcher_["Expand"] = self._infer_Expand_to_unknown_shape
+
+        def _infer_ReduceMax_or_Min(self, node):  # noqa: N802 (the base class's naming)
+            """The shape rule of ReduceMean 18, and the value of a full reduction of a known shape value:
+            ``repeat_interleave(x, 2)`` exports its repeat count as ``ReduceMax(ConstantOfShape([d], 2))``,
+            and that count is the Expand target that tells a broadcast axis of 1 (the rotary table's head
+            axis) from one that spans the heads. Without the value the Expand output gets a fresh symbol
+            there, which the next broadcast merges with the head count."""
+            self._infer_ReduceMean(node)
+            data = self._try_get_value(node, 0)
+            if data is None:
+                return
+            values = np.asarray(data).reshape(-1)
+            axes = self._try_get_value(node, 1) if len(node.input) > 1 and node.input[1] else None
+            mod = _ort_module()
+            if axes is not None and np.asarray(data).ndim != 1:
+                return  # a partial reduction of a multi-dimensional value: its shape only
+            if values.size == 0 or not all(mod.is_literal(v) for v in values.tolist()):
+                return
+            if mod.get_attribute(node, "noop_with_empty_axes", 0) and axes is not None and not len(axes):
+                return
+            fn = max if node.op_type == "ReduceMax" else min
+            result = int(fn(int(v) for v in values.tolist()))
+            keep = mod.get_attribute(node, "keepdims", 1)
+            self.sympy_data_[node.output[0]] = [result] if keep and np.asarray(data).ndim else result
 
         def _infer_Expand_to_unknown_shape(self, node):  # noqa: N802 (the base class's naming)
             """The base rule; when the target shape's value is unknown (Cohere's repeat_interleave computes

@@ -1356,6 +1356,53 @@ th (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+# Interleaved rotary as transformers' `repeat_interleave(cos[..., :d/2], 2)` exports (Helium, GLM): the
+#   table [1, 1, S, 2] (angles [1, S, 2] unsqueezed at the head axis, which broadcasts) -> Transpose(3,1,2,0)
+#   -> Unsqueeze(1) -> Expand to [1, R, 1, S, 1], R = ReduceMax(ConstantOfShape([2], 2)) (the repeat
+#   count), the 1 read from the table's own head axis -> GatherND flattening the first two axes ->
+#   Transpose back -> [1, 1, S, 4], multiplied with the query heads [B, 3, S, 4]. The table spans no head;
+#   shape inference sees so only if it knows the repeat count.
+def rotary_repeat_interleave(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+rri (float[B, S, 8] x, float[1, S, 2] ang) => (float[B, S, 6] y) {
+  q = MatMul(x, Wq)
+  qh = Reshape(q, hd_shape)
+  qt = Transpose<perm = [0, 2, 1, 3]>(qh)
+  a4 = Unsqueeze(ang, ax1)
+  c = Cos(a4)
+  ct = Transpose<perm = [3, 1, 2, 0]>(c)
+  cu = Unsqueeze(ct, ax1)
+  half = Shape<start = 3, end = 4>(c)
+  fill = ConstantOfShape<value = int64[1] {2}>(half)
+  reps = ReduceMax<keepdims = 0>(fill)
+  reps1 = Unsqueeze(reps, ax0)
+  sh = Shape(ct)
+  d1 = Slice(sh, one, four)
+  target = Concat<axis = 0>(one, reps1, d1)
+  e = Expand(cu, target)
+  g = GatherND(e, pairs)
+  tab = Transpose<perm = [3, 1, 2, 0]>(g)
+  r = Mul(qt, tab)
+  rt = Transpose<perm = [0, 2, 1, 3]>(r)
+  m = Reshape(rt, mg_shape)
+  y = MatMul(m, Wo)
+}
+"""
+    inits = {
+        "Wq": _mat(rng, 8, 12),
+        "Wo": _mat(rng, 12, 6),
+        "hd_shape": _i64(0, 0, 3, 4),
+        "mg_shape": _i64(0, 0, 12),
+        "ax1": _i64(1),
+        "ax0": _i64(0),
+        "one": _i64(1),
+        "four": _i64(4),
+        "pairs": np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.int64),
+    }
+    return _build(text, inits)
+
+
 def _sdpa(q: str, k: str, v: str, out: str, bias: str | None = None) -> str:
     """Scaled dot-product attention on 3-D q/k/v [B,S,12] -> out [B,S,12] (3 heads x 4); ``bias``, when
     given, is added to the scaled scores."""
@@ -2402,6 +2449,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("reshape_traced_token_count_merged", reshape_traced_token_count_merged, "ffn"),
     ("reshape_heads_read_embed_shared", reshape_heads_read_embed_shared, "heads"),
     ("transpose_heads", transpose_heads, "heads"),
+    ("rotary_repeat_interleave", rotary_repeat_interleave, "heads"),
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("fused_qkv_unbind", fused_qkv_unbind, "heads"),

@@ -107,3 +107,38 @@ def test_flatten_keeps_symbolic_products_and_accepts_axis_equal_to_rank():
     graph_module._collect(symbolic_infer(proto, stubs), shapes)
     assert shapes["y"] == ("4*B", 8)
     assert shapes["z"] == ("32*B", 1)
+
+
+def test_full_reduction_of_a_known_shape_value_is_a_value():
+    """``repeat_interleave`` exports its repeat count as ReduceMax(ConstantOfShape(...)); with that value
+    the Expand it shapes has known dimensions, and a broadcast axis of 1 stays 1 (it used to become a
+    fresh symbol that the next broadcast merged with the head count). A partial reduction of a 2-D value,
+    or one whose input value is unknown, gives no value."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[B, 1, 3] x, int64[2, 2] m, int64[4] u) => (float[B, P, 3] y, float[B, Q, 3] z,
+                                                        float[B, R, 3] w) {
+            fill = ConstantOfShape <value = int64[1] {2}> (four)
+            big = ReduceMax <keepdims = 0> (fill)
+            small = ReduceMin <keepdims = 1> (fill)
+            one = Constant <value = int64[1] {1}> ()
+            big1 = Unsqueeze (big, zero)
+            ty = Concat <axis = 0> (one, big1, one)
+            y = Expand (x, ty)
+            tz = Concat <axis = 0> (one, small, one)
+            z = Expand (x, tz)
+            rows = ReduceMax <keepdims = 0> (m, one)
+            unknown = ReduceMax <keepdims = 1> (u)
+            tw = Concat <axis = 0> (one, unknown, one)
+            w = Expand (x, tw)
+        }
+    """)
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([4], np.int64), "four"),
+                                    onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    proto, stubs = graph_module._stub_proto(ir.serde.deserialize_model(model))
+    shapes: dict = {}
+    graph_module._collect(symbolic_infer(proto, stubs), shapes)
+    assert shapes["y"] == ("B", 2, 3)
+    assert shapes["z"] == ("B", 2, 3)
+    assert shapes["rows"] == (2,)
+    assert not isinstance(shapes["w"][1], int), shapes["w"]
