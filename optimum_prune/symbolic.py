@@ -13,6 +13,10 @@ pruner, and this module works around them without copying its logic:
   inference of the whole graph; here the axes the Slice does not cut keep their dimensions instead.
 - Its Expand rule leaves the output unknown when the target shape's value is, and the driver then
   asserts on that value; here the input dimensions other than 1 carry over and the rest get symbols.
+- It computes no value for ReduceMax / ReduceMin, so ``repeat_interleave``'s repeat count
+  (``ReduceMax(ConstantOfShape(...))``) leaves the Expand it shapes with fresh symbols, which the next
+  broadcast merges with whatever they meet (an interleaved rotary table's head axis of 1 became the head
+  count); a full reduction of a known value gets its value.
 - It computes Equal on shape values but not Not, so an If on "lengths differ" cannot pick its branch;
   Not gets a rule.
 - ``import onnxruntime.tools`` imports torch when it is installed (about 1.6 s), and a failed
