@@ -39,7 +39,7 @@ def test_generated_inputs_grow_until_a_conv_stack_over_raw_audio_runs(tmp_path):
     path = tmp_path / "audio.onnx"
     onnx.save(_audio_convs(), path)
     feeds, outputs, length = runnable_inputs(make_session(path))
-    assert length == SEQUENCE_LADDER[1] > SEQUENCE_LADDER[0]  # 7 samples are fewer than the kernel
+    assert length == 64 > SEQUENCE_LADDER[0]  # 7 and 16 samples are too few for the two kernels
     assert feeds["audio"].shape[-1] == length and outputs[0].shape[1] == 6
 
 
@@ -61,3 +61,31 @@ def test_a_pruned_model_that_needs_longer_inputs_than_its_source_is_refused(tmp_
     validate_model_file(pruned)  # on its own it runs, on 64 samples
     with pytest.raises(ValidationError, match="the source model .* runs on"):
         validate_model_file(pruned, source=source)
+
+
+def _traced_length(length: int) -> onnx.ModelProto:
+    """[B, S, 4] -> Reshape to [B, 4, length/4, 4] (the sequence length traced as a constant, as
+    Nystromformer's landmarks export it) -> ReduceMean over the segments -> [B, 4, 4]."""
+    return onnx.parser.parse_model(f"""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[B, S, 4] x) => (float[B, 4, 4] y)
+            <int64[4] shape = {{0, 4, {length // 4}, 4}}, int64[1] ax = {{2}}> {{
+            r = Reshape(x, shape)
+            y = ReduceMean <keepdims = 0> (r, ax)
+        }}
+    """)
+
+
+def test_a_model_traced_at_the_export_length_runs_on_it(tmp_path):
+    path = tmp_path / "traced.onnx"
+    onnx.save(_traced_length(16), path)
+    feeds, _, length = runnable_inputs(make_session(path))
+    assert length == 16 and feeds["x"].shape == (2, 16, 4)  # optimum-onnx's dummy sequence length
+    validate_model_file(path)
+
+
+def test_a_model_that_runs_on_no_generated_inputs_names_the_lengths_and_the_first_error(tmp_path):
+    path = tmp_path / "traced.onnx"
+    onnx.save(_traced_length(20), path)
+    with pytest.raises(ValidationError, match=r"sequence lengths 7, 16, 64.*; at 7: .*Reshape"):
+        runnable_inputs(make_session(path))
