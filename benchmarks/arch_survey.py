@@ -166,7 +166,7 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                          "n_routed_experts": 4, "num_experts_per_tok": 2, "n_group": 1,
                                          "topk_group": 1, "moe_intermediate_size": 24,
                                          "first_k_dense_replace": 1, "n_shared_experts": 1}, "llama"),
-    "gpt_oss": ("GptOssConfig", {"num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 4,
+    "gpt_oss": ("GptOssConfig", {"num_key_value_heads": 4, "head_dim": 8, "num_local_experts": 4,
                                  "num_experts_per_tok": 2, "sliding_window": 16,
                                  "layer_types": ["sliding_attention", "full_attention"]}, "llama"),
     "siglip": ("SiglipConfig", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,

@@ -870,6 +870,50 @@ chunk (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, {"Wgu": _mat(rng, 8, 24), "Wd": _mat(rng, 12, 6), **_CHUNK_INITS})
 
 
+# GPT-OSS's interleaved GLU: x[B,S,8] -> MatMul(Wgu[8,24]) + bgu = gu [B,S,24] -> gate gu[..., ::2],
+#   up gu[..., 1::2] (Slice with step 2 to INT64_MAX) -> g * Sigmoid(g) * (u + 1) -> MatMul(Wd[12,6]) -> y.
+#   ``unpaired``: the up half is a Slice of its own input (x @ Wu), and the gate's odd positions, sliced
+#   by nothing, are dead weights that go with their block. ``stop``: both Slices stop at 20 of 24.
+#   ``tail``: gu[..., -1:] is added to y, so the last position is kept whole, and its block with it.
+def strided_slice_glu(seed: int = 0, *, unpaired: bool = False, stop: bool = False,
+                      tail: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    end = "twenty" if stop else "big"
+    tail_nodes = "\n  t = Slice(gu, im1, big, im1)\n  y = Add(y0, t)"
+    up = f"  u = Slice(gu, one, {end}, im1, two)" if not unpaired else "  u0 = MatMul(x, Wu)\n  u = Relu(u0)"
+    text = f"""
+strided (float[B, S, 8] x) => (float[B, S, 6] y) {{
+  gu0 = MatMul(x, Wgu)
+  gu = Add(gu0, bgu)
+  g = Slice(gu, zero, {end}, im1, two)
+{up}
+  gs = Sigmoid(g)
+  sg = Mul(g, gs)
+  u1 = Add(u, onef)
+  a = Mul(sg, u1)
+  {"y0" if tail else "y"} = MatMul(a, Wd){tail_nodes if tail else ""}
+}}
+"""
+    inits = {"Wgu": _mat(rng, 8, 24), "bgu": _vec(rng, 24), "Wd": _mat(rng, 12 if not stop else 10, 6),
+             "zero": _i64(0), "one": _i64(1), "two": _i64(2), "im1": _i64(-1), "twenty": _i64(20),
+             "big": _i64(np.iinfo(np.int64).max), "onef": _f32(1.0)}
+    if unpaired:
+        inits["Wu"] = _mat(rng, 8, 12)
+    return _build(text, inits)
+
+
+def strided_slice_unpaired(seed: int = 0) -> onnx.ModelProto:
+    return strided_slice_glu(seed, unpaired=True)
+
+
+def strided_slice_tail(seed: int = 0) -> onnx.ModelProto:
+    return strided_slice_glu(seed, tail=True)
+
+
+def strided_slice_stop(seed: int = 0) -> onnx.ModelProto:
+    return strided_slice_glu(seed, stop=True)
+
+
 # x[B,S,8] -> MatMul(Wg[8,12]) -+-> Concat(-1) = gu [B,S,24] -> chunk(2, -1), the split point computed in
 # x[B,S,8] -> MatMul(Wu[8,12]) -+   float: Cast(Ceil(Cast<float>(Shape(gu)[-1:]) / 2)); the second half
 #   ends at INT64_MAX -> Gelu(g) * u -> MatMul(Wd[12,6]) -> y   (the walk from Wg reaches the up half's
@@ -2461,6 +2505,10 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("fused_qkv_mqa_slices", fused_qkv_mqa_slices, "heads"),
     ("fused_qkv_mqa_split", fused_qkv_mqa_split, "heads"),
     ("slice_negative_bounds", slice_negative_bounds, "ffn"),
+    ("strided_slice_glu", strided_slice_glu, "ffn"),
+    ("strided_slice_unpaired", strided_slice_unpaired, "ffn"),
+    ("strided_slice_stop", strided_slice_stop, "ffn"),
+    ("strided_slice_tail", strided_slice_tail, "ffn"),
     ("gather_channel_index", gather_channel_index, "ffn"),
     ("batch_merged_heads", batch_merged_heads, "heads"),
     ("batch_merged_tile_gather", batch_merged_tile_gather, "heads"),
@@ -2502,6 +2550,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
     "if_on_undecided_lengths",
     "reshape_traced_token_count_merged",
     "gather_nd_channel_axis",
+    "strided_slice_stop",
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
@@ -2515,6 +2564,7 @@ EXPECTED_REASON: dict[str, str] = {
     "if_on_undecided_lengths": "no association rule for op ai.onnx::If",
     "reshape_traced_token_count_merged": "cannot align the channel axis",
     "gather_nd_channel_axis": "GatherND indexes the channel axis",
+    "strided_slice_stop": "not one offset of every block",
 }
 
 

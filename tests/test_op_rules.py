@@ -97,6 +97,7 @@ def test_heads_merged_inside_batch_times_sequence_are_tracked_per_period(tmp_pat
     ("fused_qkv_mqa_split", 4, 6),  # k summed with every head's channels, v each head's head_dim
     ("slice_negative_bounds", 8, 4),  # the last four channels, counted from the end
     ("gather_channel_index", 10, 2),  # channels 0 and 1, counted by the Gather index
+    ("strided_slice_tail", 11, 2),  # the last position, counted from the end, and its block of two
 ])
 def test_channels_a_refusal_names_are_kept_whole(tmp_path, key, units, kept):
     """A root whose walk is refused only for some of its channels keeps those whole and prunes the rest."""

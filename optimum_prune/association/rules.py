@@ -541,7 +541,8 @@ def split(node: ir.Node, entry: Entry, walk: Walk) -> None:
 
 def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Slice: along another axis the channels pass; along the channel axis (step 1) the output takes its
-    range of positions (fused QKV / gate-up splits). Constant bounds are patched; bounds computed from
+    range of positions (fused QKV / gate-up splits); with a step, one offset of every block (see
+    :func:`_strided_slice`). Constant bounds are patched; bounds computed from
     the channel dimension itself (``torch.chunk``) are evaluated and must follow the pruning unpatched."""
     x, y = node.inputs[0], node.outputs[0]
     rank = walk.rank(x)
@@ -570,7 +571,8 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
     if steps_v is not None and steps is None:
         walk.fail("Slice along the channel axis with a computed step")
     if steps is not None and int(steps.reshape(-1)[i]) != 1:
-        walk.fail("Slice along the channel axis with a step")
+        _strided_slice(node, entry, walk, i, size, int(steps.reshape(-1)[i]), starts, ends)
+        return
     bounds = []
     negative: set[str] = set()  # bounds counted from the end: they follow pruning unpatched
     for which, bound_v, arr in (("start", starts_v, starts), ("end", ends_v, ends)):
@@ -614,6 +616,44 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
             walk.check_at_end(("slice", node.name, which), node,
                               lambda b=b, which=which, expr=expr, f=f: _check_computed_bound(
                                   walk, x, entry.axis, which, b, expr, f))
+
+
+def _strided_slice(node: ir.Node, entry: Entry, walk: Walk, i: int, size: int, step: int,
+                   starts: np.ndarray | None, ends: np.ndarray | None) -> None:
+    """Slice with a step along the channel axis, over the whole axis from an offset inside the first
+    block of ``step`` positions (GPT-OSS's interleaved gate/up, ``gate_up[..., ::2]`` and ``[..., 1::2]``):
+    output position ``j`` is input position ``start + j * step``. The pruned graph takes the same offsets
+    of the blocks that remain, so each block of ``step`` positions is removed whole: its units merge (the
+    unpicked offsets too), and a block that mixes kept positions with pruned ones refuses the group."""
+    x, y = node.inputs[0], node.outputs[0]
+    if starts is None or ends is None:
+        walk.fail("Slice along the channel axis with a step and computed bounds")
+    if step < 0:
+        walk.fail("Slice along the channel axis with a negative step")
+    start, end = int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i])
+    start = start + size if start < 0 else start
+    end = end + size if end < 0 else end
+    if size % step or not 0 <= start < step or end < size:
+        walk.fail(f"Slice along the channel axis with step {step} from {start} to {end} of {size} positions: "
+                  "not one offset of every block of the axis")
+    if entry.is_output:
+        full = np.full(size, -1, dtype=np.int64)
+        full[start::step] = entry.owner
+        walk.link(x, entry.axis, full)
+    else:
+        walk.link(y, entry.axis, entry.owner[start::step])
+    key = (x.name, entry.axis)
+    if key in walk.owners:
+        walk.units.union_rows(walk.owners[key].reshape(size // step, step))
+
+    def whole_blocks() -> None:
+        rows = walk.units.find(walk.owners[key]).reshape(size // step, step)
+        mixed = ((rows < 0).any(axis=1) & (rows >= 0).any(axis=1))
+        if mixed.any():
+            walk.fail(f"a block of {step} positions sliced with step {step} would lose some positions and "
+                      "keep others", keep=rows[mixed].reshape(-1))
+
+    walk.check_at_end(("strided slice", node.name), node, whole_blocks)
 
 
 def _check_kept(walk: Walk, node: ir.Node, x: ir.Value, axis: int, lo: int, hi: int, what: str) -> None:
