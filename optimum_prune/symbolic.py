@@ -86,19 +86,19 @@ def _stub_aware_class() -> type:
             data = self._try_get_value(node, 0)
             if data is None:
                 return
-            values = np.asarray(data).reshape(-1)
+            arr = np.asarray(data)
+            values = arr.reshape(-1).tolist()
             axes = self._try_get_value(node, 1) if len(node.input) > 1 and node.input[1] else None
             mod = _ort_module()
-            if axes is not None and np.asarray(data).ndim != 1:
+            if axes is not None and arr.ndim != 1:
                 return  # a partial reduction of a multi-dimensional value: its shape only
-            if values.size == 0 or not all(mod.is_literal(v) for v in values.tolist()):
+            if not values or not all(mod.is_literal(v) for v in values):
                 return
             if mod.get_attribute(node, "noop_with_empty_axes", 0) and axes is not None and not len(axes):
                 return
-            fn = max if node.op_type == "ReduceMax" else min
-            result = int(fn(int(v) for v in values.tolist()))
+            result = int((max if node.op_type == "ReduceMax" else min)(int(v) for v in values))
             keep = mod.get_attribute(node, "keepdims", 1)
-            self.sympy_data_[node.output[0]] = [result] if keep and np.asarray(data).ndim else result
+            self.sympy_data_[node.output[0]] = [result] if keep and arr.ndim else result
 
         def _infer_Expand_to_unknown_shape(self, node):  # noqa: N802 (the base class's naming)
             """The base rule; when the target shape's value is unknown (Cohere's repeat_interleave computes

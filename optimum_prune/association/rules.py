@@ -542,8 +542,8 @@ def split(node: ir.Node, entry: Entry, walk: Walk) -> None:
 def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
     """Slice: along another axis the channels pass; along the channel axis (step 1) the output takes its
     range of positions (fused QKV / gate-up splits); with a step, one offset of every block (see
-    :func:`_strided_slice`). Constant bounds are patched; bounds computed from
-    the channel dimension itself (``torch.chunk``) are evaluated and must follow the pruning unpatched."""
+    :func:`_strided_slice`). Constant bounds are patched; bounds computed from the channel dimension
+    itself (``torch.chunk``) are evaluated and must follow the pruning unpatched."""
     x, y = node.inputs[0], node.outputs[0]
     rank = walk.rank(x)
     starts_v, ends_v, axes_v, steps_v = (_optional(node, i) for i in (1, 2, 3, 4))
@@ -643,12 +643,14 @@ def _strided_slice(node: ir.Node, entry: Entry, walk: Walk, i: int, size: int, s
     else:
         walk.link(y, entry.axis, entry.owner[start::step])
     key = (x.name, entry.axis)
-    if key in walk.owners:
-        walk.units.union_rows(walk.owners[key].reshape(size // step, step))
+    if key not in walk.owners:
+        return  # no position of the group reached the input: the rule runs again if one does
+    blocks = size // step
+    walk.units.union_rows(walk.owners[key].reshape(blocks, step))
 
     def whole_blocks() -> None:
-        rows = walk.units.find(walk.owners[key]).reshape(size // step, step)
-        mixed = ((rows < 0).any(axis=1) & (rows >= 0).any(axis=1))
+        rows = walk.units.find(walk.owners[key]).reshape(blocks, step)
+        mixed = (rows < 0).any(axis=1) & (rows >= 0).any(axis=1)
         if mixed.any():
             walk.fail(f"a block of {step} positions sliced with step {step} would lose some positions and "
                       "keep others", keep=rows[mixed].reshape(-1))

@@ -111,16 +111,16 @@ def runnable_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = Non
     of :data:`SEQUENCE_LADDER` that works. When none does, raises :class:`ValidationError` with the error
     of the shortest and the lengths tried (the longest ones mostly overflow position tables, which says
     little)."""
-    errors: list[Exception] = []
+    first: Exception | None = None
     for length in SEQUENCE_LADDER:
         feeds = generated_inputs(session, seed=seed, dims=dims, sequence=length)
         try:
             return feeds, session.run(None, feeds), length
         except Exception as e:  # ONNX Runtime raises its own exception types
-            errors.append(e)
+            first = first or e
     lengths = ", ".join(str(n) for n in SEQUENCE_LADDER)
     raise ValidationError(f"the model runs on no generated inputs (sequence lengths {lengths}); at "
-                          f"{SEQUENCE_LADDER[0]}: {errors[0]}") from errors[0]
+                          f"{SEQUENCE_LADDER[0]}: {first}") from first
 
 
 def validate_model_file(path: Path, *, source: Path | None = None, run: bool = True,
