@@ -906,6 +906,43 @@ def strided_slice_unpaired(seed: int = 0) -> onnx.ModelProto:
     return strided_slice_glu(seed, unpaired=True)
 
 
+def rotary_table_shared(seed: int = 0, *, table_output: bool = True, table_first: bool = True
+                        ) -> onnx.ModelProto:
+    """A rotary table gathered by position ids (an embedding-like seed) multiplies the first two head_dim
+    positions of every head. The table's walk reaches the query projection with units of three channels
+    (one head_dim position of each head); the projection's own walk, with heads as units, never meets
+    the table (it broadcasts over the heads). By default the table is walked first and refused (it is
+    also a graph output), and the projection's heads still prune exactly. ``table_output=False`` makes
+    the table's group prunable; ``table_first=False`` walks the projection first."""
+    rng = np.random.default_rng(seed)
+    table = "  t = Gather(T, pos)\n  tu = Unsqueeze(t, ax2)\n"
+    projection = "  q = MatMul(x, Wq)\n  qh = Reshape(q, hd_shape)\n"
+    outputs = ", float[B, S, 2] t" if table_output else ""
+    text = f"""
+rts (float[B, S, 8] x, int64[B, S] pos) => (float[B, S, 6] y{outputs}) {{
+{table + projection if table_first else projection + table}  rot = Slice(qh, zero, two, ax3)
+  keep = Slice(qh, two, four, ax3)
+  r = Mul(rot, tu)
+  c = Concat<axis = 3>(r, keep)
+  m = Reshape(c, mg_shape)
+  y = MatMul(m, Wo)
+}}
+"""
+    inits = {
+        "T": _vec(rng, 16, 2, scale=1.0),
+        "Wq": _mat(rng, 8, 12),
+        "Wo": _mat(rng, 12, 6),
+        "hd_shape": _i64(0, 0, 3, 4),
+        "mg_shape": _i64(0, 0, 12),
+        "ax2": _i64(2),
+        "ax3": _i64(3),
+        "zero": _i64(0),
+        "two": _i64(2),
+        "four": _i64(4),
+    }
+    return _build(text, inits)
+
+
 def strided_slice_tail(seed: int = 0) -> onnx.ModelProto:
     return strided_slice_glu(seed, tail=True)
 
@@ -2494,6 +2531,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("reshape_heads_read_embed_shared", reshape_heads_read_embed_shared, "heads"),
     ("transpose_heads", transpose_heads, "heads"),
     ("rotary_repeat_interleave", rotary_repeat_interleave, "heads"),
+    ("rotary_table_shared", rotary_table_shared, "heads"),
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("fused_qkv_unbind", fused_qkv_unbind, "heads"),

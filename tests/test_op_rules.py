@@ -8,7 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from graphs import EXPECTED_KIND, EXPECTED_REASON, EXPECTED_UNPRUNABLE, OP_GRAPHS, make_inputs
+from graphs import (
+    EXPECTED_KIND,
+    EXPECTED_REASON,
+    EXPECTED_UNPRUNABLE,
+    OP_GRAPHS,
+    make_inputs,
+    rotary_table_shared,
+)
 from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.association.rules import _align_tail
 from optimum_prune.verify import RELATIVE_TOLERANCE
@@ -116,6 +123,45 @@ def test_channels_a_refusal_names_are_kept_whole(tmp_path, key, units, kept):
     per_unit = (width - kept) // units
     assert pruned[root.name][1] == width - per_unit * (units // 2)  # half the units, none of the kept ones
     assert verify(src, out, inputs=make_inputs(model)).exact_groups
+
+
+def _groups_of(tmp_path, model, name):
+    src = tmp_path / name
+    src.mkdir()
+    onnx.save(model, src / "model.onnx")
+    return src, {g.seed: g for g in ORTPruner.from_pretrained(src).analyze().groups}
+
+
+def test_a_refused_walk_does_not_hide_the_seeds_it_reached(tmp_path):
+    """The rotary table's walk reaches the query projection with one unit per head_dim position and is
+    refused; the projection, walked from its own seed, still has its three heads (before, it was skipped
+    as already walked and its heads were never pruned)."""
+    model = rotary_table_shared()
+    src, groups = _groups_of(tmp_path, model, "dense")
+    assert not groups["T"].prunable and "graph output 't'" in groups["T"].reason
+    assert groups["Wq"].prunable and (groups["Wq"].units, groups["Wq"].unit_size) == (3, 4)
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.34, scope=("heads",)), tmp_path / "p")
+    pruned = {i.name: tuple(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer}
+    assert pruned["Wq"] == (8, 8) and pruned["T"] == (16, 2)  # one head of three; the table is whole
+    assert verify(src, out, inputs=make_inputs(model)).exact_groups
+
+
+def test_a_table_walked_after_the_projection_is_refused_for_its_shape_element(tmp_path):
+    """Walked first, the projection's heads group is prunable; the table's group then reaches the same
+    weights with other units and would patch the merge Reshape's element the heads group patches: it is
+    refused. Walked first, the table's group prunes (one head_dim position of every head, exactly) and
+    the projection is part of it."""
+    src, groups = _groups_of(tmp_path, rotary_table_shared(table_output=False, table_first=False), "late")
+    assert groups["Wq"].prunable
+    assert not groups["T"].prunable and groups["T"].reason.startswith("shares ")
+    model = rotary_table_shared(table_output=False)
+    src, groups = _groups_of(tmp_path, model, "early")
+    assert groups["T"].prunable and "Wq" not in groups
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("heads",)), tmp_path / "p")
+    pruned = {i.name: tuple(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer}
+    assert pruned["T"] == (16, 1) and pruned["Wq"] == (8, 9)
+    result = verify(src, out, inputs=make_inputs(model))
+    assert result.exact_groups and result.max_rel_error <= RELATIVE_TOLERANCE
 
 
 def test_heads_are_carried_past_an_axis_that_is_split_off(tmp_path):

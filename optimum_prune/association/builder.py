@@ -574,42 +574,66 @@ def build_groups(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegist
     """
     registry = registry or default_registry()
     groups: list[PruningGroup] = []
-    claimed: set[tuple[str, int]] = set()
+    pruned_axes: set[tuple[str, int]] = set()  # tensor axes of the prunable groups: their seeds are walked
+    # seed axes a refused walk covered one channel per unit: walking from them again would start from
+    # the same units over the same coupling and be refused the same way
+    refused_axes: set[tuple[str, int]] = set()
+    refused_reach: set[tuple[str, int]] = set()  # every tensor axis a refused walk reached
     # groups patching one element count disjoint positions of the axis it sets (a Concat of two groups'
     # heads): the element then shrinks by the sum of their removals
     patch_owner: dict[tuple[str, str, int, str], list[tuple[int, np.ndarray]]] = {}
     claim_owner: dict[tuple, int] = {}
     for seed, axis in find_seeds(model, shapes):
-        if (seed.name, axis) in claimed:
+        key = (seed.name, axis)
+        if key in pruned_axes or key in refused_axes:
             continue
+        # a refused walk that reached this seed with coarser units (a rotary table's head_dim positions,
+        # shared by every head of the projection) says nothing about the seed's own units (its heads)
+        revisit = key in refused_reach
         n = _const_shape(seed)[axis]
         group = PruningGroup(id=len(groups), seed=seed.name, seed_axis=axis)
         walk = _walk_keeping_whole(model, shapes, registry, seed, axis, n, group)
-        claimed.update(walk.owners)
         _finalize(group, walk, io_patterns)
         if group.prunable:
+            _refuse_shared(group, walk, patch_owner, claim_owner)
+        if not group.prunable:
+            refused_axes.update(k for k, owner in walk.owners.items() if _one_channel_per_unit(walk, owner))
+            if revisit:
+                continue  # the seed is reported in the group that reached it already
+            refused_reach.update(walk.owners)
+        else:
+            pruned_axes.update(walk.owners)
             for p in group.patches:
-                key = (p.kind, p.target, p.index, p.attribute)
-                other = next((gid for gid, owner in patch_owner.get(key, ())
-                              if owner.size != p.owner.size or ((owner >= 0) & (p.owner >= 0)).any()), None)
-                if other is not None:
-                    group.prunable = False
-                    group.reason = f"shares the shape element {p.target}[{p.index}] with group {other}"
-                    break
-            else:
-                for key in sorted(walk.claims, key=repr):
-                    if key in claim_owner:
-                        group.prunable = False
-                        group.reason = f"shares {key[0]} '{key[1]}' with group {claim_owner[key]}"
-                        break
-                else:
-                    for p in group.patches:
-                        patch_owner.setdefault((p.kind, p.target, p.index, p.attribute), []).append(
-                            (group.id, p.owner))
-                    for key in walk.claims:
-                        claim_owner[key] = group.id
+                patch_owner.setdefault((p.kind, p.target, p.index, p.attribute), []).append(
+                    (group.id, p.owner))
+            for k in walk.claims:
+                claim_owner[k] = group.id
         groups.append(group)
     return groups
+
+
+def _one_channel_per_unit(walk: Walk, owner: np.ndarray) -> bool:
+    canonical = walk.units.find(owner)
+    return bool((canonical >= 0).all()) and np.unique(canonical).size == canonical.size
+
+
+def _refuse_shared(group: PruningGroup, walk: Walk, patch_owner: dict, claim_owner: dict) -> None:
+    """Refuse ``group`` when it would patch a shape element at positions an earlier prunable group patches,
+    or claims a node an earlier group claimed. (Two groups that slice one tensor axis compose: the axis
+    loses the union of their positions.)"""
+    for p in group.patches:
+        key = (p.kind, p.target, p.index, p.attribute)
+        other = next((gid for gid, owner in patch_owner.get(key, ())
+                      if owner.size != p.owner.size or ((owner >= 0) & (p.owner >= 0)).any()), None)
+        if other is not None:
+            group.prunable = False
+            group.reason = f"shares the shape element {p.target}[{p.index}] with group {other}"
+            return
+    for key in sorted(walk.claims, key=repr):
+        if key in claim_owner:
+            group.prunable = False
+            group.reason = f"shares {key[0]} '{key[1]}' with group {claim_owner[key]}"
+            return
 
 
 def _walk_keeping_whole(model: ir.Model, shapes: dict[str, Shape], registry: RuleRegistry, seed: ir.Value,
