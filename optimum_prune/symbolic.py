@@ -17,6 +17,9 @@ pruner, and this module works around them without copying its logic:
   (``ReduceMax(ConstantOfShape(...))``) leaves the Expand it shapes with fresh symbols, which the next
   broadcast merges with whatever they meet (an interleaved rotary table's head axis of 1 became the head
   count); a full reduction of a known value gets its value.
+- It computes no value for Mod, so window padding's pads (``(window - width % window) % window``) are
+  unknown and the Pad after them gets fresh symbols for every dimension, the unpadded channel axis
+  included; integer Mod gets its value.
 - It computes Equal on shape values but not Not, so an If on "lengths differ" cannot pick its branch;
   Not gets a rule.
 - ``import onnxruntime.tools`` imports torch when it is installed (about 1.6 s), and a failed
@@ -73,6 +76,7 @@ def _stub_aware_class() -> type:
             self.dispatcher_.setdefault("ReduceMin", self._infer_ReduceMax_or_Min)
             self.dispatcher_.setdefault("Flatten", self._infer_Flatten)
             self.dispatcher_.setdefault("Not", self._infer_Not)
+            self.dispatcher_.setdefault("Mod", self._infer_Mod)
             self.dispatcher_["Slice"] = self._infer_Slice_keeping_other_axes
             self.dispatcher_["Expand"] = self._infer_Expand_to_unknown_shape
 
@@ -159,6 +163,17 @@ def _stub_aware_class() -> type:
             if value is not None:
                 self.sympy_data_[node.output[0]] = ([not bool(v) for v in value] if isinstance(value, list)
                                                     else not bool(value))
+
+        def _infer_Mod(self, node):  # noqa: N802 (the base class's naming)
+            """The value of an integer Mod of shape values (``fmod=0``: the sign of the divisor, as
+            Python's ``%``). Window padding computes its pads as ``(window - width % window) % window``;
+            without the value the pads are unknown and the base Pad rule names every output dimension
+            afresh, the unpadded channel axis included, which hides the channel count from the window
+            Reshapes after it (Swin V2)."""
+            if _ort_module().get_attribute(node, "fmod", 0):
+                return  # C's fmod: the sign of the dividend; not a shape computation
+            mod = _ort_module()
+            self._compute_on_sympy_data(node, lambda v: mod.sympy.Mod(v[0], v[1]))
 
         def _infer_Flatten(self, node):  # noqa: N802 (the base class's naming)
             """Flatten's output is (product of the axes before ``axis``, product of the rest), symbolic

@@ -330,6 +330,47 @@ def pad_torch_functional(seed: int = 0) -> onnx.ModelProto:
     return _conv_pad(body, inits, (7, 9), seed)
 
 
+# window padding (Swin): height and width padded up to a multiple of the window, (4 - H % 4) % 4, then
+# split into 4x4 windows by a Reshape whose target is read from the padded shape, channel count included,
+# and merged back by one that names the channel count; shape inference must keep the unpadded channel axis
+# at 12 through the Pad (its pads are computed with Mod) for the window Reshape to be aligned
+def pad_window_partition(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+pwp (float[B, S, T, 8] x) => (float[B, S, T, 6] y) {
+  h0 = MatMul(x, W1)
+  h = Add(h0, b1)
+  s = Shape(h)
+  hw = Slice(s, i1, i3)
+  rem = Mod(hw, four)
+  need = Sub(four, rem)
+  p = Mod(need, four)
+  pads = Concat<axis = 0>(z4, z1, p, z1)
+  hp = Pad(h, pads)
+  sp = Shape(hp)
+  b = Slice(sp, z1, i1)
+  hh = Slice(sp, i1, i2)
+  ww = Slice(sp, i2, i3)
+  nh = Div(hh, four)
+  nw = Div(ww, four)
+  c = Slice(sp, i3, i4)
+  target = Concat<axis = 0>(b, nh, four, nw, four, c)
+  padded = Concat<axis = 0>(b, hh, ww, c12)
+  win = Reshape(hp, target)
+  wt = Transpose<perm = [0, 1, 3, 2, 4, 5]>(win)
+  g = Relu(wt)
+  gb = Transpose<perm = [0, 1, 3, 2, 4, 5]>(g)
+  back = Reshape(gb, padded)
+  a = Slice(back, z2, hw, i12)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "W2": _mat(rng, 12, 6), "i1": _i64(1),
+             "i2": _i64(2), "i3": _i64(3), "i12": _i64(1, 2), "four": _i64(4), "z1": _i64(0),
+             "z2": _i64(0, 0), "z4": _i64(0, 0, 0, 0), "i4": _i64(4), "c12": _i64(12)}
+    return _build(text, inits)
+
+
 # padding the channel axis up to a multiple of 8: nothing at 8 channels, but 2 once pruned to 6
 def pad_computed_channel(seed: int = 0) -> onnx.ModelProto:
     body = """  s = Shape(r)
@@ -2515,6 +2556,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("resize_sizes_axes", resize_sizes_axes, "conv"),
     ("resize_channel_axis", resize_channel_axis, "conv"),
     ("pad_computed_spatial", pad_computed_spatial, "conv"),
+    ("pad_window_partition", pad_window_partition, "ffn"),
     ("pad_torch_functional", pad_torch_functional, "conv"),
     ("pad_computed_channel", pad_computed_channel, "conv"),
     ("layernorm", layernorm, "hidden"),

@@ -142,3 +142,34 @@ def test_full_reduction_of_a_known_shape_value_is_a_value():
     assert shapes["z"] == ("B", 2, 3)
     assert shapes["rows"] == (2,)
     assert not isinstance(shapes["w"][1], int), shapes["w"]
+
+
+def test_integer_mod_of_shape_values_is_a_value():
+    """Window padding computes its pads as ``(4 - H % 4) % 4``; with Mod's value the Pad's output keeps
+    its unpadded dimensions (the channels stay 8) and the padded one is an expression in H, instead of
+    every dimension a fresh symbol. C's fmod (``fmod=1``) gives no value."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[B, H, 8] x) => (float[B, P, 8] y, float[B, Q, R] z) {
+            s = Shape (x)
+            h = Slice (s, one, two)
+            rem = Mod (h, four)
+            need = Sub (four, rem)
+            p = Mod (need, four)
+            pads = Concat <axis = 0> (zeros, p, zero)
+            y = Pad (x, pads)
+            c = Mod <fmod = 1> (need, four)
+            cpads = Concat <axis = 0> (zeros, c, zero)
+            z = Pad (x, cpads)
+        }
+    """)
+    model.graph.initializer.extend([
+        onnx.numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
+        (("one", [1]), ("two", [2]), ("four", [4]), ("zero", [0]), ("zeros", [0, 0, 0, 0]))])
+    proto, stubs = graph_module._stub_proto(ir.serde.deserialize_model(model))
+    shapes: dict = {}
+    graph_module._collect(symbolic_infer(proto, stubs), shapes)
+    batch, padded, channels = shapes["y"]
+    assert (batch, channels) == ("B", 8)
+    assert "H" in str(padded) and "Mod" in str(padded), padded
+    assert not isinstance(shapes["z"][2], int), shapes["z"]
