@@ -330,6 +330,98 @@ def pad_torch_functional(seed: int = 0) -> onnx.ModelProto:
     return _conv_pad(body, inits, (7, 9), seed)
 
 
+# LongT5's blocked attention: the sequence padded to a multiple of the block (5) and split into blocks,
+# [B, S+p, 12] -> [B, n, 5, 3, 4], then merged back by a Reshape whose target shape inference cannot
+# evaluate (it goes through Abs): [B, n, 5, 3, 4] -> [u0, u1, 12]. The leading axes pair as opaque
+# symbols and leave [5, 3, 4] against [12]; from the right, [3, 4] -> [12] is a block by its products
+def reshape_heads_tail_product(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+rht (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h = MatMul(x, W1)
+  s = Shape(h)
+  seq = Slice(s, i1, i2)
+  rem = Mod(seq, five)
+  need = Sub(five, rem)
+  p = Mod(need, five)
+  pads = Concat<axis = 0>(z4, p, z1)
+  hp = Pad(h, pads)
+  blocks = Reshape(hp, block_shape)
+  r = Relu(blocks)
+  sp = Shape(hp)
+  lead = Slice(sp, z1, i2)
+  lead_abs = Abs(lead)
+  target = Concat<axis = 0>(lead_abs, c12)
+  m = Reshape(r, target)
+  a = Slice(m, z1, seq, i1)
+  y = MatMul(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "block_shape": _i64(0, -1, 5, 3, 4),
+             "z1": _i64(0), "z4": _i64(0, 0, 0, 0), "i1": _i64(1), "i2": _i64(2), "five": _i64(5),
+             "c12": _i64(12)}
+    return _build(text, inits)
+
+
+# --------------------------------------------------------------------------------------------
+# Einsum
+# --------------------------------------------------------------------------------------------
+
+
+# x[B,S,8] -> Einsum("bsd,dn->bsn", W1[8,12]) -> Relu -> Einsum("...n,nm->...m", W2[12,6]) -> y: the
+# projections are written as Einsums (W1's n is a seed, W2's n the leaf), the bias as "...n,n->...n"
+def einsum_projection(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+eip (float[B, S, 8] x) => (float[B, S, 6] y) {
+  h0 = Einsum<equation = "bsd,dn->bsn">(x, W1)
+  h = Add(h0, b1)
+  g = Einsum<equation = "...n,n->...n">(h, s1)
+  a = Relu(g)
+  y = Einsum<equation = "...n,nm->...m">(a, W2)
+}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "b1": _vec(rng, 12), "s1": _pos(rng, 12), "W2": _mat(rng, 12, 6)}
+    return _build(text, inits)
+
+
+# attention written with Einsums, as T5 variants export it: scores "bqhd,bkhd->bhqk" (heads kept, head_dim
+# summed between q and k: the heads are the units), context "bhqk,bkhd->bqhd"
+def einsum_attention(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+eia (float[B, S, 10] x) => (float[B, S, 6] y) {
+  q0 = MatMul(x, Wq)
+  k0 = MatMul(x, Wk)
+  v0 = MatMul(x, Wv)
+  q = Reshape(q0, hd_shape)
+  k = Reshape(k0, hd_shape)
+  v = Reshape(v0, hd_shape)
+  scores = Einsum<equation = "bqhd,bkhd->bhqk">(q, k)
+  probs = Softmax<axis = -1>(scores)
+  ctx = Einsum<equation = "bhqk,bkhd->bqhd">(probs, v)
+  merged = Reshape(ctx, mg_shape)
+  y = MatMul(merged, Wo)
+}
+"""
+    inits = {"Wq": _mat(rng, 10, 12), "Wk": _mat(rng, 10, 12), "Wv": _mat(rng, 10, 12),
+             "Wo": _mat(rng, 12, 6), "hd_shape": _i64(0, 0, 3, 4), "mg_shape": _i64(0, 0, 12)}
+    return _build(text, inits)
+
+
+# h1 . h2 summed over the channels of two activations ("bsd,bsd->bs"): no constant slice to zero, refused
+def einsum_activations_summed(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+eis (float[B, S, 8] x) => (float[B, S] y) {
+  h1 = MatMul(x, W1)
+  h2 = MatMul(x, W2)
+  y = Einsum<equation = "bsd,bsd->bs">(h1, h2)
+}
+"""
+    return _build(text, {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 8, 12)})
+
+
 # window padding (Swin): height and width padded up to a multiple of the window, (4 - H % 4) % 4, then
 # split into 4x4 windows by a Reshape whose target is read from the padded shape, channel count included,
 # and merged back by one that names the channel count; shape inference must keep the unpadded channel axis
@@ -2557,6 +2649,10 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("resize_channel_axis", resize_channel_axis, "conv"),
     ("pad_computed_spatial", pad_computed_spatial, "conv"),
     ("pad_window_partition", pad_window_partition, "ffn"),
+    ("reshape_heads_tail_product", reshape_heads_tail_product, "heads"),
+    ("einsum_projection", einsum_projection, "ffn"),
+    ("einsum_attention", einsum_attention, "heads"),
+    ("einsum_activations_summed", einsum_activations_summed, "ffn"),
     ("pad_torch_functional", pad_torch_functional, "conv"),
     ("pad_computed_channel", pad_computed_channel, "conv"),
     ("layernorm", layernorm, "hidden"),
@@ -2617,6 +2713,7 @@ OP_GRAPHS: dict[str, Callable[[], onnx.ModelProto]] = {key: fn for key, fn, _ in
 EXPECTED_KIND: dict[str, str] = {key: kind for key, _, kind in _REGISTRY}
 EXPECTED_UNPRUNABLE: set[str] = {
     "unknown_custom_op",
+    "einsum_activations_summed",
     "softmax_channel_axis",
     "reduce_mean_channel_axis",
     "graph_output_channels",
@@ -2634,6 +2731,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
+    "einsum_activations_summed": "Einsum sums the channels of activations only",
     "chunk_computed_offset": "does not follow pruning",
     "resize_channel_axis": "resamples the channel axis",
     "tile_channel_axis": "Tile repeats the channel axis",

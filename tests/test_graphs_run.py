@@ -25,7 +25,8 @@ from graphs import (
 )
 
 KINDS = {"ffn", "heads", "conv", "hidden"}
-ROOT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "EmbedLayerNormalization"}
+ROOT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "EmbedLayerNormalization",
+            "Einsum"}
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -177,3 +177,14 @@ def test_unknown_dimensions_never_pair_in_a_reshape():
     """The trailing-axis alignment pairs equal dimensions only: two unknown ones are not known equal."""
     assert _align_tail(["B*P", 12], ["B", 4, 12], 0, 0) == [([1], [2])]
     assert _align_tail(["B", None], ["B", 4, None], 0, 0) == []
+
+
+def test_trailing_integer_axes_align_by_their_products():
+    """From the right, runs of integer axes with equal products form blocks ([n, 5, 4, 8] -> [S, 32]:
+    [4, 8] with [32]); a symbol or an unknown dimension ends the alignment, and so do runs whose products
+    never meet."""
+    assert _align_tail(["B", "n", 5, 4, 8], ["B", "S", 32], 0, 0) == [([3, 4], [2])]
+    assert _align_tail(["B", 2, 3, 4], ["C", 6, 4], 0, 0) == [([3], [2]), ([1, 2], [1])]
+    assert _align_tail(["B", 3, 4], ["B", "S", 8], 0, 0) == []
+    assert _align_tail(["B", None, 4], ["B", None, 8], 0, 0) == []
+    assert _align_tail(["B", None, 4], ["B", 2, 2], 0, 0) == [([2], [1, 2])]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from optimum_prune.association.einsum import EinsumEquationError, einsum_labels
 from optimum_prune.association.merged_axes import MERGED_AXIS_OPS, reads_kept_dimension
 from optimum_prune.association.rules import Entry, RuleRegistry, default_registry
 from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr, is_marker
@@ -531,6 +532,9 @@ def find_seeds(model: ir.Model, shapes: dict[str, Shape]) -> list[tuple[ir.Value
                 add(ins[1], 0)
             elif op == "ConvTranspose":
                 add(ins[1], 1)
+            elif op == "Einsum":
+                for v, axis in _einsum_projection_axes(node, shapes):
+                    add(v, axis)
             elif op == "Gather":
                 axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
                 s = _const_shape(ins[0])
@@ -547,6 +551,29 @@ def find_seeds(model: ir.Model, shapes: dict[str, Shape]) -> list[tuple[ir.Value
                     tb = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
                     add(ins[1], len(s) - 2 if tb else len(s) - 1)
     return seeds
+
+
+def _einsum_projection_axes(node: ir.Node, shapes: dict[str, Shape]) -> list[tuple[ir.Value, int]]:
+    """The output-channel axes of an Einsum's constant operands: labels that only that operand has and
+    the output keeps (``n`` of ``bsd,dn->bsn``)."""
+    ranks = []
+    for v in node.inputs:
+        shape = _const_shape(v) if v is not None else None
+        shape = shape if shape is not None else (shapes.get(v.name) if v is not None else None)
+        if shape is None:
+            return []
+        ranks.append(len(shape))
+    equation = node.attributes["equation"].value if "equation" in node.attributes else ""
+    try:
+        in_labels, out_labels = einsum_labels(str(equation), ranks)
+    except EinsumEquationError:
+        return []  # the walk that reaches it names the equation
+    axes = []
+    for i, (v, labels) in enumerate(zip(node.inputs, in_labels, strict=True)):
+        others = {lab for j, other in enumerate(in_labels) if j != i for lab in other}
+        axes += [(v, ax) for ax, lab in enumerate(labels) if lab in out_labels and lab not in others
+                 and isinstance(lab, str) and labels.count(lab) == 1]
+    return axes
 
 
 def _const_shape(v: ir.Value) -> tuple[int, ...] | None:

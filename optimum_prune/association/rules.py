@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from optimum_prune.association.einsum import einsum
 from optimum_prune.association.merged_axes import (
     element_producer,
     find_merged_block,
@@ -1178,15 +1179,47 @@ def _align_blocks(sin: list, sout: list) -> list[tuple[list[int], list[int]]]:
 
 def _align_tail(sin: list, sout: list, i0: int, j0: int) -> list[tuple[list[int], list[int]]]:
     """Align what is left from the right end (e.g. [B, S, H] -> [B*S, H]): axes of equal dimensions
-    (the same integer or the same symbol) pair one to one from the last, whatever comes before them,
-    since a Reshape keeps the row-major order of the elements. Unknown dimensions never pair."""
+    (the same integer or the same symbol) pair one to one from the last, and minimal runs of integer
+    axes with equal products form a block ([.., heads, head_dim] -> [.., hidden]), whatever comes before
+    them, since a Reshape keeps the row-major order of the elements. Unknown dimensions never pair."""
     blocks = []
     i, j = len(sin) - 1, len(sout) - 1
-    while i >= 0 and j >= 0 and sin[i] is not None and sin[i] == sout[j]:
-        blocks.append(([i0 + i], [j0 + j]))
-        i -= 1
-        j -= 1
+    while i >= 0 and j >= 0:
+        if sin[i] is not None and sin[i] == sout[j]:
+            blocks.append(([i0 + i], [j0 + j]))
+            i -= 1
+            j -= 1
+            continue
+        run = _static_tail_run(sin, sout, i, j)
+        if run is None:
+            break
+        a, b = run
+        blocks.append(([i0 + k for k in range(a, i + 1)], [j0 + k for k in range(b, j + 1)]))
+        i, j = a - 1, b - 1
     return blocks
+
+
+def _static_tail_run(sin: list, sout: list, i: int, j: int) -> tuple[int, int] | None:
+    """The first axes ``(a, b)`` of the shortest runs ``sin[a..i]`` and ``sout[b..j]`` of positive
+    integers with equal products, or None."""
+    def positive(d) -> bool:
+        return isinstance(d, int) and not isinstance(d, bool) and d > 0
+
+    if not (positive(sin[i]) and positive(sout[j])):
+        return None
+    a, b, pa, pb = i, j, sin[i], sout[j]
+    while pa != pb:
+        if pa < pb:
+            a -= 1
+            if a < 0 or not positive(sin[a]):
+                return None
+            pa *= sin[a]
+        else:
+            b -= 1
+            if b < 0 or not positive(sout[b]):
+                return None
+            pb *= sout[b]
+    return a, b
 
 
 def flatten(node: ir.Node, entry: Entry, walk: Walk) -> None:
@@ -1395,6 +1428,7 @@ def default_registry() -> RuleRegistry:
     reg.register(BROADCAST_OPS, broadcast)
     reg.register(("MatMul",), matmul)
     reg.register(("Gemm",), gemm)
+    reg.register(("Einsum",), einsum)
     reg.register(("Conv",), conv)
     reg.register(("ConvTranspose",), conv_transpose)
     reg.register(("BatchNormalization", "InstanceNormalization"), batch_norm)
