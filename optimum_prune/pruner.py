@@ -57,7 +57,7 @@ from optimum_prune.passes.normalize import (
     unshared_elements,
 )
 from optimum_prune.passes.static_ifs import IfDecision, apply_if_decisions, fold_static_ifs
-from optimum_prune.passes.untie import seed_names, shared_computed_tensors, untie
+from optimum_prune.passes.untie import seed_names, shared_computed_tensors, unshare_shape_tensors, untie
 from optimum_prune.passes.validate import check_generates, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
 from optimum_prune.recovery import repair
@@ -264,6 +264,7 @@ class ORTPruner:
     def _prepare(self, io_patterns: tuple[str, ...]) -> _Prepared:
         model = load_model(self.model_path)
         name_nodes(model)
+        unshare_shape_tensors(model)
         unshare_shape_constants(model)
         unshare_vectors(model)
         cached = self._cache.get(io_patterns)

@@ -363,6 +363,33 @@ rht (float[B, S, 8] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+# two layers' head splits read one computed target, Concat(Shape(x)[:2], [3], [4]), as the PyTorch dynamo
+# exporter writes them: each layer's Reshape gets its own copy of that arithmetic (passes/untie.py), so
+# the layers' heads prune independently instead of one group patching the other's head count
+def shared_computed_reshape_target(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+scr (float[B, S, 8] x) => (float[B, S, 6] y) {
+  s = Shape(x)
+  lead = Slice(s, z1, i2)
+  target = Concat<axis = 0>(lead, c3, c4)
+  q1 = MatMul(x, Wa)
+  r1 = Reshape(q1, target)
+  t1 = Relu(r1)
+  m1 = Reshape(t1, mg_shape)
+  h = MatMul(m1, Wb)
+  q2 = MatMul(h, Wc)
+  r2 = Reshape(q2, target)
+  t2 = Relu(r2)
+  m2 = Reshape(t2, mg_shape)
+  y = MatMul(m2, Wd)
+}
+"""
+    inits = {"Wa": _mat(rng, 8, 12), "Wb": _mat(rng, 12, 8), "Wc": _mat(rng, 8, 12), "Wd": _mat(rng, 12, 6),
+             "z1": _i64(0), "i2": _i64(2), "c3": _i64(3), "c4": _i64(4), "mg_shape": _i64(0, 0, 12)}
+    return _build(text, inits)
+
+
 # --------------------------------------------------------------------------------------------
 # Einsum
 # --------------------------------------------------------------------------------------------
@@ -2650,6 +2677,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("pad_computed_spatial", pad_computed_spatial, "conv"),
     ("pad_window_partition", pad_window_partition, "ffn"),
     ("reshape_heads_tail_product", reshape_heads_tail_product, "heads"),
+    ("shared_computed_reshape_target", shared_computed_reshape_target, "heads"),
     ("einsum_projection", einsum_projection, "ffn"),
     ("einsum_attention", einsum_attention, "heads"),
     ("einsum_activations_summed", einsum_activations_summed, "ffn"),

@@ -188,3 +188,17 @@ def test_trailing_integer_axes_align_by_their_products():
     assert _align_tail(["B", 3, 4], ["B", "S", 8], 0, 0) == []
     assert _align_tail(["B", None, 4], ["B", None, 8], 0, 0) == []
     assert _align_tail(["B", None, 4], ["B", 2, 2], 0, 0) == [([2], [1, 2])]
+
+
+def test_layers_reading_one_computed_target_prune_their_heads_apart(tmp_path):
+    """Two layers' head splits read one computed target shape: before the analysis each Reshape gets its
+    own copy of the arithmetic, so the second layer is not refused for sharing the head count and the
+    first layer's patch does not resize the second layer's Reshape (which made the pruned model fail
+    validation). Both lose one head of three, exactly."""
+    model, src = _write(tmp_path, "shared_computed_reshape_target")
+    groups = {g.seed: g for g in ORTPruner.from_pretrained(src).analyze().groups}
+    assert groups["Wa"].prunable and groups["Wc"].prunable, groups["Wc"].reason
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.34, scope=("heads",)), tmp_path / "p")
+    pruned = {i.name: tuple(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer}
+    assert pruned["Wa"] == (8, 8) and pruned["Wc"] == (8, 8)
+    assert verify(src, out, inputs=make_inputs(model)).exact_groups

@@ -109,6 +109,68 @@ def untie(model: ir.Model, names: list[str], seeds: set[str]) -> int:
     return copies
 
 
+# ops that compute shape vectors from shapes and small integer constants
+_SHAPE_ARITHMETIC = frozenset({
+    "Shape", "Size", "Constant", "Identity", "Concat", "Gather", "Slice", "Unsqueeze", "Squeeze", "Cast",
+    "Reshape", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Max", "Min", "Equal",
+    "Where", "Not", "ConstantOfShape", "ReduceMax", "ReduceMin", "ReduceProd", "Range",
+})
+# (op, input index) that read a shape vector: the elements a group patches live in their cones
+_SHAPE_SLOTS = frozenset({("Reshape", 1), ("Expand", 1), ("Tile", 1), ("ConstantOfShape", 0)})
+
+
+def unshare_shape_tensors(model: ir.Model) -> int:
+    """Give every Reshape/Expand/Tile/ConstantOfShape that reads a shared computed shape vector its own copy
+    of the arithmetic computing it, back to (and including) the ``Shape`` reads. The PyTorch dynamo
+    exporter computes ``[batch, -1, heads, head_dim]`` once and feeds it to every layer's q/k/v Reshapes;
+    a group patching the head count there would resize the other layers' Reshapes too. The model computes
+    the same function; the copied constants are marked as copies (not counted as parameters)."""
+    graph = model.graph
+    copies = 0
+    for node in list(graph):
+        for value in node.outputs:
+            uses = sorted((u for u in value.uses() if (u.node.op_type, u.idx) in _SHAPE_SLOTS
+                           and u.node.graph is graph), key=lambda u: (u.node.name or "", u.idx))
+            if len(uses) < 2 or value.is_graph_output():
+                continue
+            cone = _shape_cone(value)
+            if cone is None:
+                continue
+            order = {id(n): i for i, n in enumerate(graph)}
+            cone.sort(key=lambda n: order[id(n)])
+            for use in uses[1:]:
+                copies += 1  # the suffix numbers every copy of the pass: copies of two cones never clash
+                copy, nodes = _clone_cone(graph, cone, value, f"__shape{copies}")
+                use.node.replace_input_with(use.idx, copy)
+                graph.insert_before(use.node, nodes)
+    return copies
+
+
+def _shape_cone(value: ir.Value) -> list[ir.Node] | None:
+    """The shape-arithmetic nodes computing ``value``, stopping at ``Shape``/``Size`` (whose inputs are
+    read, not copied); None if anything else, or a constant that is not a small integer, feeds it."""
+    nodes: dict[int, ir.Node] = {}
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        node = v.producer()
+        if node is None:
+            tensor = v.const_value
+            if v.is_graph_input() or tensor is None or not tensor.dtype.is_integer() or tensor.size > 64:
+                return None
+            continue
+        if id(node) in nodes:
+            continue
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _SHAPE_ARITHMETIC:
+            return None
+        nodes[id(node)] = node
+        if len(nodes) > _MAX_CONE_NODES:
+            return None
+        if node.op_type not in ("Shape", "Size"):
+            stack.extend(i for i in node.inputs if i is not None)
+    return list(nodes.values())
+
+
 def _clone_cone(graph: ir.Graph, cone: list[ir.Node], value: ir.Value,
                 suffix: str) -> tuple[ir.Value, list[ir.Node]]:
     mapped: dict[int, ir.Value] = {}
