@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from optimum_prune import ORTPruner, PruningConfig, verify
-from optimum_prune.errors import ValidationError
+from optimum_prune.errors import InvalidModelError, ValidationError
 from optimum_prune.passes.validate import SEQUENCE_LADDER, make_session, runnable_inputs, validate_model_file
 
 
@@ -89,3 +89,54 @@ def test_a_model_that_runs_on_no_generated_inputs_names_the_lengths_and_the_firs
     onnx.save(_traced_length(20), path)
     with pytest.raises(ValidationError, match=r"sequence lengths 7, 16, 64.*; at 7: .*Reshape"):
         runnable_inputs(make_session(path))
+
+
+def _fixed_grid_convs(random_output: bool = False) -> onnx.ModelProto:
+    """pixel_values [B, 3, height, width] -> 1x1 Conv -> + a position table for an 8 x 16 grid -> Relu ->
+    1x1 Conv: symbolic image dimensions, but it runs on 8 x 16 only. ``random_output`` adds
+    RandomUniformLike noise to the output (ViT-MAE shuffles its patches that way)."""
+    noise = ("\n            n = RandomUniformLike <dtype = 1> (c)\n            y = Add(c, n)" if random_output
+             else "\n            y = Identity(c)")
+    model = onnx.parser.parse_model(f"""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[batch_size, 3, height, width] pixel_values) => (float[batch_size, 6, height, width] y) {{
+            a = Conv <kernel_shape = [1, 1]> (pixel_values, w1, b1)
+            p = Add(a, pos)
+            r = Relu(p)
+            c = Conv <kernel_shape = [1, 1]> (r, w2, b2){noise}
+        }}
+    """)
+    rng = np.random.default_rng(0)
+    for name, arr in {"w1": rng.standard_normal((8, 3, 1, 1)), "b1": rng.standard_normal(8),
+                      "pos": rng.standard_normal((1, 8, 8, 16)), "w2": rng.standard_normal((6, 8, 1, 1)),
+                      "b2": rng.standard_normal(6)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(arr.astype(np.float32), name))
+    return model
+
+
+def test_image_dimensions_come_from_the_folder_config(tmp_path):
+    """A model that runs on one image size only (its position table's grid) validates and verifies on
+    the ``image_size`` of its ``config.json``, a non-square [height, width] included; without it the
+    generated 32 x 32 images do not run and the pruned model is refused, naming what was tried."""
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save(_fixed_grid_convs(), src / "model.onnx")
+    config = PruningConfig(sparsity=0.5, scope=("conv",))
+    with pytest.raises(ValidationError, match="runs on no generated inputs"):
+        ORTPruner.from_pretrained(src).prune(config, tmp_path / "without")
+    (src / "config.json").write_text('{"image_size": [8, 16]}')
+    out = ORTPruner.from_pretrained(src).prune(config, tmp_path / "with")
+    assert onnx.load(out / "model.onnx").graph.initializer[0].dims[0] == 4
+    assert verify(src, out).exact_groups
+
+
+def test_the_oracle_refuses_a_model_whose_runs_differ(tmp_path):
+    """Two runs of a model with random ops differ: the oracle names the op instead of calling the
+    pruning inexact."""
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save(_fixed_grid_convs(random_output=True), src / "model.onnx")
+    (src / "config.json").write_text('{"image_size": [8, 16]}')
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("conv",)), tmp_path / "p")
+    with pytest.raises(InvalidModelError, match="RandomUniformLike"):
+        verify(src, out)

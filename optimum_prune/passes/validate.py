@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,10 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
                 shape.append(values["batch"])
             elif "channel" in name:
                 shape.append(values["channels"])
-            elif "height" in name or "width" in name:
-                shape.append(values["height"])
+            elif "height" in name:
+                shape.append(dims.get("height", values["height"]))
+            elif "width" in name:
+                shape.append(dims.get("width", values["width"]))
             else:
                 shape.append(values["sequence"])
         dtype = _ORT_TYPES.get(inp.type, np.float32)
@@ -103,6 +106,24 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
             arr = rng.standard_normal(shape).astype(dtype)
         feeds[inp.name] = arr
     return feeds
+
+
+def image_dims(folder: Path) -> dict[str, int]:
+    """``{"height": h, "width": w}`` from the ``image_size`` of the ``config.json`` in ``folder`` (or of its
+    ``vision_config``), for models whose image dimensions are symbolic but which run on one size only
+    (a position table of a fixed patch grid); empty when the folder says nothing."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    size = config.get("image_size", (config.get("vision_config") or {}).get("image_size"))
+    if isinstance(size, int) and size > 0:
+        return {"height": size, "width": size}
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size):
+        return {"height": size[0], "width": size[1]}
+    return {}
 
 
 def runnable_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = None
@@ -155,12 +176,13 @@ def _validate(target: Path, path: Path, source: Path | None, run: bool) -> None:
             raise ValidationError(f"pruned model {path} fails onnx.checker: {e}") from e
     if not run:
         return
+    dims = image_dims(source.parent if source is not None else path.parent)
     try:
         sess = make_session(target, light=True)
-        _, outs, length = runnable_inputs(sess)
+        _, outs, length = runnable_inputs(sess, dims=dims)
     except Exception as e:
         raise ValidationError(f"pruned model {path} does not run in ONNX Runtime: {e}") from e
-    if source is not None and length != SEQUENCE_LADDER[0] and _runs(source, SEQUENCE_LADDER[0]):
+    if source is not None and length != SEQUENCE_LADDER[0] and _runs(source, SEQUENCE_LADDER[0], dims):
         raise ValidationError(f"pruned model {path} does not run in ONNX Runtime on the generated inputs "
                               f"the source model {source} runs on (sequence {SEQUENCE_LADDER[0]})")
     for meta, out in zip(sess.get_outputs(), outs, strict=True):
@@ -168,11 +190,11 @@ def _validate(target: Path, path: Path, source: Path | None, run: bool) -> None:
             raise ValidationError(f"pruned model {path} gives non-finite values in output '{meta.name}'")
 
 
-def _runs(path: Path, sequence: int) -> bool:
+def _runs(path: Path, sequence: int, dims: dict[str, int]) -> bool:
     """Whether the model at ``path`` runs on generated inputs with sequence-like dimensions ``sequence``."""
     try:
         sess = make_session(path, light=True)
-        sess.run(None, generated_inputs(sess, sequence=sequence))
+        sess.run(None, generated_inputs(sess, sequence=sequence, dims=dims))
     except Exception:
         return False
     return True
