@@ -17,6 +17,7 @@ variant runs in its own process, so one crash cannot end the survey.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -199,6 +200,81 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "speech_to_text": ("Speech2TextConfig", dict(_SEQ2SEQ, input_feat_per_channel=16, num_conv_layers=2,
                                                  conv_channels=16, max_source_positions=64,
                                                  max_target_positions=64), "speech"),
+    # Architectures optimum-onnx exports that nothing above covered (added 2026-12-04)
+    # not here: dinov2 (optimum-onnx's dummy pixel generator loads a preprocessor config from the model
+    # folder), imagegpt (its traced forward adds None to the sequence length with transformers 4.57) and
+    # decision_transformer (the traced Reshape holds the dummy sequence length; optimum-onnx's own
+    # validation at another length fails), perceiver (optimum-onnx's image-classification export gives the
+    # pixel input the text input's dynamic axes: "Dynamic shape axis should be no more than the shape
+    # dimension for height"; its text tasks are none of the kinds here)
+    "camembert": ("CamembertConfig", dict(_TEXT, pad_token_id=1), "features"),
+    "donut-swin": ("DonutSwinConfig", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                           num_heads=[2, 4], window_size=4), "features"),
+    # the semantic-segmentation head: the ViT, its reassemble/fusion neck and the conv head
+    "dpt": ("DPTConfig", dict(image_size=32, patch_size=8, hidden_size=36, num_hidden_layers=4,
+                              num_attention_heads=4, intermediate_size=56, backbone_out_indices=[0, 1, 2, 3],
+                              neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16,
+                              use_auxiliary_head=False, num_labels=5), "segmentation"),
+    "glpn": ("GLPNConfig", dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                                patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+                                mlp_ratios=[2, 2], decoder_hidden_size=16), "features"),
+    "groupvit": ("GroupViTConfig", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         max_position_embeddings=64),
+                                        vision_config=dict(image_size=32, patch_size=8, hidden_size=32,
+                                                           intermediate_size=48, depths=[1, 1],
+                                                           num_hidden_layers=2, num_group_tokens=[4, 0],
+                                                           num_output_groups=[4, 4], num_attention_heads=4),
+                                        projection_dim=16, projection_intermediate_dim=24), "features"),
+    "hiera": ("HieraConfig", dict(embed_dim=16, image_size=[32, 32], patch_size=[3, 3], patch_stride=[2, 2],
+                                  patch_padding=[1, 1], depths=[1, 1], num_heads=[1, 2], num_query_pool=1,
+                                  query_stride=[2, 2], masked_unit_size=[4, 4],
+                                  masked_unit_attention=[True, False], num_labels=10), "image"),
+    "layoutlmv3": ("LayoutLMv3Config", dict(_TEXT, coordinate_size=6, shape_size=4, input_size=32, patch_size=8,
+                                            rel_pos_bins=16, max_rel_pos=32, rel_2d_pos_bins=16,
+                                            max_rel_2d_pos=64), "features"),
+    # the layout branch concatenates six box embeddings of hidden/6 channels: hidden 48 (layout 12 = 4 x 3)
+    "lilt": ("LiltConfig", dict(_TEXT, hidden_size=48, intermediate_size=64, channel_shrink_ratio=4), "features"),
+    "markuplm": ("MarkupLMConfig", dict(_TEXT, xpath_unit_hidden_size=8, max_depth=8), "features"),
+    "owlvit": ("OwlViTConfig", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     max_position_embeddings=16),
+                                    vision_config=dict(image_size=32, patch_size=8, hidden_size=32,
+                                                       intermediate_size=48, num_hidden_layers=2,
+                                                       num_attention_heads=4),
+                                    projection_dim=16), "features"),
+    # the backbone: PvtConfig's num_labels argument is not saved, so a reloaded head has 1000 labels
+    "pvt": ("PvtConfig", dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
+                              hidden_sizes=[16, 32], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2],
+                              mlp_ratios=[2, 2]), "features"),
+    # RT-DETR: a ResNet-vd backbone, a hybrid encoder (attention + CSP conv fusion), a deformable decoder
+    "rt_detr": ("RTDetrConfig", dict(
+        backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32],
+                             depths=[1, 1, 1, 1], layer_type="basic", out_indices=[2, 3, 4]),
+        encoder_hidden_dim=32, encoder_in_channels=[16, 24, 32], encoder_ffn_dim=48, encoder_attention_heads=4,
+        d_model=32, num_queries=10, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=48, decoder_layers=1,
+        decoder_attention_heads=4, num_denoising=0, num_labels=5), "detection"),
+    # a square image: the validation's generated inputs are 32 x 32 (the export's height and width are dynamic)
+    "mgp-str": ("MgpstrConfig", dict(image_size=[32, 32], patch_size=8, max_token_length=8, num_character_labels=20,
+                                     num_bpe_labels=30, num_wordpiece_labels=40, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=4, mlp_ratio=1.5), "features"),
+    "swin2sr": ("Swin2SRConfig", dict(image_size=32, patch_size=1, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                                      window_size=4, upscale=2), "features"),
+    # ViT-MAE shuffles its patches with torch.rand (RandomUniformLike in the export): two runs of the same
+    # model differ, so the oracle cannot compare (mask_ratio 0 keeps every patch, still shuffled)
+    "vit_mae": ("ViTMAEConfig", dict({k: v for k, v in _VISION.items() if k != "num_labels"}, mask_ratio=0.0),
+                "features"),
+    "t5": ("T5Config", dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+                            num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1), "seq2seq"),
+    "marian": ("MarianConfig", dict(_SEQ2SEQ, decoder_start_token_id=0), "seq2seq"),
+    # optimum-onnx exports with 3000 mel frames (two conv strides of 2 -> 1500 positions)
+    "whisper": ("WhisperConfig", dict(_SEQ2SEQ, num_mel_bins=16, max_source_positions=1500,
+                                      max_target_positions=64, begin_suppress_tokens=None,
+                                      suppress_tokens=None), "speech"),
+    # the export runs only at its traced context length: 16, a length of the validation's ladder
+    "patchtst": ("PatchTSTConfig", dict(num_input_channels=3, context_length=16, patch_length=8, patch_stride=8,
+                                        num_hidden_layers=2, d_model=32, num_attention_heads=4, ffn_dim=48),
+                 "features"),
 }
 
 
@@ -217,7 +293,8 @@ def _spec(name: str):
                                             "segmentation": zoo._TASK_SEGMENTATION,
                                             "zero-shot": zoo._TASK_ZERO_SHOT}[kind]
     cls = getattr(transformers, cls_name)
-    return zoo.ZooSpec(cls.model_type, lambda: cls(**kwargs), task, is_decoder=causal,
+    # a fresh copy per call: some configs pop keys from their nested dicts (RTDetrConfig's backbone_config)
+    return zoo.ZooSpec(cls.model_type, lambda: cls(**copy.deepcopy(kwargs)), task, is_decoder=causal,
                        is_cnn=name in ("regnet", "poolformer", "mobilenet_v1", "convnextv2", "efficientnet"))
 
 
