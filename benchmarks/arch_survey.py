@@ -230,11 +230,12 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                   patch_padding=[1, 1], depths=[1, 1], num_heads=[1, 2], num_query_pool=1,
                                   query_stride=[2, 2], masked_unit_size=[4, 4],
                                   masked_unit_attention=[True, False], num_labels=10), "image"),
-    "layoutlmv3": ("LayoutLMv3Config", dict(_TEXT, coordinate_size=6, shape_size=4, input_size=32, patch_size=8,
-                                            rel_pos_bins=16, max_rel_pos=32, rel_2d_pos_bins=16,
+    "layoutlmv3": ("LayoutLMv3Config", dict(_TEXT, coordinate_size=6, shape_size=4, input_size=32,
+                                            patch_size=8, rel_pos_bins=16, max_rel_pos=32, rel_2d_pos_bins=16,
                                             max_rel_2d_pos=64), "features"),
     # the layout branch concatenates six box embeddings of hidden/6 channels: hidden 48 (layout 12 = 4 x 3)
-    "lilt": ("LiltConfig", dict(_TEXT, hidden_size=48, intermediate_size=64, channel_shrink_ratio=4), "features"),
+    "lilt": ("LiltConfig", dict(_TEXT, hidden_size=48, intermediate_size=64, channel_shrink_ratio=4),
+             "features"),
     "markuplm": ("MarkupLMConfig", dict(_TEXT, xpath_unit_hidden_size=8, max_depth=8), "features"),
     "owlvit": ("OwlViTConfig", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
                                                      num_hidden_layers=2, num_attention_heads=4,
@@ -244,37 +245,40 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                                        num_attention_heads=4),
                                     projection_dim=16), "features"),
     # the backbone: PvtConfig's num_labels argument is not saved, so a reloaded head has 1000 labels
-    "pvt": ("PvtConfig", dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
-                              hidden_sizes=[16, 32], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2],
-                              mlp_ratios=[2, 2]), "features"),
+    "pvt": ("PvtConfig", dict(image_size=32, num_encoder_blocks=2, depths=[1, 1],
+                              sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[4, 2],
+                              strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2]), "features"),
     # RT-DETR: a ResNet-vd backbone, a hybrid encoder (attention + CSP conv fusion), a deformable decoder
     "rt_detr": ("RTDetrConfig", dict(
         backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32],
                              depths=[1, 1, 1, 1], layer_type="basic", out_indices=[2, 3, 4]),
-        encoder_hidden_dim=32, encoder_in_channels=[16, 24, 32], encoder_ffn_dim=48, encoder_attention_heads=4,
-        d_model=32, num_queries=10, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=48, decoder_layers=1,
-        decoder_attention_heads=4, num_denoising=0, num_labels=5), "detection"),
-    # a square image: the validation's generated inputs are 32 x 32 (the export's height and width are dynamic)
-    "mgp-str": ("MgpstrConfig", dict(image_size=[32, 32], patch_size=8, max_token_length=8, num_character_labels=20,
-                                     num_bpe_labels=30, num_wordpiece_labels=40, hidden_size=32,
-                                     num_hidden_layers=2, num_attention_heads=4, mlp_ratio=1.5), "features"),
-    "swin2sr": ("Swin2SRConfig", dict(image_size=32, patch_size=1, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
-                                      window_size=4, upscale=2), "features"),
+        encoder_hidden_dim=32, encoder_in_channels=[16, 24, 32], encoder_ffn_dim=48,
+        encoder_attention_heads=4, d_model=32, num_queries=10, decoder_in_channels=[32, 32, 32],
+        decoder_ffn_dim=48, decoder_layers=1, decoder_attention_heads=4, num_denoising=0, num_labels=5),
+        "detection"),
+    # a non-square image: validation and the oracle read image_size from the folder's config.json
+    "mgp-str": ("MgpstrConfig", dict(image_size=[32, 64], patch_size=8, max_token_length=8,
+                                     num_character_labels=20, num_bpe_labels=30, num_wordpiece_labels=40,
+                                     hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     mlp_ratio=1.5), "features"),
+    "swin2sr": ("Swin2SRConfig", dict(image_size=32, patch_size=1, embed_dim=16, depths=[1, 1],
+                                      num_heads=[2, 4], window_size=4, upscale=2), "features"),
     # ViT-MAE shuffles its patches with torch.rand (RandomUniformLike in the export): two runs of the same
-    # model differ, so the oracle cannot compare (mask_ratio 0 keeps every patch, still shuffled)
+    # model differ, and the oracle refuses it, naming the op (mask_ratio 0 keeps every patch, shuffled)
     "vit_mae": ("ViTMAEConfig", dict({k: v for k, v in _VISION.items() if k != "num_labels"}, mask_ratio=0.0),
                 "features"),
     "t5": ("T5Config", dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-                            num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1), "seq2seq"),
+                            num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+           "seq2seq"),
     "marian": ("MarianConfig", dict(_SEQ2SEQ, decoder_start_token_id=0), "seq2seq"),
     # optimum-onnx exports with 3000 mel frames (two conv strides of 2 -> 1500 positions)
     "whisper": ("WhisperConfig", dict(_SEQ2SEQ, num_mel_bins=16, max_source_positions=1500,
                                       max_target_positions=64, begin_suppress_tokens=None,
                                       suppress_tokens=None), "speech"),
     # the export runs only at its traced context length: 16, a length of the validation's ladder
-    "patchtst": ("PatchTSTConfig", dict(num_input_channels=3, context_length=16, patch_length=8, patch_stride=8,
-                                        num_hidden_layers=2, d_model=32, num_attention_heads=4, ffn_dim=48),
-                 "features"),
+    "patchtst": ("PatchTSTConfig", dict(num_input_channels=3, context_length=16, patch_length=8,
+                                        patch_stride=8, num_hidden_layers=2, d_model=32,
+                                        num_attention_heads=4, ffn_dim=48), "features"),
 }
 
 
