@@ -587,6 +587,38 @@ convt (float[B, 3, 4, 5] x) => (float[B, 6, 10, 12] y) {
 
 # x[B,3,7,9] -> Conv(W1[8,3,3,3], pads=1) -> BatchNormalization(s,b,mean,var [8]) -> Relu
 #   -> Conv(W2[6,8,1,1]) -> y[B,6,7,9]
+# GroupNorm(4, 8) as PyTorch exports it: Reshape [B, 8, H, W] -> [B, 4, -1] ([B, 4, 2*H*W] with symbolic
+# H, W: no run of axes pairs with it), InstanceNormalization over each group (scale and bias of ones and
+# zeros per group), Reshape back to Shape(x), then the affine [8, 1, 1]: whole groups of two channels are
+# the units, and removing one is exact
+def group_norm(seed: int = 0, *, groups: int = 4) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gn (float[B, 3, S, T] x) => (float[B, 6, S, T] y) {
+  c = Conv<kernel_shape = [1, 1]>(x, W1, b1)
+  grouped = Reshape(c, group_shape)
+  normed = InstanceNormalization<epsilon = 1e-5>(grouped, ones, zeros)
+  sc = Shape(c)
+  back = Reshape(normed, sc)
+  scaled = Mul(back, gamma)
+  shifted = Add(scaled, beta)
+  r = Relu(shifted)
+  y = Conv<kernel_shape = [1, 1]>(r, W2, b2)
+}
+"""
+    inits = {"W1": _conv(rng, 8, 3, 1, 1), "b1": _vec(rng, 8), "group_shape": _i64(0, groups, -1),
+             "ones": np.ones(groups, np.float32), "zeros": np.zeros(groups, np.float32),
+             "gamma": _pos(rng, 8, 1, 1), "beta": _vec(rng, 8, 1, 1), "W2": _conv(rng, 6, 8, 1, 1),
+             "b2": _vec(rng, 6)}
+    return _build(text, inits)
+
+
+# GroupNorm(1, 8) (PoolFormer): one group holds every channel; refused (the Reshape merges the channels
+# with the spatial axes into the one normalised axis)
+def group_norm_one_group(seed: int = 0) -> onnx.ModelProto:
+    return group_norm(seed, groups=1)
+
+
 def batchnorm(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     text = """
@@ -2626,6 +2658,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("conv_depthwise", conv_depthwise, "conv"),
     ("conv_depthwise_multiplier", conv_depthwise_multiplier, "conv"),
     ("conv_transpose", conv_transpose, "conv"),
+    ("group_norm", group_norm, "conv"),
+    ("group_norm_one_group", group_norm_one_group, "conv"),
     ("batchnorm", batchnorm, "conv"),
     ("flatten_conv_gemm", flatten_conv_gemm, "conv"),
     ("global_avg_pool", global_avg_pool, "conv"),
@@ -2743,6 +2777,7 @@ OP_GRAPHS: dict[str, Callable[[], onnx.ModelProto]] = {key: fn for key, fn, _ in
 EXPECTED_KIND: dict[str, str] = {key: kind for key, _, kind in _REGISTRY}
 EXPECTED_UNPRUNABLE: set[str] = {
     "unknown_custom_op",
+    "group_norm_one_group",
     "einsum_activations_summed",
     "softmax_channel_axis",
     "reduce_mean_channel_axis",

@@ -1020,6 +1020,8 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
         found = (_entry_block(_align_blocks(sin, sout), entry)
                  or _entry_block(_align_tail(sin, sout, 0, 0), entry))
     if found is None:
+        if node.op_type == "Reshape" and _reshape_channel_groups(node, entry, walk, sin, sout):
+            return
         walk.fail(f"{node.op_type}: cannot align the channel axis between {list(sin)} and {list(sout)}")
     src_axes, dst_axes = found
     _refuse_product_coupling(node, entry, walk, src_axes)
@@ -1060,6 +1062,41 @@ def reshape(node: ir.Node, entry: Entry, walk: Walk) -> None:
                                  allowzero=bool(_attr(node, "allowzero", 0)),
                                  source=(y, out_axis, 0, out_owner.size),
                                  period=walk.period if entry.is_output else carrier_period)
+
+
+def _reshape_channel_groups(node: ir.Node, entry: Entry, walk: Walk, sin: list, sout: list) -> bool:
+    """GroupNorm as PyTorch exports it: ``[B, C, H, W] -> [B, G, -1]``, InstanceNormalization over each
+    group, and back. After a prefix of equal dimensions, the channel axis C faces an axis G dividing it:
+    row-major order puts channel c in group ``c // (C / G)`` whatever the trailing dimensions are (the
+    element count fixes the rest), so whole groups are the units, G is the carrier, and what follows G
+    (the group's channels times the spatial size) keeps its size. False when the shapes are not of that
+    form (the caller refuses)."""
+    if walk.period is not None:
+        return False
+    mine, other = (sout, sin) if entry.is_output else (sin, sout)
+    a = entry.axis
+    if a >= len(other) or any(p is None or p != q for p, q in zip(mine[:a], other[:a], strict=False)):
+        return False
+    here, there = mine[a], other[a]
+    if not (isinstance(here, int) and isinstance(there, int)) or here != entry.owner.size or there < 1:
+        return False
+    channels, groups = max(here, there), min(here, there)
+    if channels % groups or (len(mine) == a + 1 and len(other) == a + 1):
+        return False
+    per_group = channels // groups
+    if here == groups:  # entering on the groups axis: each group's channels on the other side
+        other_owner = np.repeat(entry.owner, per_group)
+    else:
+        group_owner = _rows_owner(entry.owner, groups, walk, "Reshape into channel groups")
+        other_owner = group_owner
+        walk.link(entry.value, a, np.repeat(group_owner, per_group))
+    x, y = node.inputs[0], node.outputs[0]
+    walk.link(x if entry.is_output else y, a, other_owner)
+    out_owner = entry.owner if entry.is_output else other_owner
+    walk.patch_shape_element(node.inputs[1], a, walk.units.find(out_owner), node, reshape_input=x,
+                             allowzero=bool(_attr(node, "allowzero", 0)), source=(y, a, 0, out_owner.size),
+                             period=None)
+    return True
 
 
 def _refuse_product_coupling(node: ir.Node, entry: Entry, walk: Walk, src_axes: list[int]) -> None:
