@@ -168,7 +168,8 @@ def explicit_split_sizes(model: ir.Model, shapes: dict) -> int:
         if not all(isinstance(d, int) for d in dims):
             continue
         name = f"{node.name}__split_sizes"
-        value = ir.Value(name=name, const_value=ir.tensor(np.array(dims, dtype=np.int64), name=name))
+        value = ir.Value(name=name, const_value=ir.tensor(np.array(dims, dtype=np.int64), name=name),
+                         type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([len(dims)]))
         model.graph.register_initializer(value)
         node.resize_inputs(2)
         node.replace_input_with(1, value)
