@@ -85,7 +85,8 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                     num_labels=10), "image"),
     "poolformer": ("PoolFormerConfig", dict(hidden_sizes=[16, 24, 32, 40], depths=[1, 1, 1, 1],
                                             num_labels=10), "image"),
-    "cvt": ("CvtConfig", dict(embed_dim=[16, 24, 32], num_heads=[1, 2, 4], depth=[1, 1, 1], num_labels=10),
+    # depth >= stage index + 1: transformers' CvtStage indexes its drop-path rates by the stage number
+    "cvt": ("CvtConfig", dict(embed_dim=[16, 24, 32], num_heads=[1, 2, 4], depth=[1, 2, 3], num_labels=10),
             "image"),
     # Speech encoders: a strided Conv stack over raw audio, then a transformer
     "wav2vec2": ("Wav2Vec2Config", _AUDIO, "features"),
