@@ -1,9 +1,12 @@
-"""Einsum equation parsing: every axis' label, ellipsis axes aligned from the right."""
+"""Einsum equation parsing (every axis' label, ellipsis axes aligned from the right) and Einsum seeds."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_ir as ir
 import pytest
 
+from optimum_prune.association.builder import _einsum_projection_axes
 from optimum_prune.association.einsum import EinsumEquationError, einsum_labels
 
 
@@ -36,3 +39,23 @@ def test_implicit_output_is_the_letters_used_once_in_order():
 def test_equations_that_do_not_fit_their_inputs_are_errors(equation, ranks):
     with pytest.raises(EinsumEquationError):
         einsum_labels(equation, ranks)
+
+
+def _einsum_node(equation: str, shapes: list[tuple[int, ...]]) -> ir.Node:
+    """An Einsum of an activation ``x`` (the first shape) and constants ``c1``, ``c2``, ..."""
+    inputs = [ir.Value(name="x")] + [
+        ir.Value(name=f"c{i}", const_value=ir.tensor(np.ones(shape, np.float32), name=f"c{i}"))
+        for i, shape in enumerate(shapes[1:], start=1)]
+    return ir.Node("", "Einsum", inputs=inputs, attributes=[ir.AttrString("equation", equation)])
+
+
+@pytest.mark.parametrize(("equation", "shapes", "axes"), [
+    ("bsd,dn->bsn", [(2, 3, 8), (8, 12)], [("c1", 1)]),  # a projection: its n
+    ("bsd,dhk->bshk", [(2, 3, 8), (8, 4, 3)], [("c1", 1), ("c1", 2)]),  # heads and head_dim
+    ("i,j->ij", [(5,), (4,)], []),  # an outer product (ESM's rotary inv_freq): nothing summed
+    ("...n,n->...n", [(2, 3, 12), (12,)], []),  # a scale: a vector, nothing summed
+])
+def test_einsum_seeds_are_the_output_channels_of_constant_projections(equation, shapes, axes):
+    node = _einsum_node(equation, shapes)
+    found = [(v.name, axis) for v, axis in _einsum_projection_axes(node, {"x": shapes[0]})]
+    assert found == axes

@@ -554,8 +554,9 @@ def find_seeds(model: ir.Model, shapes: dict[str, Shape]) -> list[tuple[ir.Value
 
 
 def _einsum_projection_axes(node: ir.Node, shapes: dict[str, Shape]) -> list[tuple[ir.Value, int]]:
-    """The output-channel axes of an Einsum's constant operands: labels that only that operand has and
-    the output keeps (``n`` of ``bsd,dn->bsn``)."""
+    """The output-channel axes of an Einsum's constant projections: operands of rank 2 or more that sum
+    a label away (``d`` of ``bsd,dn->bsn``), at the labels only they have and the output keeps (``n``).
+    A constant that sums nothing (ESM's rotary ``inv_freq`` in ``i,j->ij``) is not a projection."""
     ranks = []
     for v in node.inputs:
         shape = _const_shape(v) if v is not None else None
@@ -570,6 +571,8 @@ def _einsum_projection_axes(node: ir.Node, shapes: dict[str, Shape]) -> list[tup
         return []  # the walk that reaches it names the equation
     axes = []
     for i, (v, labels) in enumerate(zip(node.inputs, in_labels, strict=True)):
+        if v is None or not is_constant(v) or len(labels) < 2 or all(lab in out_labels for lab in labels):
+            continue
         others = {lab for j, other in enumerate(in_labels) if j != i for lab in other}
         axes += [(v, ax) for ax, lab in enumerate(labels) if lab in out_labels and lab not in others
                  and isinstance(lab, str) and labels.count(lab) == 1]
