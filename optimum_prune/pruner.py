@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -621,7 +624,15 @@ def _kv_heads_pruned(cfg: dict, groups: list[PruningGroup], removed: dict[int, s
 
 def _config_can_set(model_type: str | None, key: str) -> bool:
     """Whether ``model_type``'s transformers config class takes ``key`` from config.json (Falcon computes
-    ``head_dim`` from the hidden size and head count, a read-only property that rejects the key)."""
+    ``head_dim`` from the hidden size and head count, a read-only property that rejects the key).
+
+    Importing transformers imports torch (about 3 s, more than the rest of pruning BERT-base), so until
+    something else has imported it the answer is read from the config class's source file instead.
+    """
+    if model_type is None:
+        return True
+    if "transformers" not in sys.modules:
+        return not _read_only_in_source(model_type, key)
     import inspect
 
     from transformers import CONFIG_MAPPING
@@ -630,6 +641,21 @@ def _config_can_set(model_type: str | None, key: str) -> bool:
         return True
     attr = inspect.getattr_static(CONFIG_MAPPING[model_type], key, None)
     return not (isinstance(attr, property) and attr.fset is None)
+
+
+def _read_only_in_source(model_type: str, key: str) -> bool:
+    """Whether ``transformers/models/<type>/configuration_<type>.py`` defines ``key`` as a property with
+    no setter (False when the file is not found: the key is then written, as for any other class)."""
+    try:
+        dist = importlib.metadata.distribution("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    name = model_type.replace("-", "_")
+    try:
+        text = Path(dist.locate_file(f"transformers/models/{name}/configuration_{name}.py")).read_text()
+    except OSError:
+        return False
+    return re.search(rf"@property\s+def {key}\(", text) is not None and f"@{key}.setter" not in text
 
 
 def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, set[int]], *,
