@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -393,7 +394,8 @@ def markdown(rows: list[dict]) -> str:
         if r.get("files"):  # an encoder-decoder export: its files, and whether it generates once pruned
             past = f"{len(r['files'])} files" + (", generates" if r.get("generates") else ", NO generate")
         if not r["ok"]:
-            lines.append(f"| {r['arch']} | {past} | {r['stage']} failed: {r['error'][:70]} | | | |")
+            error = re.sub(r"(?:/[^\s:'\"/]+)+/(?=[^\s:'\"/]+\.onnx)", "", r["error"])  # no folders
+            lines.append(f"| {r['arch']} | {past} | {r['stage']} failed: {error[:160]} | | | |")
             continue
         u = r["units_removed"]
         why = "; ".join(x[:90] for x in r["refused"][:2])
