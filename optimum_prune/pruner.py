@@ -266,6 +266,7 @@ class ORTPruner:
     # ------------------------------------------------------------------------------------------
     def _prepare(self, io_patterns: tuple[str, ...]) -> _Prepared:
         model = load_model(self.model_path)
+        _refuse_quantized(model, self.model_path)
         name_nodes(model)
         unshare_shape_tensors(model)
         unshare_shape_constants(model)
@@ -620,6 +621,29 @@ def _kv_heads_pruned(cfg: dict, groups: list[PruningGroup], removed: dict[int, s
     n_kv = next((cfg[k] for k in _KV_KEYS if isinstance(cfg.get(k), int)), None)
     units = {g.units for g in groups if g.kind == "heads" and removed.get(g.id)}
     return not (n_kv is not None and n_heads and n_kv < n_heads and units == {n_heads})
+
+
+_QUANTIZED_OPS = frozenset({
+    ("", "QuantizeLinear"), ("", "DequantizeLinear"), ("", "DynamicQuantizeLinear"), ("", "MatMulInteger"),
+    ("", "ConvInteger"), ("", "QLinearMatMul"), ("", "QLinearConv"),
+    ("com.microsoft", "QuantizeLinear"), ("com.microsoft", "DequantizeLinear"),
+    ("com.microsoft", "QAttention"), ("com.microsoft", "QGemm"), ("com.microsoft", "DynamicQuantizeMatMul"),
+    ("com.microsoft", "MatMulNBits"),
+    ("com.microsoft", "MatMulIntegerToFloat"), ("com.microsoft", "GatherBlockQuantized"),
+    ("com.microsoft", "MatMulBnb4"),
+})
+
+
+def _refuse_quantized(model: ir.Model, path: Path) -> None:
+    """Raise :class:`InvalidModelError` for a quantized model: its weights reach the MatMuls through
+    (de)quantization ops, so no group could be pruned, and slicing int8 weights with their scales is
+    the quantizer's business. The fix is the order of the stages: prune the float model, then quantize."""
+    for node in model.graph:
+        if (node.domain if node.domain != "ai.onnx" else "", node.op_type) in _QUANTIZED_OPS:
+            raise InvalidModelError(
+                f"{path} is quantized (node '{node.name}', {node.domain or 'ai.onnx'}::{node.op_type}): "
+                "structured pruning works on the float model. Prune the float export, then quantize it "
+                "(a recipe's `quantize` stage after `prune`, or ORTQuantizer on the pruned folder)")
 
 
 def _config_can_set(model_type: str | None, key: str) -> bool:

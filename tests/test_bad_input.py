@@ -334,3 +334,30 @@ def test_failed_plan_leaves_no_output(dense, tmp_path):
         pruner.prune(plan=plan, save_dir=tmp_path / "a" / "pruned")
     assert not (tmp_path / "a").exists()
     assert snapshot(dense) == before
+
+
+def test_a_quantized_model_is_refused_with_the_order_of_stages(tmp_path):
+    """A QDQ model (int8 weights through DequantizeLinear): no group could be pruned, and an unpruned copy
+    written without a word would look like success. The error names the file, the node, the op and the
+    fix (prune the float model, then quantize); the folder is untouched."""
+    rng = np.random.default_rng(0)
+    text = """
+qdq (float[B, S, 8] x) => (float[B, S, 6] y) {
+  w1 = DequantizeLinear(W1q, s1)
+  h = MatMul(x, w1)
+  a = Relu(h)
+  y = MatMul(a, W2)
+}
+"""
+    model = _build(text, {"W1q": rng.integers(-127, 127, (8, 12)).astype(np.int8),
+                          "s1": np.array(0.01, np.float32), "W2": _mat(rng, 12, 6)})
+    src = tmp_path / "quantized"
+    src.mkdir()
+    onnx.save(model, src / "model.onnx")
+    before = snapshot(src)
+    with pytest.raises(InvalidModelError, match=r"quantized \(node '.*DequantizeLinear.*Prune the float"):
+        ORTPruner.from_pretrained(src).analyze()
+    with pytest.raises(InvalidModelError, match="ai.onnx::DequantizeLinear"):
+        ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5), tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    assert snapshot(src) == before
