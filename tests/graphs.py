@@ -2173,6 +2173,35 @@ bm (float[B, S, 8] x, float[B, 1, S] pos) => (float[B, S, 6] y) {{
 
 # DeBERTa-style relative positions: a static [3, R, 4] head stack of projected position embeddings is tiled
 # over the batch (repeats = Shape(q_m)[0] / 3) into [3B, R, 4]; q_m @ it^T gives [3B, S, R], and
+# token selection as torch.gather exports it (RT-DETR's top-k queries, ViT-MAE's kept patches): top-k
+# positions [B, 3] -> Unsqueeze -> Tile to [B, 3, 12] with the channel count read from Shape(h) ->
+# GatherElements(h, axis=1): the tiled index axis counts the channels, its repeat count is recomputed
+def gather_tiled_index(seed: int = 0, *, constant_repeats: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    repeats = "  reps = Identity(c_reps)" if constant_repeats else (
+        "  sh = Shape(h)\n  ch = Slice(sh, i2, i3)\n  reps = Concat<axis = 0>(one, one, ch)")
+    text = f"""
+gti (float[B, S, 8] x) => (float[B, 3, 6] y) {{
+  h = MatMul(x, W1)
+  score = ReduceMean<keepdims = 0>(x, i2)
+  top, idx = TopK<axis = 1>(score, k3)
+  u = Unsqueeze(idx, i2)
+{repeats}
+  t = Tile(u, reps)
+  g = GatherElements<axis = 1>(h, t)
+  a = Relu(g)
+  y = MatMul(a, W2)
+}}
+"""
+    inits = {"W1": _mat(rng, 8, 12), "W2": _mat(rng, 12, 6), "i2": _i64(2), "i3": _i64(3), "one": _i64(1),
+             "k3": _i64(3), "c_reps": _i64(1, 1, 12)}
+    return _build(text, inits)
+
+
+def gather_tiled_index_constant(seed: int = 0) -> onnx.ModelProto:
+    return gather_tiled_index(seed, constant_repeats=True)
+
+
 # GatherElements picks one relative position per (query, key) with indices [1,S,S] expanded to
 # [Shape(q_m)[0], S, S] (the merged dimension read at run time).
 def batch_merged_tile_gather(seed: int = 0, *, count_from_input: bool = False) -> onnx.ModelProto:
@@ -2703,6 +2732,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("softmax_seq", softmax_seq, "ffn"),
     ("squeeze_unsqueeze", squeeze_unsqueeze, "ffn"),
     ("expand", expand, "ffn"),
+    ("gather_tiled_index", gather_tiled_index, "ffn"),
+    ("gather_tiled_index_constant", gather_tiled_index_constant, "ffn"),
     ("tile", tile, "ffn"),
     ("tile_channel_axis", tile_channel_axis, "ffn"),
     ("gather_nd", gather_nd, "ffn"),

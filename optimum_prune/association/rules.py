@@ -891,10 +891,18 @@ def resize(node: ir.Node, entry: Entry, walk: Walk) -> None:
 
 
 def tile(node: ir.Node, entry: Entry, walk: Walk) -> None:
-    """Tile: the channel axis passes when it is repeated once (repeats[axis] == 1)."""
+    """Tile: the channel axis passes when it is repeated once (repeats[axis] == 1), or is made by tiling a
+    size-1 axis (then the repeat count is the channel count)."""
     x, y = node.inputs[0], node.outputs[0]
     if entry.value is not x and entry.value is not y:
         walk.fail("Tile: channels in its repeats input")
+    if entry.value is y and walk.period is None and walk.dim(x, entry.axis) == 1 and entry.owner.size > 1:
+        # a size-1 axis tiled to the channel count (``index.unsqueeze(-1).repeat(1, 1, dim)``, how a
+        # torch.gather of token positions exports): the input has no channels to slice, and the repeat
+        # count counts the channels, patched or read at run time like an Expand target element
+        walk.patch_shape_element(node.inputs[1], entry.axis, entry.owner, node,
+                                 source=(y, entry.axis, 0, entry.owner.size))
+        return
     repeats = const_array(node.inputs[1])
     if repeats is None and _tiles_into_batch(node, entry, walk):
         return
