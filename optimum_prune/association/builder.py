@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from optimum_prune.association.einsum import EinsumEquationError, einsum_labels
+from optimum_prune.association.einsum import EinsumEquationError, einsum_equation, einsum_labels
 from optimum_prune.association.merged_axes import MERGED_AXIS_OPS, reads_kept_dimension
 from optimum_prune.association.rules import Entry, RuleRegistry, default_registry
 from optimum_prune.association.shape_expr import ShapeExprError, evaluate_dim_expr, is_marker
@@ -557,16 +557,11 @@ def _einsum_projection_axes(node: ir.Node, shapes: dict[str, Shape]) -> list[tup
     """The output-channel axes of an Einsum's constant projections: operands of rank 2 or more that sum
     a label away (``d`` of ``bsd,dn->bsn``), at the labels only they have and the output keeps (``n``).
     A constant that sums nothing (ESM's rotary ``inv_freq`` in ``i,j->ij``) is not a projection."""
-    ranks = []
-    for v in node.inputs:
-        shape = _const_shape(v) if v is not None else None
-        shape = shape if shape is not None else (shapes.get(v.name) if v is not None else None)
-        if shape is None:
-            return []
-        ranks.append(len(shape))
-    equation = node.attributes["equation"].value if "equation" in node.attributes else ""
+    operand_shapes = [None if v is None else _operand_shape(v, shapes) for v in node.inputs]
+    if any(shape is None for shape in operand_shapes):
+        return []
     try:
-        in_labels, out_labels = einsum_labels(str(equation), ranks)
+        in_labels, out_labels = einsum_labels(einsum_equation(node), [len(s) for s in operand_shapes])
     except EinsumEquationError:
         return []  # the walk that reaches it names the equation
     axes = []
@@ -577,6 +572,11 @@ def _einsum_projection_axes(node: ir.Node, shapes: dict[str, Shape]) -> list[tup
         axes += [(v, ax) for ax, lab in enumerate(labels) if lab in out_labels and lab not in others
                  and isinstance(lab, str) and labels.count(lab) == 1]
     return axes
+
+
+def _operand_shape(v: ir.Value, shapes: dict[str, Shape]) -> Shape | None:
+    shape = _const_shape(v)
+    return shape if shape is not None else shapes.get(v.name)
 
 
 def _const_shape(v: ir.Value) -> tuple[int, ...] | None:

@@ -57,6 +57,11 @@ def einsum_labels(equation: str, ranks: list[int]) -> tuple[list[list[Label]], l
     return inputs, output
 
 
+def einsum_equation(node: ir.Node) -> str:
+    """The ``equation`` attribute of an Einsum node ("" when it has none)."""
+    return str(node.attributes["equation"].value) if "equation" in node.attributes else ""
+
+
 def _expand(term: str, own: int, width: int) -> list[Label]:
     head, dots, tail = term.partition("...")
     if term.count("...") > 1:
@@ -71,9 +76,9 @@ def einsum(node: ir.Node, entry: Entry, walk: Walk) -> None:
     of two activations would drop the removed channels' terms from every product, which no zeroed constant
     slice matches."""
     inputs = list(node.inputs)
-    equation = node.attributes["equation"].value if "equation" in node.attributes else ""
+    equation = einsum_equation(node)
     try:
-        in_labels, out_labels = einsum_labels(str(equation), [walk.rank(v) for v in inputs])
+        in_labels, out_labels = einsum_labels(equation, [walk.rank(v) for v in inputs])
     except EinsumEquationError as e:
         walk.fail(f"Einsum equation '{equation}' not understood: {e}")
     mine = out_labels if entry.is_output else in_labels[entry.index]

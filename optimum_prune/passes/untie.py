@@ -11,6 +11,8 @@ copies, so they are not counted as parameters and equal copies are shared again 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -51,26 +53,41 @@ def weightless_cone(value: ir.Value, seeds: set[str]) -> list[ir.Node] | None:
     """The nodes computing ``value`` back to graph inputs and constants; None when the subgraph reads a
     weight in ``seeds`` or a constant that is not small (:func:`_small_constant`), has a subgraph
     attribute, or is too large."""
+    def leaf_ok(v: ir.Value) -> bool:  # a graph input, or an initializer
+        return v.const_value is None or (v.name not in seeds and _small_constant(v.const_value))
+
+    def node_ok(node: ir.Node) -> bool:
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            return False
+        return node.op_type != "Constant" or (node.outputs[0].name not in seeds and _small_constant(
+            node.attributes["value"].value if "value" in node.attributes else None))
+
+    return _cone(value, leaf_ok, node_ok)
+
+
+def _cone(value: ir.Value, leaf_ok: Callable[[ir.Value], bool], node_ok: Callable[[ir.Node], bool],
+          reads_inputs: Callable[[ir.Node], bool] = lambda node: True) -> list[ir.Node] | None:
+    """The nodes computing ``value``, walked up from it; None when a value without a producer fails
+    ``leaf_ok``, a node fails ``node_ok``, or there are more than :data:`_MAX_CONE_NODES`. The inputs of a
+    node for which ``reads_inputs`` is False are not walked (they stay shared)."""
     nodes: dict[int, ir.Node] = {}
     stack = [value]
     while stack:
         v = stack.pop()
         node = v.producer()
         if node is None:
-            if v.const_value is not None and (v.name in seeds or not _small_constant(v.const_value)):
+            if not leaf_ok(v):
                 return None
-            continue  # a graph input or an initializer
+            continue
         if id(node) in nodes:
             continue
-        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
-            return None
-        if node.op_type == "Constant" and (node.outputs[0].name in seeds or not _small_constant(
-                node.attributes["value"].value if "value" in node.attributes else None)):
+        if not node_ok(node):
             return None
         nodes[id(node)] = node
         if len(nodes) > _MAX_CONE_NODES:
             return None
-        stack.extend(i for i in node.inputs if i is not None)
+        if reads_inputs(node):
+            stack.extend(i for i in node.inputs if i is not None)
     return list(nodes.values())
 
 
@@ -91,6 +108,7 @@ def untie(model: ir.Model, names: list[str], seeds: set[str]) -> int:
     graph = model.graph
     values = values_by_name(model)
     copies = 0
+    order: dict[int, int] = {}
     for name in names:
         value = values.get(name)
         if value is None:
@@ -98,15 +116,25 @@ def untie(model: ir.Model, names: list[str], seeds: set[str]) -> int:
         cone = weightless_cone(value, seeds)
         if cone is None:
             continue
-        order = {id(n): i for i, n in enumerate(graph)}
-        cone.sort(key=lambda n: order[id(n)])
         uses = sorted(value.uses(), key=lambda u: (u.node.name or "", u.idx))
-        for k, use in enumerate(uses[1:], start=1):
-            clone = _clone_cone(graph, cone, value, f"__untie{k}")
-            use.node.replace_input_with(use.idx, clone[0])
-            graph.insert_before(use.node, clone[1])
-            copies += 1
+        _copy_per_use(graph, cone, value, uses[1:], [f"__untie{k}" for k in range(1, len(uses))], order)
+        copies += len(uses) - 1
     return copies
+
+
+def _copy_per_use(graph: ir.Graph, cone: list[ir.Node], value: ir.Value, uses: list, suffixes: list[str],
+                  order: dict[int, int]) -> None:
+    """Feed each of ``uses`` its own copy of ``cone`` (the nodes computing ``value``), inserted before the
+    using node in graph order. ``order`` (node id -> position) is kept across calls and rebuilt only when
+    the cone holds a node it has not seen: inserting copies keeps the other nodes' relative order."""
+    if any(id(n) not in order for n in cone):
+        order.clear()
+        order.update({id(n): i for i, n in enumerate(graph)})
+    cone.sort(key=lambda n: order[id(n)])
+    for use, suffix in zip(uses, suffixes, strict=True):
+        copy, nodes = _clone_cone(graph, cone, value, suffix)
+        use.node.replace_input_with(use.idx, copy)
+        graph.insert_before(use.node, nodes)
 
 
 # ops that compute shape vectors from shapes and small integer constants
@@ -127,6 +155,7 @@ def unshare_shape_tensors(model: ir.Model) -> int:
     the same function; the copied constants are marked as copies (not counted as parameters)."""
     graph = model.graph
     copies = 0
+    order: dict[int, int] = {}
     for node in list(graph):
         for value in node.outputs:
             uses = sorted((u for u in value.uses() if (u.node.op_type, u.idx) in _SHAPE_SLOTS
@@ -136,39 +165,25 @@ def unshare_shape_tensors(model: ir.Model) -> int:
             cone = _shape_cone(value)
             if cone is None:
                 continue
-            order = {id(n): i for i, n in enumerate(graph)}
-            cone.sort(key=lambda n: order[id(n)])
-            for use in uses[1:]:
-                copies += 1  # the suffix numbers every copy of the pass: copies of two cones never clash
-                copy, nodes = _clone_cone(graph, cone, value, f"__shape{copies}")
-                use.node.replace_input_with(use.idx, copy)
-                graph.insert_before(use.node, nodes)
+            # the suffixes number every copy of the pass: copies of two cones never clash
+            suffixes = [f"__shape{copies + k}" for k in range(1, len(uses))]
+            _copy_per_use(graph, cone, value, uses[1:], suffixes, order)
+            copies += len(uses) - 1
     return copies
 
 
 def _shape_cone(value: ir.Value) -> list[ir.Node] | None:
     """The shape-arithmetic nodes computing ``value``, stopping at ``Shape``/``Size`` (whose inputs are
     read, not copied); None if anything else, or a constant that is not a small integer, feeds it."""
-    nodes: dict[int, ir.Node] = {}
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        node = v.producer()
-        if node is None:
-            tensor = v.const_value
-            if v.is_graph_input() or tensor is None or not tensor.dtype.is_integer() or tensor.size > 64:
-                return None
-            continue
-        if id(node) in nodes:
-            continue
-        if node.domain not in ("", "ai.onnx") or node.op_type not in _SHAPE_ARITHMETIC:
-            return None
-        nodes[id(node)] = node
-        if len(nodes) > _MAX_CONE_NODES:
-            return None
-        if node.op_type not in ("Shape", "Size"):
-            stack.extend(i for i in node.inputs if i is not None)
-    return list(nodes.values())
+    def leaf_ok(v: ir.Value) -> bool:
+        tensor = v.const_value
+        small_integer = tensor is not None and tensor.dtype.is_integer() and tensor.size <= 64
+        return small_integer and not v.is_graph_input()
+
+    def node_ok(node: ir.Node) -> bool:
+        return node.domain in ("", "ai.onnx") and node.op_type in _SHAPE_ARITHMETIC
+
+    return _cone(value, leaf_ok, node_ok, reads_inputs=lambda node: node.op_type not in ("Shape", "Size"))
 
 
 def _clone_cone(graph: ir.Graph, cone: list[ir.Node], value: ir.Value,
