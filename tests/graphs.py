@@ -1733,6 +1733,81 @@ unbind (float[B, S, 10] x) => (float[B, S, 6] y) {
     return _build(text, inits)
 
 
+# timm's / MGP-STR's fused QKV indexed rather than unbound: the same [3,B,H,S,D] layout, q, k and v taken
+#   with Gather(axis 0) of the scalar indices 0, 1 and 2 (``qkv[0], qkv[1], qkv[2]``). Each index counts
+#   a position of the size-3 axis, so that axis cannot carry the units; the heads (next axis) do.
+def fused_qkv_gather(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+gather_qkv (float[B, S, 10] x) => (float[B, S, 6] y) {
+  f0 = MatMul(x, Wqkv)
+  f = Add(f0, bqkv)
+  f5 = Reshape(f, qkv_shape)
+  ft = Transpose<perm = [2, 0, 3, 1, 4]>(f5)
+  q = Gather<axis = 0>(ft, i0)
+  k = Gather<axis = 0>(ft, i1)
+  v = Gather<axis = 0>(ft, i2)
+  kt = Transpose<perm = [0, 1, 3, 2]>(k)
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  pr = Softmax<axis = -1>(sc)
+  c0 = MatMul(pr, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {"Wqkv": _mat(rng, 10, 36), "bqkv": rng.standard_normal(36).astype(np.float32),
+             "Wo": _mat(rng, 12, 6),
+             "qkv_shape": _i64(0, 0, 3, 3, 4), "i0": np.array(0, dtype=np.int64),
+             "i1": np.array(1, dtype=np.int64), "i2": np.array(2, dtype=np.int64),
+             "mg_shape": _i64(0, 0, 12), "scale": _f32(0.5)}
+    return _build(text, inits)
+
+
+# The dynamo exporter's decomposition of scaled_dot_product_attention transposes the keys through a
+#   merged batch*heads axis whose shapes are sliced from the keys' own shape: Shape(k) [B,H,S,D] ->
+#   Slice(INT64_MIN:-2) = [B,H], Slice(-2:-1) = [S], Slice(-1:INT64_MAX) = [D]; k -> Reshape[-1,S,D] ->
+#   Transpose(0,2,1) -> Reshape[B,H,D,S]. The prefix [B,H] is read at run time (the pruned head count).
+def sdpa_key_transpose_sliced_shape(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = """
+sliced_shape (float[B, S, 10] x) => (float[B, S, 6] y) {
+  q0 = MatMul(x, Wq)
+  k0 = MatMul(x, Wk)
+  v0 = MatMul(x, Wv)
+  qh = Reshape(q0, hd_shape)
+  q = Transpose<perm = [0, 2, 1, 3]>(qh)
+  kh = Reshape(k0, hd_shape)
+  k = Transpose<perm = [0, 2, 1, 3]>(kh)
+  vh = Reshape(v0, hd_shape)
+  v = Transpose<perm = [0, 2, 1, 3]>(vh)
+  ks = Shape(k)
+  lead = Slice(ks, smin, m2)
+  seq = Slice(ks, m2, m1)
+  dim = Slice(ks, m1, smax)
+  flat_shape = Concat<axis = 0>(m1, seq, dim)
+  kf = Reshape(k, flat_shape)
+  kft = Transpose<perm = [0, 2, 1]>(kf)
+  back_shape = Concat<axis = 0>(lead, dim, seq)
+  kt = Reshape(kft, back_shape)
+  sc0 = MatMul(q, kt)
+  sc = Mul(sc0, scale)
+  pr = Softmax<axis = -1>(sc)
+  c0 = MatMul(pr, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+}
+"""
+    inits = {"Wq": _mat(rng, 10, 12), "Wk": _mat(rng, 10, 12), "Wv": _mat(rng, 10, 12),
+             "Wo": _mat(rng, 12, 6),
+             "hd_shape": _i64(0, 0, 3, 4), "mg_shape": _i64(0, 0, 12), "scale": _f32(0.5),
+             "smin": _i64(np.iinfo(np.int64).min), "smax": _i64(np.iinfo(np.int64).max), "m2": _i64(-2),
+             "m1": _i64(-1)}
+    return _build(text, inits)
+
+
 # x[B,S,10] -> MatMul(Wq[10,12]) + bq -> Reshape[0,0,3,4] -> Transpose(0,2,1,3) ----------+
 # x[B,S,10] -> MatMul(Wk[10,12]) + bk -> Reshape[0,0,3,4] -> Transpose(0,2,3,1) -> MatMul(q,k^T)
 #   -> Div(sqrt(4)) -> Softmax -> MatMul(., v)    (v: Wv[10,12] + bv -> Reshape -> Transpose)
@@ -2768,6 +2843,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("attention_block", attention_block, "heads"),
     ("split_qkv_attention", split_qkv_attention, "heads"),
     ("fused_qkv_unbind", fused_qkv_unbind, "heads"),
+    ("fused_qkv_gather", fused_qkv_gather, "heads"),
+    ("sdpa_key_transpose_sliced_shape", sdpa_key_transpose_sliced_shape, "heads"),
     ("if_on_equal_lengths", if_on_equal_lengths, "heads"),
     ("if_on_undecided_lengths", if_on_undecided_lengths, "heads"),
     ("gqa_block", gqa_block, "heads"),

@@ -33,11 +33,14 @@ class Refusal(Exception):
 
     ``keep``: unit ids whose channels, kept whole, would lift this refusal (the trailing heads a
     negative Slice bound counts from the end, say); the builder then walks the seed again without them.
+    ``positional``: the refusal is about positions of an axis that a constant index or bound counts;
+    when those are all the seed's channels, the axis cannot carry units, and another one may.
     """
 
-    def __init__(self, reason: str, keep: np.ndarray | None = None) -> None:
+    def __init__(self, reason: str, keep: np.ndarray | None = None, positional: bool = False) -> None:
         super().__init__(reason)
         self.keep = keep
+        self.positional = positional
 
 
 @dataclass
@@ -117,11 +120,12 @@ class Walk:
         return s[axis]
 
     # ---- what rules call ----------------------------------------------------------------------
-    def fail(self, reason: str, *, keep: np.ndarray | None = None) -> None:
+    def fail(self, reason: str, *, keep: np.ndarray | None = None, positional: bool = False) -> None:
         """Refuse the whole group, naming the node being processed.
 
         ``keep``: the units (ids, any representative) whose channels, kept whole, would lift the refusal;
         the builder may then walk the seed again with those channels fixed (see :func:`build_groups`).
+        ``positional``: see :class:`Refusal`.
         """
         node = self.current
         where = (f" at node '{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node is not None
@@ -130,7 +134,7 @@ class Walk:
             keep = np.asarray(keep, dtype=np.int64)
             keep = keep[keep >= 0]
             keep = keep if keep.size else None
-        raise Refusal(f"{reason}{where}", keep)
+        raise Refusal(f"{reason}{where}", keep, positional)
 
     def choose_carrier(self, node: ir.Node, carriers: list[int]) -> int:
         """The axis of a Reshape's output block that carries the units: the outermost non-1 axis unless
@@ -342,10 +346,7 @@ class Walk:
             trace(node.inputs[0], j)
             return
         if op == "Slice":
-            starts = const_array(node.inputs[1])
-            if starts is None:
-                self.fail("shape Slice with computed start")
-            trace(node.inputs[0], index + int(starts.reshape(-1)[0]))
+            trace(node.inputs[0], index + self._shape_slice_start(node))
             return
         if op in ("Mul", "Div", "Add", "Sub"):
             dynamic = [v for v in node.inputs if v is not None and not is_constant(v)]
@@ -366,6 +367,24 @@ class Walk:
         if op == "ConstantOfShape":
             return
         self.fail(f"cannot trace shape element {index} through {op} '{node.name}'")
+
+    def _shape_slice_start(self, node: ir.Node) -> int:
+        """Where a Slice of a shape vector starts, as ONNX resolves it: a negative start counts from the
+        end and the result is clamped to the vector (the dynamo exporter takes ``shape[:-2]`` as a Slice
+        from ``INT64_MIN``). Computed starts and steps other than 1 are refused."""
+        starts = const_array(node.inputs[1])
+        if starts is None:
+            self.fail("shape Slice with computed start")
+        steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+        if steps is not None and int(steps.reshape(-1)[0]) != 1:
+            self.fail("shape Slice with a step other than 1")
+        start = int(starts.reshape(-1)[0])
+        if start < 0:
+            n = self.dim(node.inputs[0], 0)
+            if not isinstance(n, int):
+                self.fail("shape Slice with a negative start into a vector of unknown length")
+            start = max(start + n, 0)
+        return start
 
     def _patch_factor(self, node: ir.Node, dynamic: ir.Value, index: int, owner: np.ndarray) -> bool:
         """``dim * c`` where ``dim`` is read at run time from an axis of static size 1 and the constant ``c``
@@ -693,14 +712,18 @@ def _walk_keeping_whole(model: ir.Model, shapes: dict[str, Shape], registry: Rul
         except Refusal as e:
             grow = np.zeros(n, dtype=bool) if e.keep is None else (
                 np.isin(walk.units.find(np.arange(n)), walk.units.find(e.keep)) & ~fixed)
-            if grow.any() and not (fixed | grow).all() and keep_retries < _MAX_KEEP_RETRIES:
+            keeps_all = bool((fixed | grow).all())
+            if grow.any() and not keeps_all and keep_retries < _MAX_KEEP_RETRIES:
                 keep_retries += 1
                 fixed |= grow
                 kept.append(str(e))
                 continue
             first_refusal = first_refusal or str(e)
-            # a refusal that names channels is about those channels, not about the axis carrying them
-            following = _next_carriers(walk, choices) if e.keep is None else None
+            # a refusal that names channels is about those channels, not about the axis carrying them,
+            # unless a constant index counts every position of that axis (q, k and v gathered off the
+            # size-3 axis of a fused projection, when it carries the units)
+            about_axis = e.keep is None or (keeps_all and e.positional)
+            following = _next_carriers(walk, choices) if about_axis else None
             if following is None or carrier_retries >= _MAX_CARRIER_RETRIES:
                 group.prunable, group.reason = False, first_refusal
                 break

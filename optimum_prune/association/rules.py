@@ -669,7 +669,7 @@ def _check_kept(walk: Walk, node: ir.Node, x: ir.Value, axis: int, lo: int, hi: 
         owned = walk.units.find(walk.owners[key])[lo:hi] if key in walk.owners else np.empty(0, np.int64)
         if (owned >= 0).any():
             walk.fail(f"{what} counts positions {lo}:{hi} of the channel axis, and the group would remove "
-                      "some of them", keep=owned)
+                      "some of them", keep=owned, positional=True)
 
     check()
     walk.check_at_end(("kept", node.name, x.name, axis, lo, hi), node, check)
