@@ -22,6 +22,11 @@ another; each stage is fitted on a model whose earlier consumers are already rep
 rows are zero (zeroing the rows is what physical removal computes, the exactness oracle), so later
 layers learn to correct the error left upstream.
 
+A ``Conv`` consumer (``group=1``, explicit or no padding) is the same problem on its input patches (He
+et al.'s channel pruning, 2017): ``X`` holds one row per output position and one column per
+(input channel, kernel offset), ``W`` is the kernel flattened to ``[C_in * k, C_out]``, and an input
+channel is removed with all of its ``k`` columns.
+
 Only the consumers' weights (kept rows) and biases change; removed rows are zeroed and then sliced
 away by :func:`optimum_prune.passes.apply.apply_removals`.
 """
@@ -51,9 +56,40 @@ from optimum_prune.passes.apply import removed_mask
 from optimum_prune.runtime import complete_feeds, ort_session
 
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """How a ``Conv`` consumer reads its input: kernel size, strides, dilations and the explicit pads
+    (``begin..., end...`` per spatial axis, as ONNX writes them)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+
+    @property
+    def taps(self) -> int:
+        """Kernel offsets per input channel."""
+        return int(np.prod(self.kernel))
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        """``x`` ``[N, C, *spatial]`` as rows ``[N * prod(out_spatial), C * taps]`` (channel-major columns,
+        the order of the kernel ``W.reshape(C_out, -1)``)."""
+        nd = len(self.kernel)
+        pad = [(0, 0), (0, 0)] + [(self.pads[i], self.pads[i + nd]) for i in range(nd)]
+        x = np.pad(np.asarray(x, dtype=np.float32), pad) if any(self.pads) else np.asarray(x, np.float32)
+        spans = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations, strict=True)]
+        windows = np.lib.stride_tricks.sliding_window_view(x, spans, axis=tuple(range(2, 2 + nd)))
+        take = tuple([slice(None), slice(None)] + [slice(None, None, s) for s in self.strides]
+                     + [slice(None, None, d) for d in self.dilations])
+        windows = windows[take]  # [N, C, *out, *kernel]
+        order = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
+        return np.ascontiguousarray(windows.transpose(order)).reshape(-1, x.shape[1] * self.taps)
+
+
 @dataclass
 class Consumer:
-    """One layer to repair: ``node`` computes ``activation @ weight`` over ``axis`` of the weight."""
+    """One layer to repair: ``node`` computes ``activation @ weight`` over ``axis`` of the weight (for a
+    Conv, over its input patches: see :class:`ConvGeometry`)."""
 
     node: ir.Node
     weight: ir.Value
@@ -64,6 +100,35 @@ class Consumer:
     bias: ir.Value | None = None
     residual: str | None = None  # the stream the output is added to
     norm: tuple[str, str, float] | None = None  # (normalised value, "center" | "rms", epsilon) after it
+    conv: ConvGeometry | None = None
+
+    @property
+    def out_axis(self) -> int:
+        """The channel axis of the output (and of the residual stream it is added to)."""
+        return 1 if self.conv is not None else -1
+
+    def rows(self, arr: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """The consumer's input as rows (positions x features) of the least-squares problem."""
+        if self.conv is not None:
+            return self.conv.patches(arr)
+        return _rows_of(arr, self.act_axis, valid)
+
+    def weight_rows(self) -> np.ndarray:
+        """The weight as rows (one per input feature) x outputs, float64."""
+        arr = self.weight.const_value.numpy()
+        if self.conv is not None:
+            return np.asarray(arr, dtype=np.float64).reshape(arr.shape[0], -1).T
+        return _as_rows(arr, self.axis)
+
+    def weight_from_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`weight_rows`."""
+        if self.conv is not None:
+            return rows.T.reshape(tuple(self.weight.const_value.shape))
+        return rows if self.axis == 0 else rows.T
+
+    def feature_mask(self) -> np.ndarray:
+        """The removed rows of :meth:`weight_rows`: a removed input channel takes its kernel taps."""
+        return np.repeat(self.removed, self.conv.taps) if self.conv is not None else self.removed
 
 
 @dataclass
@@ -210,8 +275,8 @@ def find_consumers(model: ir.Model, groups: Sequence[PruningGroup], removed: dic
         for li in leaf_inputs(g, model, values):
             node, w = li.node, values.get(li.weight.name)
             label = f"{node.name} ({node.op_type}, weight {li.weight.name})"
-            if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
-                skipped.append(f"{label}: only MatMul/Gemm consumers are repaired")
+            if node.op_type not in ("MatMul", "Gemm", "Conv") or node.domain not in ("", "ai.onnx"):
+                skipped.append(f"{label}: only MatMul/Gemm/Conv consumers are repaired")
                 continue
             if w is None or w.const_value is None or node.inputs[1] is not w:
                 skipped.append(f"{label}: the weight is not a constant second input")
@@ -220,7 +285,13 @@ def find_consumers(model: ir.Model, groups: Sequence[PruningGroup], removed: dic
                 skipped.append(f"{label}: weight shared by several nodes, or data input not tracked")
                 continue
             shape = tuple(w.const_value.shape)
-            if len(shape) != 2 or (node.op_type == "Gemm" and _attr(node, "transA")):
+            conv = None
+            if node.op_type == "Conv":
+                conv, why = _conv_geometry(node, shape, li.weight.axis, li.activation.axis)
+                if conv is None:
+                    skipped.append(f"{label}: {why}")
+                    continue
+            elif len(shape) != 2 or (node.op_type == "Gemm" and _attr(node, "transA")):
                 skipped.append(f"{label}: only 2-D weights (and Gemm without transA) are repaired")
                 continue
             mask = removed_mask(li.weight.owner, units)
@@ -233,7 +304,8 @@ def find_consumers(model: ir.Model, groups: Sequence[PruningGroup], removed: dic
                 continue
             bias = _find_bias(node)
             found[key] = Consumer(node, w, li.weight.axis, li.activation.name, li.activation.axis,
-                                  mask.copy(), bias, _find_residual(node, bias), _find_norm(node, bias))
+                                  mask.copy(), bias, _find_residual(node, bias),
+                                  None if conv is not None else _find_norm(node, bias), conv)
     order = {id(n): i for i, n in enumerate(model.graph)}
     return sorted(found.values(), key=lambda c: order[id(c.node)])
 
@@ -243,12 +315,41 @@ def _attr(node: ir.Node, name: str) -> int:
     return int(a.value) if a is not None else 0
 
 
+def _ints(node: ir.Node, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    a = node.attributes.get(name)
+    return tuple(int(v) for v in a.value) if a is not None else default
+
+
+def _conv_geometry(node: ir.Node, shape: tuple[int, ...], weight_axis: int, act_axis: int
+                   ) -> tuple[ConvGeometry | None, str]:
+    """The patch geometry of a Conv consumer whose input channels are removed, or None and why not."""
+    nd = len(shape) - 2
+    if nd < 1 or weight_axis != 1 or act_axis != 1:
+        return None, "a Conv is repaired over its input channels only"
+    if _attr(node, "group") > 1:
+        return None, "grouped Conv consumers are not repaired"
+    auto_pad = node.attributes.get("auto_pad")
+    mode = auto_pad.value if auto_pad is not None else "NOTSET"
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode not in ("NOTSET", "VALID"):
+        return None, f"Conv auto_pad={mode} is not repaired (explicit pads are)"
+    kernel = tuple(int(k) for k in shape[2:])
+    pads = (0,) * (2 * nd) if mode == "VALID" else _ints(node, "pads", (0,) * (2 * nd))
+    return ConvGeometry(kernel, _ints(node, "strides", (1,) * nd), _ints(node, "dilations", (1,) * nd),
+                        pads), ""
+
+
 def _find_bias(node: ir.Node) -> ir.Value | None:
     """The constant 1-D bias added to ``node``'s output (Gemm's C, or the one Add that uses the output)."""
     n_out = None
     w = node.inputs[1].const_value
     if w is not None:
-        n_out = w.shape[0] if node.op_type == "Gemm" and _attr(node, "transB") else w.shape[-1]
+        n_out = w.shape[0] if (node.op_type == "Gemm" and _attr(node, "transB")) or node.op_type == "Conv" \
+            else w.shape[-1]
+    if node.op_type == "Conv":  # the bias is the third input; an Add after a Conv broadcasts otherwise
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        ok = b is not None and b.const_value is not None and tuple(b.const_value.shape) == (n_out,)
+        return b if ok and len(list(b.uses())) == 1 else None
     if node.op_type == "Gemm":
         c = node.inputs[2] if len(node.inputs) > 2 else None
         arr = const_array(c) if c is not None else None
@@ -267,7 +368,7 @@ def _residual_add(node: ir.Node, bias: ir.Value | None) -> tuple[ir.Node, int, i
     """``(add, index, output)``: the only reader of ``node``'s (biased) output, when it is an ``Add``,
     with the input index the output takes there."""
     out = node.outputs[0]
-    if bias is not None and node.op_type != "Gemm":
+    if bias is not None and node.op_type not in ("Gemm", "Conv"):
         out = next(iter(out.uses()))[0].outputs[0]
     uses = list(out.uses())
     if len(uses) != 1 or uses[0][0].op_type != "Add":
@@ -311,11 +412,17 @@ def _find_norm(node: ir.Node, bias: ir.Value | None) -> tuple[str, str, float] |
 
 
 def insert_bias(model: ir.Model, node: ir.Node, name: str, arr: np.ndarray) -> ir.Value:
-    """Add ``arr`` to ``node``'s output through a new ``Add`` (with a new initializer ``name``)."""
+    """Add ``arr`` to ``node``'s output through a new ``Add`` (with a new initializer ``name``); a Conv
+    without a bias takes it as its third input."""
     out = node.outputs[0]
     bias = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.FLOAT))
     bias.const_value = ir.tensor(arr.astype(np.float32), name=name)
     model.graph.register_initializer(bias)
+    if node.op_type == "Conv":
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, bias)
+        return bias
     add = ir.Node("", "Add", [out, bias], name=f"{node.name}/repair_bias_add", num_outputs=1)
     new = add.outputs[0]
     new.name = f"{out.name}_repaired"
@@ -386,7 +493,8 @@ def solve(stats: RepairStats, w: np.ndarray, keep: np.ndarray, config: RecoveryC
     centred = t.centred
 
     def error(wk: np.ndarray, d: np.ndarray) -> float:
-        return t.error(wk, d) / max(centred, 1e-30)
+        # a layer whose output barely varies (a dead channel's consumer) is measured against its energy
+        return t.error(wk, d) / max(centred, 1e-6 * t.total, 1e-30)
 
     before = error(ws, np.zeros(w.shape[1]))
     if config.method == "bias":
@@ -512,7 +620,7 @@ def _write(consumer: Consumer, model: ir.Model, w_rows: np.ndarray, d: np.ndarra
     """Store the repaired rows (removed rows zero) and the bias correction into ``model``."""
     w = consumer.weight
     dtype = w.const_value.dtype.numpy()
-    arr = w_rows if consumer.axis == 0 else w_rows.T
+    arr = consumer.weight_from_rows(w_rows)
     w.const_value = ir.tensor(np.ascontiguousarray(arr.astype(dtype)), name=w.name)
     if not config.bias or not np.any(d):
         return (consumer.bias.name if consumer.bias is not None else None), False
@@ -621,11 +729,12 @@ class _PairCapture:
                 oc.update((k, v) for k, v in fc.items() if k not in oc)
                 valid = _valid_mask(batch) if self.masked else None
                 for c in stage:
-                    xd = _rows_of(od[c.activation], c.act_axis, valid)
-                    xc = _rows_of(oc[c.activation], c.act_axis, valid)
+                    xd = c.rows(od[c.activation], valid)
+                    xc = c.rows(oc[c.activation], valid)
                     e = None
                     if self.residual and c.residual:
-                        e = _rows_of(od[c.residual], -1, valid) - _rows_of(oc[c.residual], -1, valid)
+                        e = (_rows_of(od[c.residual], c.out_axis, valid)
+                             - _rows_of(oc[c.residual], c.out_axis, valid))
                     weight = None
                     if self.norm_weighted and c.norm:
                         weight = _norm_weight(_rows_of(od[c.norm[0]], -1, valid), c.norm[1], c.norm[2])
@@ -676,19 +785,27 @@ def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, s
         raise ConfigError(f"RecoveryConfig(cv_folds={config.cv_folds}) needs at least {config.cv_folds} "
                           f"calibration batches, got {len(calibration)}: use more samples, a smaller "
                           "CalibrationConfig.batch_size, or fewer folds")
+    captured: dict[str, list[RepairStats]] = {}
     if config.sequential:
         stages = _stages(consumers, values)
         capture = _PairCapture(model.clone(), calibration, consumers, config.residual, config.norm_weighted)
     else:
         stages = [consumers]
-        requests = sorted({StatRequest(c.activation, c.act_axis, gram=True) for c in consumers},
-                          key=lambda r: (r.name, r.axis))
+        requests = sorted({StatRequest(c.activation, c.act_axis, gram=True)
+                           for c in consumers if c.conv is None}, key=lambda r: (r.name, r.axis))
         batches = list(calibration.batches())
         parts = [calibration] if folds == 1 else [
             CalibrationData(batches[f::folds], calibration.config, source=calibration.source)
             for f in range(folds)]
-        captured = [capture_activations(model, part, requests, shapes=shapes,
-                                        max_tensors_per_run=config.max_tensors_per_run) for part in parts]
+        if requests:
+            channel_stats = [capture_activations(model, part, requests, shapes=shapes,
+                                                 max_tensors_per_run=config.max_tensors_per_run)
+                             for part in parts]
+            for c in consumers:
+                if c.conv is None:
+                    captured[c.node.name] = [RepairStats.dense(cs.gram, cs.sum, cs.count) for cs in
+                                             (fold[(c.activation, c.act_axis)] for fold in channel_stats)]
+        captured.update(_patch_stats(model, calibration, [c for c in consumers if c.conv is not None], folds))
     report.stages = len(stages)
     try:
         _repair_stages(model, stages, config, report, capture if config.sequential else None,
@@ -699,25 +816,46 @@ def repair(model: ir.Model, groups: Sequence[PruningGroup], removed: dict[int, s
     return report
 
 
+def _patch_stats(model: ir.Model, calibration: CalibrationData, consumers: list[Consumer], folds: int
+                 ) -> dict[str, list[RepairStats]]:
+    """Dense-model statistics of the Conv ``consumers``' input patches, one per fold (batch ``i`` in fold
+    ``i % folds``), keyed by node name: one run per batch with the inputs exposed."""
+    if not consumers:
+        return {}
+    inputs = {v.name for v in model.graph.inputs}
+    fetch = sorted({c.activation for c in consumers} - inputs)
+    grams: dict[str, list[list]] = {c.node.name: [[None, None, 0] for _ in range(folds)] for c in consumers}
+    with ort_session(_with_outputs(model, fetch)) as session:
+        for index, batch in enumerate(calibration.batches()):
+            feeds = complete_feeds(session, batch)
+            out = dict(zip(fetch, session.run(fetch, feeds), strict=True)) if fetch else {}
+            out.update((k, v) for k, v in feeds.items() if k not in out)
+            for c in consumers:
+                x = c.rows(out[c.activation], None)
+                acc = grams[c.node.name][index % folds]
+                acc[0] = (x.T @ x).astype(np.float64) + (0 if acc[0] is None else acc[0])
+                acc[1] = x.sum(axis=0, dtype=np.float64) + (0 if acc[1] is None else acc[1])
+                acc[2] += x.shape[0]
+    return {name: [RepairStats.dense(g, t, n) if g is not None else RepairStats() for g, t, n in parts]
+            for name, parts in grams.items()}
+
+
 def _repair_stages(model: ir.Model, stages: list[list[Consumer]], config: RecoveryConfig,
-                   report: RepairReport, capture: _PairCapture | None, captured: list[dict] | None) -> None:
+                   report: RepairReport, capture: _PairCapture | None,
+                   captured: dict[str, list[RepairStats]] | None) -> None:
     folds = max(config.cv_folds, 1)
     for stage in stages:
         if capture is not None:
             pair_stats = capture.stage(model, stage, folds)
         for c in stage:
-            if capture is not None:
-                parts = pair_stats[c.node.name]
-            else:
-                parts = [RepairStats.dense(cs.gram, cs.sum, cs.count)
-                         for cs in (fold[(c.activation, c.act_axis)] for fold in captured)]
+            parts = pair_stats[c.node.name] if capture is not None else captured[c.node.name]
             st = parts[0] if len(parts) == 1 else RepairStats.summed(parts)
-            w_rows = _as_rows(c.weight.const_value.numpy(), c.axis)
+            w_rows = c.weight_rows()
             if st.gp is None or st.gp.shape[0] != w_rows.shape[0]:
                 report.skipped.append(f"{c.node.name}: input has {None if st.gp is None else st.gp.shape[0]} "
                                       f"channels, weight {w_rows.shape[0]} rows")
                 continue
-            keep = ~c.removed
+            keep = ~c.feature_mask()
             fit = config
             damp = None
             if config.cv_folds:
@@ -728,8 +866,9 @@ def _repair_stages(model: ir.Model, stages: list[list[Consumer]], config: Recove
             new[keep] = wk
             bias_name, created = _write(c, model, new, d, config)
             report.records.append(RepairRecord(c.node.name, c.weight.name, c.axis, bias_name, created,
-                                               int(keep.sum()), int(keep.size), before, after, damp))
+                                               int((~c.removed).sum()), int(c.removed.size), before, after,
+                                               damp))
 
 
-__all__ = ["Consumer", "RepairRecord", "RepairReport", "RepairStats", "cross_validated_damp",
+__all__ = ["Consumer", "ConvGeometry", "RepairRecord", "RepairReport", "RepairStats", "cross_validated_damp",
            "find_consumers", "insert_bias", "repair", "solve"]

@@ -168,7 +168,8 @@ def _copy_repairs(prep, groups: list[PruningGroup], removed: dict[int, set[int]]
                   pruned_file: Path) -> bool:
     """Put the pruned model's repaired consumer weights and biases into the zeroed dense model.
 
-    Returns False when a tensor could not be placed (its other axes were also cut), so the comparison
+    A repaired tensor goes back to its kept positions on every axis a group cuts (a consumer's outputs may
+    be another group's channels). Returns False when a tensor could not be placed, so the comparison
     cannot be exact."""
     from optimum_prune.graph import load_model
     from optimum_prune.recovery import insert_bias
@@ -177,40 +178,59 @@ def _copy_repairs(prep, groups: list[PruningGroup], removed: dict[int, set[int]]
     inits = pruned.graph.initializers
     values = dict(prep.model.graph.initializers)
     nodes = {n.name: n for n in prep.model.graph}
+
+    def kept_positions(name: str) -> dict[int, np.ndarray]:
+        # the kept positions of every axis some group cuts: a consumer's output axis may be another
+        # group's root (a CNN's convolutions, an MLP chain), and the pruned tensor lost both
+        keeps: dict[int, np.ndarray] = {}
+        for g in groups:
+            for s in g.slices:
+                if s.name == name:
+                    mask = ~removed_mask(s.owner, removed[g.id])
+                    keeps[s.axis] = mask if s.axis not in keeps else keeps[s.axis] & mask
+        return keeps
+
+    def placed(dense: np.ndarray, new: np.ndarray, keeps: dict[int, np.ndarray]) -> np.ndarray | None:
+        index = np.ix_(*(np.flatnonzero(keeps[a]) if a in keeps else np.arange(n)
+                         for a, n in enumerate(dense.shape)))
+        if dense[index].shape != new.shape:
+            return None
+        dense = dense.copy()
+        dense[index] = new
+        return dense
+
     ok = True
     for rec in repairs:
         name, axis = rec["weight"], int(rec["axis"])
-        keep = None
-        for g in groups:
-            for s in g.leaf_slices():
-                if s.name == name and s.axis == axis:
-                    mask = ~removed_mask(s.owner, removed[g.id])
-                    keep = mask if keep is None else keep & mask
-        if name not in values or name not in inits or keep is None:
+        keeps = kept_positions(name)
+        if name not in values or name not in inits or axis not in keeps:
             ok = False
             continue
-        dense = np.array(values[name].const_value.numpy())
-        new = inits[name].const_value.numpy()
-        index = [slice(None)] * dense.ndim
-        index[axis] = keep
-        if dense[tuple(index)].shape != new.shape:
+        dense_w = np.array(values[name].const_value.numpy())
+        new_w = placed(dense_w, inits[name].const_value.numpy(), keeps)
+        if new_w is None:
             ok = False
             continue
-        dense[tuple(index)] = new
-        values[name].const_value = ir.tensor(dense, name=name)
+        values[name].const_value = ir.tensor(new_w, name=name)
         bias = rec.get("bias")
         if not bias or bias not in inits:
             continue
         arr = inits[bias].const_value.numpy()
+        out_axis = 0 if dense_w.ndim > 2 else 1 - axis  # a Conv kernel's outputs lead; a matrix's: not rows
+        out_keeps = {0: keeps[out_axis]} if out_axis in keeps else {}
         if rec.get("bias_created"):
-            if rec["node"] not in nodes:
+            full = placed(np.zeros(dense_w.shape[out_axis], dtype=arr.dtype), arr, out_keeps)
+            if rec["node"] not in nodes or full is None:
                 ok = False
                 continue
-            insert_bias(prep.model, nodes[rec["node"]], bias, arr)
-        elif bias in values and tuple(values[bias].const_value.shape) == arr.shape:
-            values[bias].const_value = ir.tensor(np.array(arr), name=bias)
-        else:
+            insert_bias(prep.model, nodes[rec["node"]], bias, full)
+            continue
+        full = placed(np.array(values[bias].const_value.numpy()), arr, kept_positions(bias) or out_keeps) \
+            if bias in values else None
+        if full is None:
             ok = False
+            continue
+        values[bias].const_value = ir.tensor(full, name=bias)
     return ok
 
 
