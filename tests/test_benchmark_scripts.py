@@ -118,3 +118,33 @@ def test_arch_survey_table_says_which_stage_failed():
     lines = arch_survey.markdown(rows).splitlines()
     assert lines[2] == "| gptj | yes | 8.6% | 28/0/0 | 0.0e+00 |  |"
     assert lines[3].startswith("| funnel |  | export failed: TypeError: x")
+
+
+def _cnn_row(importance, repair, sparsity, accuracy, **extra):
+    return {"name": importance + (" + repair" if repair else ""), "importance": importance, "options": {},
+            "repair": repair, "sparsity": sparsity, "accuracy": accuracy, "flops_cut": sparsity + 0.01,
+            "speedup": 1.5, **extra}
+
+
+def test_cnn_quality_tables_have_a_column_per_budget_and_a_row_per_rounding():
+    import cnn_quality
+
+    result = {"dense": {"accuracy": 0.982, "params": 696202, "flops": 13_000_000, "latency_ms": 4.1,
+                        "train_seconds": 41.0},
+              "split": {"train": 4000, "held_out": 1000, "calibration": 128}, "round_to": 8, "seconds": 60,
+              "commit": "abc1234", "created": "2026-12-04 05:00:00",
+              "rows": [_cnn_row("l2", False, 0.2, 0.95), _cnn_row("l2", True, 0.2, 0.98),
+                       _cnn_row("l2", True, 0.5, 0.975), _cnn_row("activation", True, 0.5, 0.97)],
+              "rounding": [_cnn_row("l2", False, s, 0.9, round_to=rt, flops_cut=s, speedup=sp)
+                           for rt, sp in ((1, 0.2), (8, 1.4)) for s in (0.2, 0.5)]}
+    lines = cnn_quality.markdown(result).splitlines()
+    assert lines[0] == "| criterion | repair | 20% | 50% |"
+    assert lines[2] == "| dense | | 0.982 | |"
+    assert lines[3:6] == ["| l2 |  | 0.950 | - |", "| l2 | yes | 0.980 | 0.975 |",
+                          "| activation | yes | - | 0.970 |"]
+    assert "13 MFLOPs per digit" in cnn_quality.markdown(result)
+    rounding = cnn_quality.rounding_markdown(result).splitlines()
+    assert rounding[2] == "| 1 | 0.200 | 0.20x | 0.500 | 0.20x |"
+    assert rounding[3] == "| 8 | 0.200 | 1.40x | 0.500 | 1.40x |"
+    assert cnn_quality.label({"importance": "fidelity", "options": {"rounds": 1}, "repair": True}) == \
+        "fidelity(rounds=1) + repair"

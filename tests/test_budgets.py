@@ -97,6 +97,44 @@ def test_budgets_are_met_within_one_rounding_step(tiny_bert, tmp_path, allocatio
     assert verify(tiny_bert, out).exact
 
 
+@pytest.mark.parametrize("target", ["params", "flops"])
+@pytest.mark.parametrize("sparsity", [0.2, 0.5])
+def test_a_budget_on_convolutions_between_two_groups_is_met(tmp_path, target, sparsity):
+    """conv1 -> Relu -> conv2 -> Relu -> conv3: conv2's kernel loses input channels to one group and output
+    channels to the other, so it keeps ``(1 - p)(1 - q)`` of itself; summing the two groups' unit costs
+    counted ``p + q`` and stopped short (a 50% FLOPs budget on a CNN cut 45%)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    # wide enough that one unit per group (the rounding step) is finer than the error of summing costs
+    arrays = {"W1": rng.standard_normal((128, 3, 3, 3)), "W2": rng.standard_normal((128, 128, 3, 3)),
+              "W3": rng.standard_normal((8, 128, 3, 3))}
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("Conv", ["h", "W2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["k"]),
+             helper.make_node("Conv", ["k", "W3"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(
+        nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8, 16, 16])],
+        [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()])
+    src = tmp_path / "dense"
+    src.mkdir()
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+              src / "model.onnx")
+    config = PruningConfig(sparsity=sparsity, scope=("conv",), target=target)
+    out = ORTPruner.from_pretrained(src).prune(config, tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    before, after = report[f"{target}_before"], report[f"{target}_after"]
+    prep = ORTPruner.from_pretrained(src)._prepare(DEFAULT_IO_PATTERNS)
+    step = sum(float(unit_costs(g, prep.model, prep.shapes, target).max()) for g in prep.groups if g.prunable)
+    assert report["units_removed"]["conv"] > 0
+    assert abs((before - after) - sparsity * before) <= step, (1 - after / before, sparsity)
+    assert verify(src, out).exact
+
+
 def test_global_allocation_is_uneven_and_exact(tiny_bert, tmp_path):  # noqa: F811
     config = PruningConfig(sparsity=0.5, scope=("ffn",), importance="l2", allocation="global")
     out = ORTPruner.from_pretrained(tiny_bert).prune(config, tmp_path / "pruned")
@@ -136,3 +174,35 @@ def test_importance_options_reach_the_criterion_and_are_validated(tiny_bert, tmp
     assert isinstance(get_importance("fidelity"), FidelityImportance)
     with pytest.raises(ConfigError):
         PruningConfig(importance_options=[("rounds", 1)])
+
+
+def test_flops_are_counted_at_the_image_size_of_the_folder_config(tmp_path):
+    """Symbolic image sides count as 128 each unless config.json gives the image size (and channel count):
+    a FLOPs budget then weighs the layers as the images the model runs on do."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[batch_size, num_channels, height, width] pixel_values) => (float[batch_size, 6, h2, w2] y) {
+            a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (pixel_values, w1)
+            r = Relu(a)
+            y = Conv <kernel_shape = [1, 1], strides = [2, 2]> (r, w2)
+        }
+    """)
+    rng = np.random.default_rng(0)
+    for name, shape in {"w1": (8, 1, 3, 3), "w2": (6, 8, 1, 1)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32),
+                                                               name))
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save(model, src / "model.onnx")
+    # every symbolic dimension counts as 128, the strided output's floor((height - 1) / 2) + 1 too
+    assert ORTPruner.from_pretrained(src).analyze().flops == 2 * 128 * 128 * 9 * 8 + 2 * 128 * 128 * 8 * 6
+    (src / "config.json").write_text('{"image_size": [28, 20], "num_channels": 1}')
+    assert ORTPruner.from_pretrained(src).analyze().flops == 2 * 28 * 20 * 9 * 8 + 2 * 14 * 10 * 8 * 6
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("conv",), target="flops"),
+                                               tmp_path / "pruned")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["flops_before"] == 2 * 28 * 20 * 9 * 8 + 2 * 14 * 10 * 8 * 6
+    assert report["flops_after"] == 2 * 28 * 20 * 9 * 4 + 2 * 14 * 10 * 4 * 6

@@ -130,6 +130,34 @@ def test_image_dimensions_come_from_the_folder_config(tmp_path):
     assert verify(src, out).exact_groups
 
 
+def test_the_channel_count_comes_from_the_folder_config(tmp_path):
+    """A grayscale model exported with a symbolic ``num_channels`` input dimension (optimum-onnx names it
+    so for every vision model) runs on the ``num_channels`` of its ``config.json``: the generated three
+    channels do not fit its one-channel kernel."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[batch_size, num_channels, height, width] pixel_values)
+            => (float[batch_size, 6, height, width] y) {
+            a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (pixel_values, w1, b1)
+            r = Relu(a)
+            y = Conv <kernel_shape = [1, 1]> (r, w2, b2)
+        }
+    """)
+    rng = np.random.default_rng(0)
+    for name, arr in {"w1": rng.standard_normal((8, 1, 3, 3)), "b1": rng.standard_normal(8),
+                      "w2": rng.standard_normal((6, 8, 1, 1)), "b2": rng.standard_normal(6)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(arr.astype(np.float32), name))
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save(model, src / "model.onnx")
+    config = PruningConfig(sparsity=0.5, scope=("conv",))
+    with pytest.raises(ValidationError, match="runs on no generated inputs"):
+        ORTPruner.from_pretrained(src).prune(config, tmp_path / "without")
+    (src / "config.json").write_text('{"num_channels": 1, "image_size": 28}')
+    out = ORTPruner.from_pretrained(src).prune(config, tmp_path / "with")
+    assert verify(src, out).exact_groups
+
+
 def test_the_oracle_refuses_a_model_whose_runs_differ(tmp_path):
     """Two runs of a model with random ops differ: the oracle names the op instead of calling the
     pruning inexact."""

@@ -82,7 +82,7 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
             elif "batch" in name or i == 0:
                 shape.append(values["batch"])
             elif "channel" in name:
-                shape.append(values["channels"])
+                shape.append(dims.get("channels", values["channels"]))
             elif "height" in name:
                 shape.append(dims.get("height", values["height"]))
             elif "width" in name:
@@ -111,19 +111,26 @@ def generated_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = No
 def image_dims(folder: Path) -> dict[str, int]:
     """``{"height": h, "width": w}`` from the ``image_size`` of the ``config.json`` in ``folder`` (or of its
     ``vision_config``), for models whose image dimensions are symbolic but which run on one size only
-    (a position table of a fixed patch grid); empty when the folder says nothing."""
+    (a position table of a fixed patch grid), and ``"channels"`` from its ``num_channels`` (a grayscale
+    model's symbolic ``num_channels`` input dimension); empty when the folder says nothing."""
     try:
         config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(config, dict):
         return {}
-    size = config.get("image_size", (config.get("vision_config") or {}).get("image_size"))
+    vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else {}
+    out: dict[str, int] = {}
+    channels = config.get("num_channels", vision.get("num_channels"))
+    if isinstance(channels, int) and not isinstance(channels, bool) and channels > 0:
+        out["channels"] = channels
+    size = config.get("image_size", vision.get("image_size"))
     if isinstance(size, int) and size > 0:
-        return {"height": size, "width": size}
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size):
-        return {"height": size[0], "width": size[1]}
-    return {}
+        out.update(height=size, width=size)
+    elif isinstance(size, (list, tuple)) and len(size) == 2 and \
+            all(isinstance(d, int) and d > 0 for d in size):
+        out.update(height=size[0], width=size[1])
+    return out
 
 
 def runnable_inputs(session, *, seed: int = 0, dims: dict[str, int] | None = None
