@@ -259,6 +259,21 @@ def _arch_survey() -> str | None:
     return head + "\n\n" + arch_survey.markdown(data["rows"])
 
 
+def _cnn_quality() -> str | None:
+    data = _results("cnn_quality")
+    if data is None:
+        return None
+    import cnn_quality
+
+    body = cnn_quality.markdown(data)
+    rounding = cnn_quality.rounding_markdown(data)
+    if rounding:
+        body += ("\n\nONNX Runtime speedup at batch 64 of `l2` (no repair) against the dense model, by the "
+                 "multiple the kept channels of every group are rounded to (`round_to={\"conv\": k}`):\n\n"
+                 + rounding)
+    return body + "\n\n![cnn quality](benchmarks/results/cnn_quality.png)"
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -266,7 +281,7 @@ def main() -> None:
                          ("quality_classifier", _quality_classifier), ("latency_budget", _latency_budget),
                          ("decoder", _decoder), ("distill", _distill), ("norm_kernels", _norm_kernels),
                          ("arch_survey", _arch_survey), ("quality_ceiling", _quality_ceiling),
-                         ("cache_narrowing", _cache_narrowing)):
+                         ("cache_narrowing", _cache_narrowing), ("cnn_quality", _cnn_quality)):
         body = render()
         if body is None:
             continue

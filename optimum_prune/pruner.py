@@ -304,10 +304,10 @@ class ORTPruner:
                               count_flops(prep.model, self._flop_shapes(prep.model, prep.shapes)),
                               time.perf_counter() - start)
 
-    def _flop_shapes(self, model: ir.Model, shapes: dict[str, Shape]) -> dict[str, Shape]:
+    def _flop_shapes(self, model: ir.Model, shapes: dict[str, Shape] | None = None) -> dict[str, Shape]:
         """The shapes FLOPs are counted on: at the image size and channel count of the folder's
         ``config.json`` when it gives them (a symbolic image side would count as 128, which weighs a CNN's
-        layers unlike the images it runs on), else ``shapes``."""
+        layers unlike the images it runs on), else ``shapes`` (inferred when None)."""
         dims = image_dims(self.folder)
         named = {"height": dims.get("height"), "width": dims.get("width"), "channel": dims.get("channels")}
         saved: list[tuple[ir.Value, ir.Shape | None]] = []
@@ -320,7 +320,7 @@ class ORTPruner:
                 saved.append((value, value.shape))
                 value.shape = ir.Shape(new)
         if not saved:
-            return shapes
+            return shapes if shapes is not None else infer_shapes(model)
         try:
             return infer_shapes(model)
         finally:
@@ -539,8 +539,7 @@ class ORTPruner:
         return PrunedModel(model=prep.model, plan=plan, groups=prep.groups, removed=removed,
                            params_before=params_before, flops_before=flops_before,
                            params_after=count_parameters(prep.model),
-                           flops_after=count_flops(prep.model, self._flop_shapes(prep.model,
-                                                                                 infer_shapes(prep.model))),
+                           flops_after=count_flops(prep.model, self._flop_shapes(prep.model)),
                            repair=repair_report, untied=list(prep.untied),
                            folded_ifs=prep.folded_ifs)
 

@@ -55,6 +55,8 @@ from optimum_prune.importance.base import leaf_inputs, values_by_name
 from optimum_prune.passes.apply import removed_mask
 from optimum_prune.runtime import complete_feeds, ort_session
 
+_PATCH_ELEMENTS = 1 << 23  # patch-matrix elements built at once (32 MB of float32)
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -85,6 +87,19 @@ class ConvGeometry:
         order = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
         return np.ascontiguousarray(windows.transpose(order)).reshape(-1, x.shape[1] * self.taps)
 
+    def sample_slices(self, shape: tuple[int, ...]) -> list[slice]:
+        """Slices of the samples of an input of ``shape`` whose patch rows stay under
+        :data:`_PATCH_ELEMENTS` elements (a large image's patches are built a few samples at a time)."""
+        nd = len(self.kernel)
+        positions = 1
+        for i in range(nd):
+            span = self.dilations[i] * (self.kernel[i] - 1) + 1
+            padded = shape[2 + i] + self.pads[i] + self.pads[i + nd]
+            positions *= max((padded - span) // self.strides[i] + 1, 1)
+        per_sample = max(positions * shape[1] * self.taps, 1)
+        step = max(1, _PATCH_ELEMENTS // per_sample)
+        return [slice(i, i + step) for i in range(0, shape[0], step)]
+
 
 @dataclass
 class Consumer:
@@ -112,6 +127,10 @@ class Consumer:
         if self.conv is not None:
             return self.conv.patches(arr)
         return _rows_of(arr, self.act_axis, valid)
+
+    def sample_slices(self, arr: np.ndarray) -> list[slice]:
+        """The samples of ``arr`` to turn into rows together: all of them, or for a Conv a few at a time."""
+        return self.conv.sample_slices(arr.shape) if self.conv is not None else [slice(None)]
 
     def weight_rows(self) -> np.ndarray:
         """The weight as rows (one per input feature) x outputs, float64."""
@@ -729,16 +748,19 @@ class _PairCapture:
                 oc.update((k, v) for k, v in fc.items() if k not in oc)
                 valid = _valid_mask(batch) if self.masked else None
                 for c in stage:
-                    xd = c.rows(od[c.activation], valid)
-                    xc = c.rows(oc[c.activation], valid)
-                    e = None
-                    if self.residual and c.residual:
-                        e = (_rows_of(od[c.residual], c.out_axis, valid)
-                             - _rows_of(oc[c.residual], c.out_axis, valid))
-                    weight = None
-                    if self.norm_weighted and c.norm:
-                        weight = _norm_weight(_rows_of(od[c.norm[0]], -1, valid), c.norm[1], c.norm[2])
-                    stats[c.node.name][index % folds].add(xc, xd, e, weight)
+                    for part in c.sample_slices(od[c.activation]):
+                        mask = valid if part == slice(None) else None  # token masks: transformers only
+                        xd = c.rows(od[c.activation][part], mask)
+                        xc = c.rows(oc[c.activation][part], mask)
+                        e = None
+                        if self.residual and c.residual:
+                            e = (_rows_of(od[c.residual][part], c.out_axis, mask)
+                                 - _rows_of(oc[c.residual][part], c.out_axis, mask))
+                        weight = None
+                        if self.norm_weighted and c.norm:
+                            norm_rows = _rows_of(od[c.norm[0]][part], -1, mask)
+                            weight = _norm_weight(norm_rows, c.norm[1], c.norm[2])
+                        stats[c.node.name][index % folds].add(xc, xd, e, weight)
         return stats
 
 
@@ -831,11 +853,12 @@ def _patch_stats(model: ir.Model, calibration: CalibrationData, consumers: list[
             out = dict(zip(fetch, session.run(fetch, feeds), strict=True)) if fetch else {}
             out.update((k, v) for k, v in feeds.items() if k not in out)
             for c in consumers:
-                x = c.rows(out[c.activation], None)
                 acc = grams[c.node.name][index % folds]
-                acc[0] = (x.T @ x).astype(np.float64) + (0 if acc[0] is None else acc[0])
-                acc[1] = x.sum(axis=0, dtype=np.float64) + (0 if acc[1] is None else acc[1])
-                acc[2] += x.shape[0]
+                for part in c.sample_slices(out[c.activation]):
+                    x = c.rows(out[c.activation][part], None)
+                    acc[0] = (x.T @ x).astype(np.float64) + (0 if acc[0] is None else acc[0])
+                    acc[1] = x.sum(axis=0, dtype=np.float64) + (0 if acc[1] is None else acc[1])
+                    acc[2] += x.shape[0]
     return {name: [RepairStats.dense(g, t, n) if g is not None else RepairStats() for g, t, n in parts]
             for name, parts in grams.items()}
 

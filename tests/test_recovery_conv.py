@@ -210,3 +210,17 @@ def test_a_repaired_consumer_that_also_loses_output_channels_keeps_the_oracle_ex
     assert [r["node"] for r in report["records"]] == ["conv2", "conv3"]
     result = verify(folder, out, inputs=_feeds(seed=3)[0])
     assert result.repaired == 2 and result.exact, result.outputs
+
+
+def test_large_inputs_are_turned_into_patches_a_few_samples_at_a_time():
+    geometry = ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    slices = geometry.sample_slices((64, 64, 56, 56))  # 64 x 3136 rows x 576 columns: 116M elements
+    assert len(slices) > 1 and slices[0].start == 0 and slices[-1].stop >= 64
+    per_slice = (slices[0].stop - slices[0].start) * 56 * 56 * 64 * 9
+    assert per_slice <= 1 << 23
+    x = np.random.default_rng(0).standard_normal((5, 2, 6, 6)).astype(np.float32)
+    small = ConvGeometry((3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
+    assert len(small.sample_slices(x.shape)) == 1  # small inputs: one piece
+    whole = small.patches(x)
+    pieces = np.concatenate([small.patches(x[i:i + 2]) for i in range(0, 5, 2)])
+    np.testing.assert_array_equal(whole, pieces)
