@@ -281,7 +281,132 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "patchtst": ("PatchTSTConfig", dict(num_input_channels=3, context_length=16, patch_length=8,
                                         patch_stride=8, num_hidden_layers=2, d_model=32,
                                         num_attention_heads=4, ffn_dim=48), "features"),
+    # Architectures optimum-onnx exports that nothing above covered (added 2026-12-04, second session)
+    # not here: sam (optimum-onnx's default "split" variant writes vision_encoder.onnx and
+    # prompt_encoder_mask_decoder.onnx, no model.onnx), pix2struct and vitpose (their dummy-input generators
+    # read a preprocessor from the model folder, which has none), speecht5 (the export needs a vocoder
+    # checkpoint), musicgen (six files: text encoder, EnCodec decoder, decoders, delay-pattern mask; no
+    # kind here), internlm2 (remote code only: transformers has no InternLM2 config), trocr alone (the
+    # feature-extraction auto class has no TrOCR; its decoder is covered by vision-encoder-decoder)
+    "chinese_clip": ("ChineseCLIPConfig", dict(text_config=_TEXT, vision_config=dict(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4), projection_dim=16), "zero-shot"),
+    "metaclip_2": ("MetaClip2Config", dict(
+        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=64),
+        vision_config={k: v for k, v in _VISION.items() if k != "num_labels"}, projection_dim=16),
+        "zero-shot"),
+    "owlv2": ("Owlv2Config", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
+                                                   num_hidden_layers=2, num_attention_heads=4,
+                                                   max_position_embeddings=16),
+                                  vision_config=dict(image_size=32, patch_size=8, hidden_size=32,
+                                                     intermediate_size=48, num_hidden_layers=2,
+                                                     num_attention_heads=4),
+                                  projection_dim=16), "features"),
+    "rt_detr_v2": ("RTDetrV2Config", dict(
+        backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32],
+                             depths=[1, 1, 1, 1], layer_type="basic", out_indices=[2, 3, 4]),
+        encoder_hidden_dim=32, encoder_in_channels=[16, 24, 32], encoder_ffn_dim=48,
+        encoder_attention_heads=4, d_model=32, num_queries=10, decoder_in_channels=[32, 32, 32],
+        decoder_ffn_dim=48, decoder_layers=1, decoder_attention_heads=4, num_denoising=0, num_labels=5),
+        "detection"),
+    # MLP mixing over patches and channels (no attention): the FFN units are the expansion_factor x d_model
+    "patchtsmixer": ("PatchTSMixerConfig", dict(num_input_channels=3, context_length=16, patch_length=8,
+                                                patch_stride=8, d_model=32, expansion_factor=2, num_layers=2),
+                     "features"),
+    "visual_bert": ("VisualBertConfig", dict(_TEXT, visual_embedding_dim=16), "features"),
+    "moonshine": ("MoonshineConfig", dict(vocab_size=100, hidden_size=32, intermediate_size=48,
+                                          encoder_num_hidden_layers=2, decoder_num_hidden_layers=2,
+                                          encoder_num_attention_heads=4, decoder_num_attention_heads=4,
+                                          max_position_embeddings=64, pad_token_id=0), "speech"),
+    # feature-extraction on T5 exports the whole T5Model (encoder and decoder) as one file
+    "t5-features": ("T5Config", dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                     num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
+                                     pad_token_id=0, eos_token_id=1), "features"),
+    # D-FINE: an HGNetV2 backbone (hidden_sizes repeat stage_out_channels), RT-DETR's hybrid encoder, a
+    # fine-grained distribution decoder
+    "d_fine": ("DFineConfig", dict(
+        backbone_config=dict(model_type="hgnet_v2", embedding_size=8, stem_channels=[3, 8, 8],
+                             depths=[1, 1, 1, 1], hidden_sizes=[16, 24, 32, 40],
+                             stage_in_channels=[8, 16, 24, 32], stage_mid_channels=[8, 8, 16, 16],
+                             stage_out_channels=[16, 24, 32, 40], stage_num_blocks=[1, 1, 1, 1],
+                             stage_numb_of_layers=[2, 2, 2, 2], stage_kernel_size=[3, 3, 3, 3],
+                             out_indices=[2, 3, 4]),
+        encoder_hidden_dim=32, encoder_in_channels=[24, 32, 40], encoder_ffn_dim=48,
+        encoder_attention_heads=4, d_model=32, num_queries=10, decoder_in_channels=[32, 32, 32],
+        decoder_ffn_dim=48, decoder_layers=1, decoder_attention_heads=4, num_denoising=0, lqe_hidden_dim=16,
+        num_labels=5), "detection"),
+    # MaskFormer: a Swin backbone (MaskFormerConfig sets its out_features to four stages), an FPN pixel
+    # decoder (GroupNorm of 32 groups: fpn and mask features 32) and a DETR decoder over the queries; the
+    # export runs only at multiples of optimum-onnx's 64-pixel dummy image (Swin's window padding is traced):
+    # image_size 64, a key MaskFormerConfig merely stores, tells validation and the oracle
+    "maskformer": ("MaskFormerConfig", dict(
+        backbone_config=dict(model_type="swin", image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                             num_heads=[1, 2, 2, 4], window_size=4),
+        decoder_config=dict(model_type="detr", d_model=32, encoder_layers=1, decoder_layers=1,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+                            decoder_ffn_dim=48, num_queries=5),
+        fpn_feature_size=32, mask_feature_size=32, num_labels=5, image_size=64), "features"),
+    # multimodal Gemma 3 (a SigLIP tower, Gemma3ForConditionalGeneration); text-generation exports the text
+    # path (no pixel input); the special image tokens are ids of the 100-word vocabulary
+    "gemma3": ("Gemma3Config", dict(
+        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, head_dim=8, max_position_embeddings=64,
+                         sliding_window=16, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=48,
+                           num_hidden_layers=2, num_attention_heads=4),
+        mm_tokens_per_image=4, boi_token_index=97, eoi_token_index=98, image_token_index=99), "causal"),
+    # TrOCR-style: a ViT encoder and a TrOCR decoder (its cross-attention only with is_decoder and
+    # add_cross_attention set); encoder hidden 36, decoder 32: the model projects between them
+    "vision-encoder-decoder": ("VisionEncoderDecoderConfig", dict(
+        encoder=dict({k: v for k, v in _VISION.items() if k != "num_labels"}, model_type="vit"),
+        decoder=dict(model_type="trocr", vocab_size=100, d_model=32, decoder_layers=2,
+                     decoder_attention_heads=4, decoder_ffn_dim=48, max_position_embeddings=64,
+                     is_decoder=True, add_cross_attention=True, pad_token_id=0, bos_token_id=1,
+                     eos_token_id=2, decoder_start_token_id=1),
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1), "image-to-text"),
+    # ColPali: PaliGemma (a SigLIP tower and a Gemma decoder) and a projection to multi-vector embeddings;
+    # optimum-onnx reads num_image_tokens (image 32 / patch 8, squared) from the vision config; the image
+    # token lies outside the vocabulary, so that no random dummy id is one (PaliGemma maps it to 0 first)
+    "colpali": ("ColPaliConfig", dict(vlm_config=dict(
+        model_type="paligemma", projection_dim=32, image_token_index=100,
+        text_config=dict(model_type="gemma", vocab_size=100, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=8),
+        vision_config=dict(model_type="siglip_vision_model", image_size=32, patch_size=8, hidden_size=32,
+                           intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           num_image_tokens=16)),
+        embedding_dim=16), "features"),
+    # the vision towers alone (their own model types in optimum-onnx)
+    "clip_vision_model": ("CLIPVisionConfig", {k: v for k, v in _VISION.items() if k != "num_labels"},
+                          "features"),
+    "siglip_vision_model": ("SiglipVisionConfig", dict(image_size=32, patch_size=8, hidden_size=32,
+                                                       num_hidden_layers=2, num_attention_heads=4,
+                                                       intermediate_size=48), "features"),
+    # a BERT encoder and a GPT-2 decoder with cross-attention (optimum-onnx exports only decoders that take
+    # past key/values, which its BERT config does not)
+    "encoder-decoder": ("EncoderDecoderConfig", dict(
+        encoder=dict(_TEXT, model_type="bert"),
+        decoder=dict(_GPT, model_type="gpt2", is_decoder=True, add_cross_attention=True),
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1), "seq2seq"),
+    # M-CTC-T: a GLU conv over log-mel features (conv_channels None: one conv to 2 x hidden), a transformer
+    "mctct": ("MCTCTConfig", dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+                                  num_attention_heads=4, attention_head_dim=8, max_position_embeddings=64,
+                                  input_feat_per_channel=16), "features"),
+    # VITS text-to-speech: a text encoder (relative attention, conv FFN), a stochastic duration predictor,
+    # flows and a HiFi-GAN decoder; noise scales 0, so that two runs agree (the noise ops stay in the graph)
+    "vits": ("VitsConfig", dict(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, window_size=4, ffn_dim=48,
+        flow_size=16, spectrogram_bins=17, upsample_initial_channel=32, upsample_rates=[4, 4],
+        upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+        depth_separable_num_layers=2, duration_predictor_filter_channels=16, duration_predictor_num_flows=2,
+        prior_encoder_num_flows=2, prior_encoder_num_wavenet_layers=2, posterior_encoder_num_wavenet_layers=2,
+        noise_scale=0.0, noise_scale_duration=0.0), "text-to-audio"),
 }
+
+_MULTI_FILE = ("seq2seq", "speech", "image-to-text")
+"""Kinds exported with past key/values as several files (encoder, decoders): MultiFilePruner."""
+_MODEL_CLASS = {"colpali": "ColPaliForRetrieval"}
+"""Models the task's auto class does not build (optimum-onnx loads these by class name)."""
 
 
 def _spec(name: str):
@@ -297,11 +422,14 @@ def _spec(name: str):
                                             "seq2seq": zoo._TASK_SEQ2SEQ, "speech": zoo._TASK_SPEECH,
                                             "detection": zoo._TASK_DETECTION,
                                             "segmentation": zoo._TASK_SEGMENTATION,
-                                            "zero-shot": zoo._TASK_ZERO_SHOT}[kind]
+                                            "zero-shot": zoo._TASK_ZERO_SHOT,
+                                            "image-to-text": zoo._TASK_IMAGE_TO_TEXT,
+                                            "text-to-audio": zoo._TASK_TEXT_TO_AUDIO}[kind]
     cls = getattr(transformers, cls_name)
     # a fresh copy per call: some configs pop keys from their nested dicts (RTDetrConfig's backbone_config)
     return zoo.ZooSpec(cls.model_type, lambda: cls(**copy.deepcopy(kwargs)), task, is_decoder=causal,
-                       is_cnn=name in ("regnet", "poolformer", "mobilenet_v1", "convnextv2", "efficientnet"))
+                       is_cnn=name in ("regnet", "poolformer", "mobilenet_v1", "convnextv2", "efficientnet"),
+                       model_class=_MODEL_CLASS.get(name))
 
 
 def run_variant(name: str, past: bool) -> dict:
@@ -309,7 +437,7 @@ def run_variant(name: str, past: bool) -> dict:
     import zoo
     from optimum_prune import ORTPruner, PruningConfig, verify
 
-    multi_file = SPECS[name][2] in ("seq2seq", "speech")
+    multi_file = SPECS[name][2] in _MULTI_FILE
     if multi_file:
         zoo.SEQ2SEQ[name] = _spec(name)
     else:
@@ -359,7 +487,11 @@ def _generates(spec, folder: Path) -> bool:
     from optimum_prune.passes.validate import generated_inputs, make_session
 
     encoder = make_session(folder / "encoder_model.onnx", light=True)
-    feeds = {k: torch.from_numpy(v) for k, v in generated_inputs(encoder, dims={"batch_size": 1}).items()}
+    dims = {"batch_size": 1}
+    for inp in encoder.get_inputs():  # raw audio (Moonshine): its strided convs need more than 7 samples
+        if inp.name == "input_values" and isinstance(inp.shape[-1], str):
+            dims[inp.shape[-1].lower()] = 1600
+    feeds = {k: torch.from_numpy(v) for k, v in generated_inputs(encoder, dims=dims).items()}
     model = spec.ort_model_class().from_pretrained(folder, use_io_binding=False,
                                                    provider="CPUExecutionProvider")
     tokens = model.generate(**feeds, max_new_tokens=3, min_new_tokens=3, do_sample=False)
@@ -420,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         # causal decoders are one file with or without past key/values; encoder-decoder models are exported
         # once, with past, as several files
         for past in (False, True) if SPECS[name][2] in ("causal", "llama") else (
-                (True,) if SPECS[name][2] in ("seq2seq", "speech") else (False,)):
+                (True,) if SPECS[name][2] in _MULTI_FILE else (False,)):
             try:
                 command = [sys.executable, __file__, "--worker", name, "past" if past else "plain"]
                 proc = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -93,6 +93,8 @@ _TASK_SPEECH = "automatic-speech-recognition"
 _TASK_DETECTION = "object-detection"
 _TASK_SEGMENTATION = "semantic-segmentation"
 _TASK_ZERO_SHOT = "zero-shot-image-classification"
+_TASK_IMAGE_TO_TEXT = "image-to-text"
+_TASK_TEXT_TO_AUDIO = "text-to-audio"
 
 
 def _default_fusion_dims(config: PretrainedConfig) -> tuple[int, int]:
@@ -123,6 +125,8 @@ class ZooSpec:
         fusion_opt_level: ``opt_level`` passed to ``optimize_model`` (ORT basic graph optimisations run
             first when > 0).
         fusion_dims: maps the config to ``(num_heads, hidden_size)`` for ``optimize_model``.
+        model_class: name of the ``transformers`` class that builds the model, when the task's auto class does
+            not map its model type (optimum-onnx names the class too: ColPali's ColPaliForRetrieval).
         ort_class: name of the ``optimum.onnxruntime`` class that loads the export, when the task's default
             class does not fit (see :meth:`ort_model_class`).
     """
@@ -136,6 +140,7 @@ class ZooSpec:
     fusion_note: str = ""
     fusion_opt_level: int = 1
     fusion_dims: Callable[[PretrainedConfig], tuple[int, int]] = _default_fusion_dims
+    model_class: str | None = None
     ort_class: str | None = None
 
     @property
@@ -144,9 +149,11 @@ class ZooSpec:
         return self.task == _TASK_IMAGE
 
     def auto_model_class(self) -> type:
-        """The transformers auto class used to instantiate the model for :attr:`task`."""
+        """The transformers class that builds the model: :attr:`model_class`, else the task's auto class."""
         import transformers
 
+        if self.model_class is not None:
+            return getattr(transformers, self.model_class)
         return {
             _TASK_FEATURES: transformers.AutoModel,
             _TASK_CAUSAL: transformers.AutoModelForCausalLM,
@@ -156,6 +163,8 @@ class ZooSpec:
             _TASK_DETECTION: transformers.AutoModelForObjectDetection,
             _TASK_SEGMENTATION: transformers.AutoModelForSemanticSegmentation,
             _TASK_ZERO_SHOT: transformers.AutoModelForZeroShotImageClassification,
+            _TASK_IMAGE_TO_TEXT: transformers.AutoModelForVision2Seq,
+            _TASK_TEXT_TO_AUDIO: transformers.AutoModelForTextToWaveform,
         }[self.task]
 
     def ort_model_class(self) -> type:
@@ -170,6 +179,7 @@ class ZooSpec:
             _TASK_IMAGE: ort.ORTModelForImageClassification,
             _TASK_SEQ2SEQ: ort.ORTModelForSeq2SeqLM,
             _TASK_SPEECH: ort.ORTModelForSpeechSeq2Seq,
+            _TASK_IMAGE_TO_TEXT: ort.ORTModelForVision2Seq,
         }[self.task]
 
 
@@ -961,7 +971,9 @@ def build_torch_model(name: str) -> Any:
 
     spec = _spec(name)
     torch.manual_seed(0)
-    model = spec.auto_model_class().from_config(spec.make_config()).eval()
+    cls, config = spec.auto_model_class(), spec.make_config()
+    # an auto class builds with from_config, a model class (spec.model_class) with its constructor
+    model = (cls.from_config(config) if hasattr(cls, "from_config") else cls(config)).eval()
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.02)
