@@ -218,19 +218,27 @@ class CalibrationData:
         return cls(batches, config, source=f"images processed with {Path(model_dir).name}")
 
     @classmethod
-    def generated(cls, model: ir.Model | str | os.PathLike, config: CalibrationConfig | None = None
-                  ) -> CalibrationData:
+    def generated(cls, model: ir.Model | str | os.PathLike, config: CalibrationConfig | None = None, *,
+                  dims: dict[str, int] | None = None) -> CalibrationData:
         """Data-free: random feeds shaped like the model's declared inputs (token ids drawn over the
-        embedding table, masks of ones), ``config.batch_size`` rows by ``config.max_length`` tokens."""
+        embedding table, masks of ones), ``config.batch_size`` rows by ``config.max_length`` tokens.
+
+        ``dims`` fixes image dimensions by name (``height``, ``width``, ``channels``); for a model given
+        by path they default to the image size and channel count of the ``config.json`` beside it."""
         config = config or CalibrationConfig()
-        model = load_model(model) if isinstance(model, str | os.PathLike) else model
+        if isinstance(model, str | os.PathLike):
+            if dims is None:
+                from optimum_prune.passes.validate import image_dims
+
+                dims = image_dims(Path(model).parent)
+            model = load_model(model)
         batches = []
         with ort_session(model) as session:
             done = 0
             while done < config.num_samples:
                 rows = min(config.batch_size, config.num_samples - done)
                 batches.append(generate_feeds(session, model, rows=rows, length=config.max_length,
-                                              seed=config.seed + len(batches)))
+                                              seed=config.seed + len(batches), dims=dims))
                 done += rows
         return cls(batches, config, source="generated")
 

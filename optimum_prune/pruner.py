@@ -357,6 +357,8 @@ class ORTPruner:
         eligible = [g for g in self._eligible(prep, config) if g.id not in frozen and g.id not in follow]
         importance = get_importance(config.importance, calibration=calibration, **config.importance_options) \
             if eligible or not (frozen or follow) else None
+        if getattr(importance, "input_dims", ()) is None:  # generated inputs: images of the config's size
+            importance.input_dims = image_dims(self.folder) or None
         multiples = {g.id: config.multiple(g.kind) for g in eligible}
         scores: dict[int, np.ndarray] = {}
         latency = None
@@ -529,7 +531,7 @@ class ORTPruner:
         repair_report = None
         if recovery is not None and any(removed.values()):
             calib = calibration if calibration is not None else CalibrationData.generated(
-                prep.model, GENERATED_REPAIR_DATA)
+                prep.model, GENERATED_REPAIR_DATA, dims=image_dims(self.folder))
             repair_report = repair(prep.model, prep.groups, removed, calib, recovery, shapes=prep.shapes)
             plan = PruningPlan(groups=plan.groups, config=plan.config, source=plan.source,
                                repairs=[{k: v for k, v in r.to_dict().items() if not k.startswith("error")}

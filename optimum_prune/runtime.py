@@ -130,18 +130,20 @@ def empty_cache(inp, batch: int, narrowed: dict[str, int]) -> np.ndarray:
 
 
 def generate_feeds(session, model: ir.Model, *, rows: int, length: int, seed: int = 0,
-                   skip: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+                   skip: frozenset[str] = frozenset(), dims: dict[str, int] | None = None
+                   ) -> dict[str, np.ndarray]:
     """Random feeds for ``session``: ``rows`` examples of ``length`` tokens (symbolic batch / sequence dims).
 
     Masks are ones, token types zeros, positions ``0..S-1``; token ids are drawn uniformly over the rows
     of the embedding table they index in ``model`` (not just the first few ids, which are special
     tokens), other integers in a small range, floats from a standard normal. Inputs in ``skip`` are
-    left out.
+    left out. ``dims`` fixes other symbolic dimensions (``height``, ``width``, ``channels``: what
+    :func:`optimum_prune.passes.validate.image_dims` reads from a folder's ``config.json``).
     """
     from optimum_prune.passes.validate import generated_inputs
 
     past = 1  # a KV cache of random values is not data: keep it as short as possible
-    dims: dict[str, int] = {}
+    dims = dict(dims or {})
     for inp in session.get_inputs():
         for d in inp.shape:
             if isinstance(d, str):

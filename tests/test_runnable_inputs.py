@@ -7,6 +7,8 @@ and a pruned model that needs longer inputs than its source is still refused.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -156,6 +158,13 @@ def test_the_channel_count_comes_from_the_folder_config(tmp_path):
     (src / "config.json").write_text('{"num_channels": 1, "image_size": 28}')
     out = ORTPruner.from_pretrained(src).prune(config, tmp_path / "with")
     assert verify(src, out).exact_groups
+    # the data-free parts generate one-channel images too: the fidelity criterion and the repair
+    data_free = PruningConfig(sparsity=0.5, scope=("conv",), importance="fidelity",
+                              importance_options={"rounds": 1}, recover=True)
+    out = ORTPruner.from_pretrained(src).prune(data_free, tmp_path / "data-free")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["repair"]["consumers"] == 1 and report["repair"]["calibration"]["source"] == "generated"
+    assert verify(src, out).exact
 
 
 def test_the_oracle_refuses_a_model_whose_runs_differ(tmp_path):

@@ -169,13 +169,15 @@ def compare_with_onnx(model: torch.nn.Module, onnx_file: str | os.PathLike, *, a
     """
     import onnxruntime as ort
 
+    from optimum_prune.passes.validate import image_dims
     from optimum_prune.runtime import complete_feeds, generate_feeds
 
     onnx_file = _model_file(onnx_file)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-    feeds = generate_feeds(session, load_model(onnx_file), rows=rows, length=length, seed=seed)
+    feeds = generate_feeds(session, load_model(onnx_file), rows=rows, length=length, seed=seed,
+                           dims=image_dims(Path(onnx_file).parent))
     if any("past" in i.name for i in session.get_inputs()):
         feeds = complete_feeds(session, {"input_ids": feeds["input_ids"]})
     names = [o.name for o in session.get_outputs()]

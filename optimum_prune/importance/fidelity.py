@@ -70,6 +70,8 @@ class FidelityImportance(Importance):
         default_fraction: share of a group ranked greedily when the budget is not known in advance.
         max_rows_per_run: batch rows per ONNX Runtime run (trials x ``num_inputs``).
         threads: ONNX Runtime intra-op threads (0: default).
+        input_dims: symbolic input dimensions of the generated inputs fixed by name (``height``,
+            ``width``, ``channels``); ``ORTPruner`` fills them from the folder's ``config.json``.
     """
 
     name: ClassVar[str] = "fidelity"
@@ -83,6 +85,7 @@ class FidelityImportance(Importance):
     default_fraction: float = 0.5
     max_rows_per_run: int = 512
     threads: int = 0
+    input_dims: dict[str, int] | None = None
     _scores: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     _model: weakref.ref | None = field(default=None, init=False, repr=False)
 
@@ -138,7 +141,7 @@ class FidelityImportance(Importance):
             batch = {k: np.asarray(v)[: self.num_inputs] for k, v in batch.items()}
             return complete_feeds(session, batch, skip=skip)
         return generate_feeds(session, model, rows=self.num_inputs, length=self.sequence_length,
-                              seed=self.seed, skip=skip)
+                              seed=self.seed, skip=skip, dims=self.input_dims)
 
 
 def _masked_clone(model: ir.Model, groups: list[PruningGroup], shapes: dict[str, Shape]

@@ -131,7 +131,7 @@ def rewrite_model_file(path: Path, rewrite: Callable[[Any], Any], *, changed: Ca
     import numpy as np
 
     from optimum_prune.graph import load_model, save_model_atomic
-    from optimum_prune.passes.validate import make_session, validate_model_file
+    from optimum_prune.passes.validate import image_dims, make_session, validate_model_file
     from optimum_prune.runtime import generate_feeds
     from optimum_prune.verify import RELATIVE_TOLERANCE
 
@@ -146,7 +146,8 @@ def rewrite_model_file(path: Path, rewrite: Callable[[Any], Any], *, changed: Ca
         written = save_model_atomic(model, scratch / path.name)
         validate_model_file(written.path, source=path)
         before, after = make_session(path), make_session(written.path)
-        feeds = generate_feeds(before, model, rows=2, length=16)  # the token tables are not touched
+        # the token tables are not touched; images of the size config.json gives
+        feeds = generate_feeds(before, model, rows=2, length=16, dims=image_dims(path.parent))
         outputs = zip(before.get_outputs(), before.run(None, feeds), after.run(None, feeds), strict=True)
         for meta, x, y in outputs:
             scale = max(float(np.max(np.abs(x))), 1e-12) if np.size(x) else 1.0
