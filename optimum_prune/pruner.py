@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +167,7 @@ class PrunedModel:
                               for k in KINDS},
             "seconds": round(seconds, 3),
             "config_notes": config_notes,
+            **({"hints": hints} if (hints := conv_width_hints(self.groups, self.removed)) else {}),
             **({"repair": self.repair.to_dict()} if self.repair is not None else {}),
             **({"untied": self.untied} if self.untied else {}),
             **({"folded_ifs": [{"node": name, "branch": "then" if taken else "else"}
@@ -174,6 +175,25 @@ class PrunedModel:
             "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                        for g, g_plan in zip(self.groups, self.plan.groups, strict=True)],
         }
+
+
+CONV_WIDTH_MULTIPLE = 4
+"""Kept channel counts of ``conv`` groups below a multiple of this make ONNX Runtime's CPU convolutions
+slower than the dense model's (``benchmarks/cnn_quality.py``: 0.3x at exact counts, 2.3x faster at 16)."""
+
+
+def conv_width_hints(groups: Sequence[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
+    """Advice for ``report.json`` when pruned ``conv`` groups keep channel counts that are not multiples of
+    :data:`CONV_WIDTH_MULTIPLE`, naming how many and the option that avoids it."""
+    kept = {g.id: (g.units - len(removed[g.id])) * g.unit_size for g in groups
+            if g.kind == "conv" and removed.get(g.id)}
+    odd = [g for g in groups if g.id in kept and kept[g.id] % CONV_WIDTH_MULTIPLE]
+    if not odd:
+        return []
+    return [f"{len(odd)} pruned conv group(s) keep channel counts that are not multiples of "
+            f"{CONV_WIDTH_MULTIPLE} (e.g. {odd[0].seed}: {kept[odd[0].id]} channels); ONNX Runtime's CPU "
+            "convolutions run several times slower on such widths. Fix: PruningConfig(round_to={'conv': 16}) "
+            "(8 on CPUs without AVX-512)"]
 
 
 def check_save_dir(save_dir: str | os.PathLike | None, source_folder: Path, config: PruningConfig | None,

@@ -224,3 +224,15 @@ def test_large_inputs_are_turned_into_patches_a_few_samples_at_a_time():
     whole = small.patches(x)
     pieces = np.concatenate([small.patches(x[i:i + 2]) for i in range(0, 5, 2)])
     np.testing.assert_array_equal(whole, pieces)
+
+
+def test_the_report_hints_at_rounding_when_conv_widths_are_odd(tmp_path):
+    folder = _conv_pair(tmp_path, *_weights())
+    config = PruningConfig(sparsity=0.375, scope=("conv",))
+    odd = ORTPruner.from_pretrained(folder).prune(config, tmp_path / "a")
+    hints = json.loads((odd / "report.json").read_text())["stages"][-1]["hints"]
+    assert len(hints) == 1 and "W1: 5 channels" in hints[0] and "round_to={'conv': 16}" in hints[0]
+    even = ORTPruner.from_pretrained(folder).prune(
+        PruningConfig(sparsity=0.375, scope=("conv",), round_to={"conv": 4}), tmp_path / "b")
+    report = json.loads((even / "report.json").read_text())["stages"][-1]
+    assert "hints" not in report and report["units_removed"]["conv"] == 4
