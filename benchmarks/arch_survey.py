@@ -203,8 +203,11 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                                                  conv_channels=16, max_source_positions=64,
                                                  max_target_positions=64), "speech"),
     # Architectures optimum-onnx exports that nothing above covered (added 2026-12-04)
-    # not here: dinov2 (optimum-onnx's dummy pixel generator loads a preprocessor config from the model
-    # folder), imagegpt (its traced forward adds None to the sequence length with transformers 4.57) and
+    # DINOv2: optimum-onnx's dummy pixel generator sizes its images by the crop size of the preprocessor
+    # in the model folder (_PROCESSORS saves one)
+    "dinov2": ("Dinov2Config", dict({k: v for k, v in _VISION.items() if k != "num_labels"}, mlp_ratio=1.5),
+               "features"),
+    # not here: imagegpt (its traced forward adds None to the sequence length with transformers 4.57) and
     # decision_transformer (the traced Reshape holds the dummy sequence length; optimum-onnx's own
     # validation at another length fails), perceiver (optimum-onnx's image-classification export gives the
     # pixel input the text input's dynamic axes: "Dynamic shape axis should be no more than the shape
@@ -409,6 +412,17 @@ _MODEL_CLASS = {"colpali": "ColPaliForRetrieval"}
 """Models the task's auto class does not build (optimum-onnx loads these by class name)."""
 
 
+def _bit_processor(size: int):
+    import transformers
+
+    crop = {"height": size, "width": size}
+    return transformers.BitImageProcessor(size={"shortest_edge": size}, crop_size=crop)
+
+
+_PROCESSORS = {"dinov2": lambda: _bit_processor(_VISION["image_size"])}
+"""Preprocessors saved beside the weights, for exports that read one from the model folder."""
+
+
 def _spec(name: str):
     import transformers
 
@@ -429,7 +443,7 @@ def _spec(name: str):
     # a fresh copy per call: some configs pop keys from their nested dicts (RTDetrConfig's backbone_config)
     return zoo.ZooSpec(cls.model_type, lambda: cls(**copy.deepcopy(kwargs)), task, is_decoder=causal,
                        is_cnn=name in ("regnet", "poolformer", "mobilenet_v1", "convnextv2", "efficientnet"),
-                       model_class=_MODEL_CLASS.get(name))
+                       model_class=_MODEL_CLASS.get(name), processor=_PROCESSORS.get(name))
 
 
 def run_variant(name: str, past: bool) -> dict:

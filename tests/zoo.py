@@ -129,6 +129,8 @@ class ZooSpec:
             not map its model type (optimum-onnx names the class too: ColPali's ColPaliForRetrieval).
         ort_class: name of the ``optimum.onnxruntime`` class that loads the export, when the task's default
             class does not fit (see :meth:`ort_model_class`).
+        processor: zero-argument factory of a preprocessor saved beside the weights, for exports whose dummy
+            inputs read one from the model folder (optimum-onnx sizes DINOv2's images by its crop size).
     """
 
     arch: str
@@ -142,6 +144,7 @@ class ZooSpec:
     fusion_dims: Callable[[PretrainedConfig], tuple[int, int]] = _default_fusion_dims
     model_class: str | None = None
     ort_class: str | None = None
+    processor: Callable[[], Any] | None = None
 
     @property
     def is_vision(self) -> bool:
@@ -923,6 +926,8 @@ def _fingerprint(
         "build": _BUILD_REVISION,
         "versions": {p: metadata.version(p) for p in packages},
     }
+    if spec.processor is not None:
+        payload["processor"] = spec.processor().to_dict()
     if not hf_only:
         payload["task"] = spec.task + ("-with-past" if with_past else "")
     if fused:
@@ -987,7 +992,10 @@ def _save_hf_model(name: str, hf_dir: Path) -> Path:
         return hf_dir
 
     def write(tmp: Path) -> None:
+        spec = _spec(name)
         build_torch_model(name).save_pretrained(tmp)
+        if spec.processor is not None:
+            spec.processor().save_pretrained(tmp)
 
     _write_atomically(hf_dir, stamp, write)
     return hf_dir
