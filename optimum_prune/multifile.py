@@ -7,7 +7,9 @@ optimum-onnx writes encoder-decoder models (T5, BART, Marian, Whisper, ...) as s
 
 - Each file is analysed on its own. A group whose root weights another file holds too (the two
   decoders are exported from the same layers) is linked to its twin there: twins keep the same units,
-  planned once, in the first file by name (``decoder_model.onnx``), and followed by the others. A
+  planned once, in the first file by name (``decoder_model.onnx``), and followed by the others; a group
+  that holds only some of its twin's roots (the cross-attention of the decoder with past, whose keys and
+  values come from the cache) is a twin too when every shared root is owned unit by unit alike. A
   group whose root weights another file holds in a group of another structure (a tied embedding the
   encoder and decoder share) keeps every unit in both: never two files that disagree.
 - The merged decoder is rebuilt from the two pruned decoders with optimum's own ``merge_decoders``;
@@ -189,13 +191,18 @@ class MultiFilePruner:
         by_digest: dict[str, set[GroupRef]] = {}
         keys: dict[GroupRef, tuple] = {}
         digests: dict[GroupRef, frozenset[str]] = {}
+        owners: dict[GroupRef, dict[str, np.ndarray]] = {}  # each root's unit owner, by content digest
         for f, pruner in self.pruners.items():
             prep = pruner._prepare(io_patterns)
             values = dict(prep.model.graph.initializers)
             for g in prep.groups:
-                ds = frozenset(_digest(values.get(name), axis) for name, axis in g.roots) - {None}
+                slices = {(s.name, s.axis): s.owner for s in g.slices}
+                by_root = {d: slices.get((name, axis)) for name, axis in g.roots
+                           if (d := _digest(values.get(name), axis)) is not None}
+                ds = frozenset(by_root)
                 keys[(f, g.id)] = (g.kind, g.units, g.unit_size, ds)
                 digests[(f, g.id)] = ds
+                owners[(f, g.id)] = by_root
                 for d in ds:
                     by_digest.setdefault(d, set()).add((f, g.id))
         links = CrossFileLinks()
@@ -210,8 +217,9 @@ class MultiFilePruner:
             per_file: dict[str, list[GroupRef]] = {}
             for r in cluster:
                 per_file.setdefault(r[0], []).append(r)
-            same = all(len(rs) == 1 for rs in per_file.values()) and len({keys[r] for r in cluster}) == 1
-            if same:
+            one_per_file = all(len(rs) == 1 for rs in per_file.values())
+            same = one_per_file and len({keys[r] for r in cluster}) == 1
+            if same or (one_per_file and _nested_twins(sorted(cluster), keys, owners)):
                 links.twins.append(sorted(cluster))
             else:
                 files = ", ".join(sorted(per_file))
@@ -411,6 +419,27 @@ def _input_names(path: Path) -> set[str]:
     model = onnx.load(str(path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
     return {i.name for i in model.graph.input if i.name not in initializers}
+
+
+def _nested_twins(cluster: list[GroupRef], keys: dict[GroupRef, tuple],
+                  owners: dict[GroupRef, dict[str, np.ndarray]]) -> bool:
+    """Whether the groups of ``cluster`` (one per file) are one structure seen through fewer roots in some
+    files: the same kind, units and unit size, root sets nested (a decoder with past reads the cross-
+    attention keys and values from the cache, so its group holds only the query projection of the other
+    decoder's), and every root two of them share owned unit by unit alike."""
+    if len({keys[r][:3] for r in cluster}) != 1:
+        return False
+    chain = sorted(cluster, key=lambda r: len(keys[r][3]))
+    for small, big in zip(chain, chain[1:], strict=False):
+        if not keys[small][3] <= keys[big][3]:
+            return False
+    for a in cluster:
+        for b in cluster:
+            for d in keys[a][3] & keys[b][3]:
+                oa, ob = owners[a].get(d), owners[b].get(d)
+                if oa is None or ob is None or not np.array_equal(oa, ob):
+                    return False
+    return True
 
 
 def _digest(value: ir.Value | None, axis: int) -> str | None:

@@ -141,6 +141,39 @@ def test_decoder_heads_prune_through_the_cache_and_generate(zoo_root, tmp_path, 
         np.testing.assert_allclose(cached, recomputed, rtol=1e-4, atol=1e-5, err_msg=f"merged={merged}")
 
 
+@pytest.mark.parametrize("name", sorted(SEQ2SEQ))
+def test_cross_attention_heads_are_twins_across_the_decoders(zoo_root, tmp_path, name):
+    """The decoder without past computes the cross-attention keys and values from the encoder output, the
+    one with past reads them from the cache: the same heads, seen through the query projection alone in
+    one file. They are linked as twins (not refused as another structure) and go in both decoders with
+    every other head group (T5's shared position biases couple each attention's heads across its layers:
+    one self- and one cross-attention group); the with-past decoder's encoder cache inputs shrink."""
+    src = export_seq2seq_model(name, zoo_root)
+    analysis = ORTPruner.from_pretrained(src).analyze()
+    assert not any(f != "encoder_model.onnx" and analysis.components[f].groups[gid].kind == "heads"
+                   for f, gid in analysis.links.conflicts), analysis.links.conflicts
+    out = ORTPruner.from_pretrained(src).prune(
+        PruningConfig(sparsity=0.5, scope=("heads",), prune_kv_heads=True), tmp_path / "pruned")
+    plans = read_component_plans(out)
+    for f in (DECODER, DECODER_WITH_PAST):
+        heads = [g for g in plans[f].groups if g.kind == "heads"]
+        assert len(heads) >= 2 and all(len(g.kept) < g.units for g in heads), (f, heads)
+    reads_encoder_cache = {g.id for g in analysis.components[DECODER_WITH_PAST].groups
+                           if any(sl.io == "input" and "encoder" in sl.name for sl in g.slices)}
+    cross = [g for g in plans[DECODER_WITH_PAST].groups if g.id in reads_encoder_cache]
+    assert cross and all(len(g.kept) < g.units for g in cross)
+    import onnx
+
+    past = onnx.load(out / DECODER_WITH_PAST, load_external_data=False)
+    dense = onnx.load(src / DECODER_WITH_PAST, load_external_data=False)
+    heads = {i.name: i.type.tensor_type.shape.dim[1] for i in past.graph.input if "encoder" in i.name}
+    before = {i.name: i.type.tensor_type.shape.dim[1] for i in dense.graph.input if "encoder" in i.name}
+    assert heads and all(heads[k].dim_value < before[k].dim_value for k in heads
+                         if before[k].HasField("dim_value")), (heads, before)
+    for f in sorted(plans):
+        assert verify(src, out, file_name=f).exact, f
+
+
 def test_twins_follow_their_leader_under_a_data_driven_criterion(t5_folder, tmp_path):
     pruner = ORTPruner.from_pretrained(t5_folder)
     calibration = {f: CalibrationData.generated(t5_folder / f) for f in pruner.files}
