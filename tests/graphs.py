@@ -2228,6 +2228,31 @@ def _merged_inits(rng: np.random.Generator) -> dict[str, np.ndarray]:
             "Wq": _mat(rng, 8, 12), "Wk": _mat(rng, 8, 12), "Wv": _mat(rng, 8, 12), "Wo": _mat(rng, 12, 6)}
 
 
+# VITS-style relative attention on batch-merged heads: the scores [3B,S,S] are padded by one key position
+#   (F.pad's computed pads vector, Concat of constants: zero on the merged axis) and sliced back along the
+#   key axis (Slice(0, -1) on axis 2) before the softmax: Pad and Slice along other axes leave the merged
+#   heads alone. ``pad_merged``: the pads also grow the merged axis, which no head count can follow.
+def batch_merged_pad_slice(seed: int = 0, *, pad_merged: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    text = f"""
+bmp (float[B, S, 8] x) => (float[B, S, 6] y) {{
+{_MERGED_QKV}
+  pads = Concat<axis = 0>(pad_begin, pad_end)
+  padded = Pad(s0, pads)
+  scores = Slice(padded, starts, ends, axes)
+{_MERGED_OUT}}}
+"""
+    # pad_merged: one row in front of the merged axis, sliced off again (the dense model runs)
+    begin, starts, ends, axes = ((_i64(1, 0, 0), _i64(1, 0), _i64(np.iinfo(np.int64).max, -1), _i64(0, 2))
+                                 if pad_merged else (_i64(0, 0, 0), _i64(0), _i64(-1), _i64(2)))
+    return _build(text, {**_merged_inits(rng), "pad_begin": begin, "pad_end": _i64(0, 0, 1), "starts": starts,
+                         "ends": ends, "axes": axes})
+
+
+def batch_merged_pad_merged_axis(seed: int = 0) -> onnx.ModelProto:
+    return batch_merged_pad_slice(seed, pad_merged=True)
+
+
 # BLOOM-style: q/k/v [B,S,12] -> [B,3,S,4] -> Reshape([B*3, -1, 4], with B*3 = Shape(x)[0] * 3) -> batched
 # MatMul / Softmax on [3B,S,S], plus an ALiBi-style bias slopes[3,1] * pos[B,1,S] -> [B,3,S] -> Reshape to
 # [B*3, 1, S] -> back to [B,3,S,4] with B = Shape(ctx)[0] / 3. Pruning a head patches both 3s of the
@@ -2859,6 +2884,8 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
     ("strided_slice_tail", strided_slice_tail, "ffn"),
     ("gather_channel_index", gather_channel_index, "ffn"),
     ("batch_merged_heads", batch_merged_heads, "heads"),
+    ("batch_merged_pad_slice", batch_merged_pad_slice, "heads"),
+    ("batch_merged_pad_merged_axis", batch_merged_pad_merged_axis, "heads"),
     ("batch_merged_tile_gather", batch_merged_tile_gather, "heads"),
     ("batch_merged_tile_batch_read", batch_merged_tile_batch_read, "heads"),
     ("batch_merged_seq_first", batch_merged_seq_first, "heads"),
@@ -2884,6 +2911,7 @@ _REGISTRY: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
 OP_GRAPHS: dict[str, Callable[[], onnx.ModelProto]] = {key: fn for key, fn, _ in _REGISTRY}
 EXPECTED_KIND: dict[str, str] = {key: kind for key, _, kind in _REGISTRY}
 EXPECTED_UNPRUNABLE: set[str] = {
+    "batch_merged_pad_merged_axis",
     "unknown_custom_op",
     "group_norm_one_group",
     "einsum_activations_summed",
@@ -2903,6 +2931,7 @@ EXPECTED_UNPRUNABLE: set[str] = {
 }
 # Part of the refusal reason of the group that exercises the op, where it matters which check refused.
 EXPECTED_REASON: dict[str, str] = {
+    "batch_merged_pad_merged_axis": "Pad with computed pads that may pad the channel axis",
     "einsum_activations_summed": "Einsum sums the channels of activations only",
     "chunk_computed_offset": "does not follow pruning",
     "resize_channel_axis": "resamples the channel axis",

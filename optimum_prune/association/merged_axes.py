@@ -35,6 +35,8 @@ MERGED_AXIS_OPS = frozenset({
     "Log", "Sqrt", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Equal", "Less",
     "Greater", "Not", "And", "Or", "MatMul", "Softmax", "LogSoftmax", "Transpose", "Reshape", "Unsqueeze",
     "Squeeze", "Shape", "Expand", "Tile", "GatherElements",
+    # along other axes only (their rules refuse padding or slicing the merged axis itself)
+    "Pad", "Slice",
 })
 """ai.onnx ops a walk may cross on a merged axis; any other op there refuses the group."""
 

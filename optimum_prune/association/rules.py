@@ -565,6 +565,8 @@ def slice_(node: ir.Node, entry: Entry, walk: Walk) -> None:
         walk.link(x if entry.is_output else y, entry.axis, entry.owner)
         return
     i = axes_list.index(entry.axis)
+    if walk.period is not None:
+        walk.fail("Slice along a merged batch*channel axis")
     size = walk.dim(x, entry.axis)
     if not isinstance(size, int):
         walk.fail("Slice along a channel axis of unknown size")
@@ -844,10 +846,16 @@ def _zero_for_every_width(value: ir.Value, indices: tuple[int, ...], x: ir.Value
     pruned to: evaluated for every width from 1 to the current one when the expression reads only
     ``Shape(x)``; otherwise with every activation's dimensions unknown, so the elements must not
     depend on any of them (window padding computes the spatial entries from the input's shape and
-    writes constant zeros for the channels)."""
+    writes constant zeros for the channels). On a merged batch*channel axis (or one of unknown width)
+    only the second way counts: F.pad's computed pads vector, zero on every axis it leaves alone."""
     width = walk.dim(x, axis)
-    if not isinstance(width, int):
-        return False
+    if not isinstance(width, int) or walk.period is not None:
+        try:
+            exprs = [evaluate_dim_expr(value, i, None, axis, np.array([1]), walk.shape,
+                                       float_shapes_unknown=True) for i in indices]
+        except ShapeExprError:
+            return False
+        return all(e.known.all() and not e.values.any() for e in exprs)
     try:
         exprs = [evaluate_dim_expr(value, i, x, axis, np.arange(1, width + 1), walk.shape) for i in indices]
     except ShapeExprError:
