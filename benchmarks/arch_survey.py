@@ -48,6 +48,13 @@ _GPT = dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positi
 
 # name -> (transformers config class, keyword arguments, task kind); "llama" is a causal LM whose keyword
 # arguments extend the zoo's llama-style decoder dimensions (zoo._decoder_common)
+# OWL-ViT and OWLv2: a text tower and a vision tower of the zoo's sizes (text positions 16)
+_OWL = dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=16),
+            vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=48,
+                               num_hidden_layers=2, num_attention_heads=4),
+            projection_dim=16)
+
 SPECS: dict[str, tuple[str, dict, str]] = {
     "roformer": ("RoFormerConfig", dict(_TEXT, embedding_size=32), "features"),
     "esm": ("EsmConfig", dict(_TEXT, vocab_size=33, position_embedding_type="rotary", pad_token_id=1,
@@ -242,13 +249,7 @@ SPECS: dict[str, tuple[str, dict, str]] = {
     "lilt": ("LiltConfig", dict(_TEXT, hidden_size=48, intermediate_size=64, channel_shrink_ratio=4),
              "features"),
     "markuplm": ("MarkupLMConfig", dict(_TEXT, xpath_unit_hidden_size=8, max_depth=8), "features"),
-    "owlvit": ("OwlViTConfig", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
-                                                     num_hidden_layers=2, num_attention_heads=4,
-                                                     max_position_embeddings=16),
-                                    vision_config=dict(image_size=32, patch_size=8, hidden_size=32,
-                                                       intermediate_size=48, num_hidden_layers=2,
-                                                       num_attention_heads=4),
-                                    projection_dim=16), "features"),
+    "owlvit": ("OwlViTConfig", _OWL, "features"),
     # the backbone: PvtConfig's num_labels argument is not saved, so a reloaded head has 1000 labels
     "pvt": ("PvtConfig", dict(image_size=32, num_encoder_blocks=2, depths=[1, 1],
                               sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[4, 2],
@@ -299,13 +300,7 @@ SPECS: dict[str, tuple[str, dict, str]] = {
                          num_attention_heads=4, max_position_embeddings=64),
         vision_config={k: v for k, v in _VISION.items() if k != "num_labels"}, projection_dim=16),
         "zero-shot"),
-    "owlv2": ("Owlv2Config", dict(text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=48,
-                                                   num_hidden_layers=2, num_attention_heads=4,
-                                                   max_position_embeddings=16),
-                                  vision_config=dict(image_size=32, patch_size=8, hidden_size=32,
-                                                     intermediate_size=48, num_hidden_layers=2,
-                                                     num_attention_heads=4),
-                                  projection_dim=16), "features"),
+    "owlv2": ("Owlv2Config", _OWL, "features"),
     "rt_detr_v2": ("RTDetrV2Config", dict(
         backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32],
                              depths=[1, 1, 1, 1], layer_type="basic", out_indices=[2, 3, 4]),

@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -122,41 +123,17 @@ def ensure_cnn(cache_root: Path, train: tuple[np.ndarray, np.ndarray], held: tup
 
 
 def export_cnn(model_dir: Path, dest: Path) -> Path:
-    """``model_dir`` exported with optimum-onnx (image-classification) to ``dest/onnx``; reused while the
-    training stamp matches."""
-    created = json.loads((model_dir / MARKER).read_text())["created"]
-    stamp = {"source": str(model_dir.resolve()), "created": created}
-    onnx_dir, stamp_file = dest / "onnx", dest / "export.json"
-    if (onnx_dir / "model.onnx").is_file() and stamp_file.is_file() and \
-            json.loads(stamp_file.read_text()) == stamp:
-        return onnx_dir
-    from optimum.exporters.onnx import main_export
+    """``model_dir`` exported with optimum-onnx (image-classification) to ``dest/onnx`` (cached)."""
+    from quality_classifier import export_classifier
 
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".onnx-{uuid.uuid4().hex[:12]}"
-    try:
-        main_export(str(model_dir), tmp, task="image-classification", library_name="transformers")
-        stamp_file.unlink(missing_ok=True)
-        if onnx_dir.exists():
-            shutil.rmtree(onnx_dir)
-        os.replace(tmp, onnx_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
-    return onnx_dir
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return export_classifier(model_dir, dest, task="image-classification")
 
 
 def accuracy(path: Path, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:
     """Top-1 accuracy of an ONNX classifier (input ``pixel_values``, first output the logits)."""
-    session = _session(path)
+    from optimum_prune.passes.validate import make_session
+
+    session = make_session(path)
     preds = [session.run(None, {"pixel_values": images[i:i + batch]})[0].argmax(-1)
              for i in range(0, len(labels), batch)]
     return float((np.concatenate(preds) == labels).mean())
@@ -164,16 +141,11 @@ def accuracy(path: Path, images: np.ndarray, labels: np.ndarray, batch: int = 25
 
 def latency_ms(path: Path, images: np.ndarray, repeat: int) -> float:
     """Median ONNX Runtime latency (ms) of one batch of 64 digits, after two warm-up runs."""
-    session = _session(path)
-    feeds = {"pixel_values": images[:64]}
-    for _ in range(2):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+    from quality import median_run_ms
+
+    from optimum_prune.passes.validate import make_session
+
+    return median_run_ms(make_session(path), {"pixel_values": images[:64]}, repeat)
 
 
 def label(r: dict) -> str:

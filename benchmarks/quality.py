@@ -103,6 +103,11 @@ def latency_ms(model_path: Path, repeat: int, seed: int = 0) -> float:
             feeds[inp.name] = np.zeros((LATENCY_BATCH, LATENCY_SEQ), np.int64)
         else:
             feeds[inp.name] = rng.integers(1000, 20000, (LATENCY_BATCH, LATENCY_SEQ), dtype=np.int64)
+    return median_run_ms(session, feeds, repeat)
+
+
+def median_run_ms(session, feeds: dict[str, np.ndarray], repeat: int) -> float:
+    """Median wall time (ms) of ``session.run`` on ``feeds`` over ``repeat`` runs, after two warm-up runs."""
     for _ in range(2):
         session.run(None, feeds)
     times = []

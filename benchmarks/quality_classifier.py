@@ -78,12 +78,11 @@ def label(r: dict) -> str:
     return name + (" + repair" if r["repair"] else "")
 
 
-def export_classifier(model_dir: Path, dest: Path) -> Path:
-    """``model_dir`` exported with optimum-onnx (text-classification) to ``dest/onnx``; reused when the
-    stamp (source folder and its train_info) matches."""
+def export_classifier(model_dir: Path, dest: Path, task: str = "text-classification") -> Path:
+    """``model_dir`` (a trained model with its ``train_info.json``) exported with optimum-onnx (``task``) to
+    ``dest/onnx``; reused when the stamp (source folder, task and its train_info) matches."""
     info = json.loads((model_dir / "train_info.json").read_text())
-    stamp = {"source": str(model_dir.resolve()), "task": "text-classification",
-             "created": info.get("created")}
+    stamp = {"source": str(model_dir.resolve()), "task": task, "created": info.get("created")}
     onnx_dir, stamp_file = dest / "onnx", dest / "export.json"
     if (onnx_dir / "model.onnx").is_file() and stamp_file.is_file() and \
             json.loads(stamp_file.read_text()) == stamp:
@@ -93,7 +92,7 @@ def export_classifier(model_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".onnx-{uuid.uuid4().hex[:12]}"
     try:
-        main_export(str(model_dir), tmp, task="text-classification", library_name="transformers")
+        main_export(str(model_dir), tmp, task=task, library_name="transformers")
         stamp_file.unlink(missing_ok=True)
         if onnx_dir.exists():
             shutil.rmtree(onnx_dir)

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from optimum_prune.association.tree import PruningGroup
 from optimum_prune.errors import ConfigError
-from optimum_prune.graph import Shape
+from optimum_prune.graph import Shape, values_by_name
 
 
 def units_to_remove(units: int, sparsity: float, min_units: int = 1) -> int:
@@ -71,23 +71,8 @@ def unit_costs(group: PruningGroup, model: ir.Model, shapes: dict[str, Shape], m
                sequence: int = 128) -> np.ndarray:
     """What removing each unit of ``group`` saves: parameters, or FLOPs at batch 1 x ``sequence`` tokens
     (weights of MatMul/Gemm/Conv, as ``count_flops`` counts them), one entry per unit."""
-    values: dict[str, ir.Value] = dict(model.graph.initializers)
-    for node in model.graph:
-        for out in node.outputs:
-            values.setdefault(out.name, out)
     cost = np.zeros(group.units)
-    seen: set[tuple[str, int]] = set()
-    for s in group.slices:
-        if not s.constant or (s.name, s.axis) in seen:
-            continue
-        seen.add((s.name, s.axis))
-        value = values.get(s.name)
-        tensor = value.const_value if value is not None else None
-        if tensor is None or not tensor.dtype.is_floating_point():
-            continue
-        dims = [int(d) for d in tensor.shape]
-        if not dims or dims[s.axis] != s.owner.size:
-            continue
+    for s, value, dims in _weight_slices(group, values_by_name(model)):
         per_position = math.prod(dims) / dims[s.axis]
         if measure == "flops":
             per_position *= _flops_per_weight(value, shapes, sequence)
@@ -104,33 +89,25 @@ def joint_saving(groups: Sequence[PruningGroup], model: ir.Model, shapes: dict[s
     not the ``p + q`` that summing each group's unit costs counts. Each group removes average units
     (``n / units`` of the positions it owns on every axis it cuts). Where no two groups cut one tensor
     this equals the sum of the groups' mean unit costs times their counts."""
-    values: dict[str, ir.Value] = dict(model.graph.initializers)
-    for node in model.graph:
-        for out in node.outputs:
-            values.setdefault(out.name, out)
-    tensors: dict[str, dict] = {}
+    values = values_by_name(model)
+    per_element: dict[str, float] = {}  # FLOPs (or 1 parameter) per element of each weight
+    dims_of: dict[str, list[int]] = {}
+    cuts: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}  # weight -> (group, axis) -> (owned, units)
     for g in groups:
-        for sl in g.slices:
-            if not sl.constant:
-                continue
-            value = values.get(sl.name)
-            tensor = value.const_value if value is not None else None
-            if tensor is None or not tensor.dtype.is_floating_point():
-                continue
-            dims = [int(d) for d in tensor.shape]
-            if not dims or dims[sl.axis] != sl.owner.size:
-                continue
-            entry = tensors.setdefault(sl.name, {"dims": dims, "cuts": {}, "per": (
-                _flops_per_weight(value, shapes, sequence) if measure == "flops" else 1.0)})
-            entry["cuts"].setdefault((g.id, sl.axis), (sl.axis, int((sl.owner >= 0).sum()), g.units))
-    table = [(math.prod(t["dims"]) * t["per"], t["dims"], list(t["cuts"].items())) for t in tensors.values()
-             if t["per"] > 0]
+        for sl, value, dims in _weight_slices(g, values):
+            if sl.name not in per_element:
+                per_element[sl.name] = (_flops_per_weight(value, shapes, sequence) if measure == "flops"
+                                        else 1.0)
+                dims_of[sl.name] = dims
+            cuts.setdefault(sl.name, {})[(g.id, sl.axis)] = (int((sl.owner >= 0).sum()), g.units)
+    table = [(math.prod(dims_of[name]) * per, dims_of[name], cuts[name]) for name, per in per_element.items()
+             if per > 0]
 
     def saving(n_remove: dict[int, int]) -> float:
         total = 0.0
-        for elements, dims, cuts in table:
+        for elements, dims, tensor_cuts in table:
             removed = [0.0] * len(dims)
-            for (gid, _), (axis, owned, units) in cuts:
+            for (gid, axis), (owned, units) in tensor_cuts.items():
                 removed[axis] += owned * n_remove.get(gid, 0) / max(units, 1)
             kept = 1.0
             for axis, gone in enumerate(removed):
@@ -140,6 +117,23 @@ def joint_saving(groups: Sequence[PruningGroup], model: ir.Model, shapes: dict[s
         return total
 
     return saving
+
+
+def _weight_slices(group: PruningGroup, values: dict[str, ir.Value]):
+    """``(slice, value, dims)`` for each of ``group``'s floating-point constant slices whose axis the
+    owner spans, once per (tensor, axis)."""
+    seen: set[tuple[str, int]] = set()
+    for s in group.slices:
+        if not s.constant or (s.name, s.axis) in seen:
+            continue
+        seen.add((s.name, s.axis))
+        value = values.get(s.name)
+        tensor = value.const_value if value is not None else None
+        if tensor is None or not tensor.dtype.is_floating_point():
+            continue
+        dims = [int(d) for d in tensor.shape]
+        if dims and dims[s.axis] == s.owner.size:
+            yield s, value, dims
 
 
 def _flops_per_weight(value: ir.Value, shapes: dict[str, Shape], sequence: int) -> float:

@@ -134,6 +134,7 @@ class _Prepared:
     groups: list[PruningGroup] = field(default_factory=list)
     untied: list[str] = field(default_factory=list)  # tensors given a private copy per consumer (untie)
     folded_ifs: tuple[IfDecision, ...] = ()  # If nodes replaced by the branch the shapes decide
+    flop_shapes: dict[str, Shape] | None = None  # the dense model's shapes FLOPs are counted on (lazy)
 
 
 @dataclass
@@ -321,8 +322,15 @@ class ORTPruner:
         start = time.perf_counter()
         prep = self._prepare(tuple(io_patterns))
         return AnalysisReport(prep.groups, count_parameters(prep.model),
-                              count_flops(prep.model, self._flop_shapes(prep.model, prep.shapes)),
+                              count_flops(prep.model, self._dense_flop_shapes(prep)),
                               time.perf_counter() - start)
+
+    def _dense_flop_shapes(self, prep: _Prepared) -> dict[str, Shape]:
+        """:meth:`_flop_shapes` of the prepared (unpruned) model, inferred once for the plan's budget and
+        the report."""
+        if prep.flop_shapes is None:
+            prep.flop_shapes = self._flop_shapes(prep.model, prep.shapes)
+        return prep.flop_shapes
 
     def _flop_shapes(self, model: ir.Model, shapes: dict[str, Shape] | None = None) -> dict[str, Shape]:
         """The shapes FLOPs are counted on: at the image size and channel count of the folder's
@@ -382,7 +390,7 @@ class ORTPruner:
         multiples = {g.id: config.multiple(g.kind) for g in eligible}
         scores: dict[int, np.ndarray] = {}
         latency = None
-        cost_shapes = self._flop_shapes(prep.model, prep.shapes) if config.target == "flops" else prep.shapes
+        cost_shapes = self._dense_flop_shapes(prep) if config.target == "flops" else prep.shapes
         if config.target == "latency":
             latency = self._latency_model(prep, config, eligible)
             costs = latency.unit_costs(config.min_units)
@@ -544,7 +552,7 @@ class ORTPruner:
             plan = self._plan(prep, config, calibration, frozen=frozen, follow=follow)
         removed = _match_plan(plan, prep.groups)
         params_before = count_parameters(prep.model) - unshared_elements(prep.model)
-        flops_before = count_flops(prep.model, self._flop_shapes(prep.model, prep.shapes))
+        flops_before = count_flops(prep.model, self._dense_flop_shapes(prep))
         recovery = config.recovery if config is not None else None
         if config is None and plan.config.get("recover"):
             recovery = RecoveryConfig.from_dict(plan.config["recover"])

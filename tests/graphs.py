@@ -1703,6 +1703,21 @@ def _sdpa_inits() -> dict[str, np.ndarray]:
     return {"hd_shape": _i64(0, 0, 3, 4), "mg_shape": _i64(0, 0, 12), "scale": _f32(2.0)}
 
 
+def _heads_attention(scale_op: str) -> str:
+    """Attention on per-head q, k, v [B,3,S,4] -> y [B,S,6]: scores scaled by ``scale_op`` (Div or Mul)
+    with ``scale``, softmax, context merged back to [B,S,12] (``mg_shape``) and projected by Wo[12,6]."""
+    return f"""
+  kt = Transpose<perm = [0, 1, 3, 2]>(k)
+  sc0 = MatMul(q, kt)
+  sc = {scale_op}(sc0, scale)
+  pr = Softmax<axis = -1>(sc)
+  c0 = MatMul(pr, v)
+  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
+  c = Reshape(c1, mg_shape)
+  y = MatMul(c, Wo)
+"""
+
+
 # ModernBERT's / timm's fused QKV: x[B,S,10] -> MatMul(Wqkv[10,36]) -> Reshape[0,0,3,3,4] -> [B,S,3,H,D]
 #   -> Transpose(2,0,3,1,4) -> [3,B,H,S,D] -> Split(axis 0) + Squeeze -> q, k, v [B,3,S,4] (unbind(0))
 #   -> attention -> Transpose(0,2,1,3) -> Reshape[0,0,12] -> MatMul(Wo[12,6]) -> y. The outermost axis of
@@ -1718,15 +1733,7 @@ unbind (float[B, S, 10] x) => (float[B, S, 6] y) {
   q = Squeeze(q1, ax0)
   k = Squeeze(k1, ax0)
   v = Squeeze(v1, ax0)
-  kt = Transpose<perm = [0, 1, 3, 2]>(k)
-  sc0 = MatMul(q, kt)
-  sc = Div(sc0, scale)
-  pr = Softmax<axis = -1>(sc)
-  c0 = MatMul(pr, v)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
-  y = MatMul(c, Wo)
-}
+""" + _heads_attention("Div") + """}
 """
     inits = {"Wqkv": _mat(rng, 10, 36), "Wo": _mat(rng, 12, 6), "qkv_shape": _i64(0, 0, 3, 3, 4),
              "ax0": _i64(0), "mg_shape": _i64(0, 0, 12), "scale": _f32(2.0)}
@@ -1747,15 +1754,7 @@ gather_qkv (float[B, S, 10] x) => (float[B, S, 6] y) {
   q = Gather<axis = 0>(ft, i0)
   k = Gather<axis = 0>(ft, i1)
   v = Gather<axis = 0>(ft, i2)
-  kt = Transpose<perm = [0, 1, 3, 2]>(k)
-  sc0 = MatMul(q, kt)
-  sc = Mul(sc0, scale)
-  pr = Softmax<axis = -1>(sc)
-  c0 = MatMul(pr, v)
-  c1 = Transpose<perm = [0, 2, 1, 3]>(c0)
-  c = Reshape(c1, mg_shape)
-  y = MatMul(c, Wo)
-}
+""" + _heads_attention("Mul") + """}
 """
     inits = {"Wqkv": _mat(rng, 10, 36), "bqkv": rng.standard_normal(36).astype(np.float32),
              "Wo": _mat(rng, 12, 6),
