@@ -12,6 +12,7 @@ active), and ``pip install --no-deps`` a copy of this checkout into it. Then:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_folders import tiny_hf_folder
+from tiny_folders import TEXTS, save_letter_tokenizer, tiny_hf_folder
 from zoo import export_zoo_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,6 +159,19 @@ def test_prune_onnx_analyze_verify(installed, bert_onnx, tmp_path):
             "unknown kinds",
         ),
         (["onnx", "--model", "ONNX", "--sparsity", "1.5", "-o", "OUT"], "expected a number in [0, 1)"),
+        (
+            ["onnx", "--model", "ONNX", "--sparsity", "0.3", "--importance", "activation", "-o", "OUT"],
+            "needs calibration data: add --calibration NAME",
+        ),
+        (
+            ["onnx", "--model", "ONNX", "--sparsity", "0.3", "--set", "sparsty=0.2", "-o", "OUT"],
+            "unknown key 'sparsty'",
+        ),
+        (
+            ["onnx", "--model", "ONNX", "--sparsity", "0.3", "--calibration-files", "x.csv", "-o", "OUT"],
+            "add --calibration",
+        ),
+        (["onnx", "--model", "ONNX", "--sparsity", "0.3", "--round-to", "ffn=x", "-o", "OUT"], "KIND=N"),
         (["run", "RECIPE", "--model", "ONNX", "-o", "OUT"], "unknown key 'sparsty'"),
     ],
 )
@@ -173,7 +187,7 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(installed, bert_onnx, tmp_
     res = optimum_prune(installed, *[subs.get(a, a) for a in args])
     assert res.returncode == 2
     assert message in res.stderr
-    if "--sparsity" not in args or "1.5" not in args:  # argparse prints its usage first
+    if "1.5" not in args and "--round-to" not in args:  # argparse prints its usage first
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert "Traceback" not in res.stderr
 
@@ -202,3 +216,48 @@ def test_run_recipe(installed, tmp_path_factory, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "quantize" in res.stdout and "p50 ms b1" in res.stdout
     assert (out / "final" / "model.onnx").is_file() and (out / "report.md").is_file()
+
+
+def test_prune_onnx_budget_rounding_and_generated_repair(installed, bert_onnx, tmp_path):
+    """The PruningConfig options reach the plan: global allocation, rounding per kind, a FLOPs target, the
+    repair on generated inputs (no calibration given), and any other field through --set."""
+    out = tmp_path / "pruned"
+    res = optimum_prune(
+        installed, "onnx", "--model", str(bert_onnx), "--sparsity", "0.2", "--target", "flops",
+        "--allocation", "global", "--round-to", "ffn=8", "--recover", "--set", "min_units=2", "-o", str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "repair: " in res.stdout and "generated" in res.stdout and "exact" in res.stdout
+    plan = json.loads((out / "pruning_plan.json").read_text())
+    config = plan["config"]
+    assert (config["allocation"], config["target"], config["round_to"], config["min_units"]) == (
+        "global", "flops", {"ffn": 8}, 2)
+    assert config["recover"]["method"] == "lstsq" and plan["repairs"]
+    ffn = [g for g in plan["groups"] if g["kind"] == "ffn"]
+    assert any(len(g["kept"]) < g["units"] for g in ffn)
+    assert all(len(g["kept"]) % 8 == 0 for g in ffn)
+    assert all(len(g["kept"]) >= 2 for g in plan["groups"])
+
+
+def test_prune_onnx_with_calibration_file(installed, bert_onnx, tmp_path):
+    """--calibration csv --calibration-files: a data-driven criterion and the repair on the user's texts,
+    tokenised with the folder's tokenizer; the source folder is left as it was."""
+    model = tmp_path / "onnx"
+    shutil.copytree(bert_onnx, model)
+    save_letter_tokenizer(model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    data = tmp_path / "texts.csv"
+    data.write_text("review\n" + "\n".join(f'"{t}"' for t in TEXTS) + "\n")
+    out = tmp_path / "pruned"
+    res = optimum_cli(
+        installed, "prune", "onnx", "--model", str(model), "--sparsity", "0.3", "--importance", "activation",
+        "--recover", "--calibration", "csv", "--calibration-files", str(data),
+        "--calibration-column", "review", "--num-samples", "8", "--max-length", "16", "-o", str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "exact" in res.stdout and "repair: " in res.stdout
+    stage = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert stage["config"]["importance"] == "activation"
+    assert stage["repair"]["calibration"]["num_samples"] == len(TEXTS)
+    assert "review" in stage["repair"]["calibration"]["source"]
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before

@@ -93,44 +93,147 @@ _MODEL_HELP = "folder holding model.onnx, or an encoder-decoder export (encoder_
 
 
 class PruneONNXCommand(_PruneSubcommand):
-    """``prune onnx --model ONNX_DIR --sparsity 0.3 -o OUT``: prune one ONNX folder."""
+    """``prune onnx --model ONNX_DIR --sparsity 0.3 -o OUT``: prune one ONNX folder.
+
+    The options are those of :class:`~optimum_prune.PruningConfig` (``--set KEY=VALUE`` reaches every
+    field, YAML values, as a recipe's ``prune`` stage writes them), plus calibration data read with
+    ``datasets`` (``--calibration``) for the data-driven criteria and the repair (``--recover``).
+    """
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
         parser.add_argument("--model", "-m", type=Path, required=True, help=_MODEL_HELP)
         parser.add_argument(
-            "--sparsity", type=_fraction, required=True, help="share of units removed, in [0, 1)"
+            "--sparsity", type=_fraction, required=True, help="share removed, in [0, 1) (of what: --target)"
         )
         parser.add_argument(
             "--scope",
             default="ffn,heads",
             help="group kinds, comma-separated (ffn,heads,conv,hidden; default: ffn,heads)",
         )
-        parser.add_argument("--importance", default="l2", help="importance criterion (default: l2)")
+        parser.add_argument(
+            "--importance",
+            default="l2",
+            help="l1, l2, tree, obs, fidelity (data-free); activation, fluctuation (need --calibration)",
+        )
+        parser.add_argument(
+            "--allocation", default="uniform", help="uniform (default), global or standardized"
+        )
+        parser.add_argument(
+            "--target",
+            default="units",
+            help="what --sparsity measures: units (default), params, flops or latency",
+        )
+        parser.add_argument(
+            "--round-to",
+            type=_round_to,
+            default=None,
+            metavar="N|KIND=N,...",
+            help="keep multiples of N units per group, e.g. 8 or conv=16,ffn=8 (default: 1)",
+        )
+        parser.add_argument("--min-units", type=int, default=None, help="units kept per group (default 1)")
+        parser.add_argument(
+            "--recover",
+            action="store_true",
+            help="refit the consumers of pruned groups by least squares (on --calibration, else on "
+            "generated inputs)",
+        )
         parser.add_argument("--exclude", default="", help="comma-separated substrings of seed names to skip")
         parser.add_argument(
             "--prune-kv-heads", action="store_true", help="also prune heads that resize the KV cache"
         )
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any PruningConfig field (YAML value), e.g. --set recover='{sequential: true, cv_folds: 4}'",
+        )
+        data = parser.add_argument_group("calibration data (datasets; the Hub is never contacted)")
+        data.add_argument(
+            "--calibration",
+            default=None,
+            metavar="NAME",
+            help="rotten_tomatoes (built in), a datasets builder (csv, json, text, parquet, imagefolder) "
+            "with --calibration-files, or a save_to_disk folder",
+        )
+        data.add_argument("--calibration-files", default=None, help="data files of the builder")
+        data.add_argument("--calibration-split", default="train", help="split to read (default: train)")
+        data.add_argument(
+            "--calibration-column", default=None, help="text (or image) column (default: text / image)"
+        )
+        data.add_argument("--num-samples", type=int, default=128, help="calibration examples (default 128)")
+        data.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
         parser.add_argument("--file-name", default="model.onnx", help="ONNX file in the folder")
         parser.add_argument("--no-verify", action="store_true", help="skip the exactness oracle")
         parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
-    def execute(self) -> int:
-        from optimum_prune.configuration import PruningConfig
-        from optimum_prune.pruner import ORTPruner
+    def stage_options(self) -> dict:
+        """The flat ``prune`` stage mapping these arguments describe (validated by ``PruneStageConfig``)."""
+        import yaml
+
+        from optimum_prune.errors import ConfigError
 
         a = self.args
-        exclude = tuple(s.strip() for s in a.exclude.split(",") if s.strip())
-        config = PruningConfig(
-            sparsity=a.sparsity,
-            scope=a.scope,
-            importance=a.importance,
-            exclude=exclude,
-            prune_kv_heads=a.prune_kv_heads,
-        )
-        out = ORTPruner.from_pretrained(a.model, file_name=a.file_name).prune(config, a.output)
-        from optimum_prune.stages import read_report
+        options: dict = {
+            "sparsity": a.sparsity,
+            "scope": a.scope,
+            "importance": a.importance,
+            "allocation": a.allocation,
+            "target": a.target,
+            "exclude": [s.strip() for s in a.exclude.split(",") if s.strip()],
+            "prune_kv_heads": a.prune_kv_heads,
+        }
+        if a.round_to is not None:
+            options["round_to"] = a.round_to
+        if a.min_units is not None:
+            options["min_units"] = a.min_units
+        if a.recover:
+            options["recover"] = True
+        for item in a.overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set takes KEY=VALUE (e.g. recover=true); got {item!r}")
+            try:
+                options[key.strip()] = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+        if a.calibration is not None:
+            calibration = {"name": a.calibration, "split": a.calibration_split, "num_samples": a.num_samples,
+                           "max_length": a.max_length}
+            if a.calibration_files is not None:
+                calibration["data_files"] = a.calibration_files
+            if a.calibration_column is not None:
+                calibration["text_column"] = calibration["image_column"] = a.calibration_column
+            options["calibration"] = calibration
+        elif a.calibration_files is not None or a.calibration_column is not None:
+            raise ConfigError("--calibration-files / --calibration-column describe --calibration NAME; "
+                              "add --calibration (e.g. --calibration csv --calibration-files data.csv)")
+        return options
 
+    def execute(self) -> int:
+        from optimum_prune.errors import ConfigError
+        from optimum_prune.importance import criterion_class
+        from optimum_prune.pruner import ORTPruner
+        from optimum_prune.stages import read_report
+        from optimum_prune.stages.prune import PruneStageConfig, load_calibration
+
+        a = self.args
+        stage = PruneStageConfig.from_dict(self.stage_options(), where="prune onnx")
+        importance, _ = criterion_class(stage.pruning.importance)
+        if importance.requires_calibration and stage.calibration is None:
+            raise ConfigError(
+                f"--importance {stage.pruning.importance} needs calibration data: add --calibration NAME "
+                "(e.g. --calibration rotten_tomatoes, or --calibration csv --calibration-files data.csv "
+                "--calibration-column text), or choose a data-free criterion (l1, l2, tree, obs, fidelity)"
+            )
+        pruner = ORTPruner.from_pretrained(a.model, file_name=a.file_name)
+        options = dict(stage.prune_options)
+        if stage.calibration is not None:
+            _quiet_libraries()
+            options["calibration"] = load_calibration(Path(a.model), stage.calibration)
+        out = pruner.prune(stage.pruning, a.output, **options)
         entry = read_report(out)[-1]
         removed = 1 - entry["params_after"] / max(entry["params_before"], 1)
         print(
@@ -138,7 +241,15 @@ class PruneONNXCommand(_PruneSubcommand):
             f"{entry['units_removed']}, params {entry['params_before']:,} -> {entry['params_after']:,} "
             f"(-{removed:.1%}) in {entry['seconds']:.1f} s"
         )
-        if not a.no_verify:
+        if entry.get("repair"):
+            rep = entry["repair"]
+            print(
+                f"repair: {rep['consumers']} consumers refitted on {_describe_data(rep.get('calibration'))}, "
+                f"mean relative layer error {rep['mean_error_before']:.4f} -> {rep['mean_error_after']:.4f}"
+            )
+        for hint in entry.get("hints", []):
+            print(f"hint: {hint}")
+        if stage.verify and not a.no_verify:
             from optimum_prune.verify import verify
 
             result = verify(a.model, out, file_name=a.file_name)
@@ -149,6 +260,30 @@ class PruneONNXCommand(_PruneSubcommand):
             )
         print(f"written: {out}")
         return 0
+
+
+def _round_to(value: str) -> int | dict[str, int]:
+    """``8`` or ``conv=16,ffn=8`` (the kinds are checked by ``PruningConfig``)."""
+    try:
+        if "=" not in value:
+            return int(value)
+        out = {}
+        for item in value.split(","):
+            kind, _, n = item.partition("=")
+            out[kind.strip()] = int(n)
+        return out
+    except ValueError:
+        raise ArgumentTypeError(f"expected N or KIND=N,... (e.g. 8 or conv=16,ffn=8), got {value!r}"
+                                ) from None
+
+
+def _describe_data(calibration: dict | None) -> str:
+    """A few words on the data a repair was fitted on, from its report entry."""
+    if not calibration:
+        return "calibration data"
+    source = calibration.get("source") or "calibration data"
+    rows = calibration.get("num_samples")
+    return f"{source} ({rows} rows)" if rows else str(source)
 
 
 class PruneAnalyzeCommand(_PruneSubcommand):

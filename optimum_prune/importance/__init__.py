@@ -59,7 +59,8 @@ _CRITERIA: Mapping[str, tuple[type[Importance], Mapping[str, object]]] = Mapping
 
 def criterion_class(name: str) -> tuple[type[Importance], dict]:
     """The class of the criterion called ``name`` and the options its name fixes (``p`` for ``l1`` /
-    ``l2``); ``cls.uses_calibration`` says whether it takes calibration data.
+    ``l2``); ``cls.uses_calibration`` says whether it takes calibration data, ``cls.requires_calibration``
+    whether it cannot score without it.
 
     Raises:
         ConfigError: unknown name.

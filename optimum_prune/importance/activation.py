@@ -72,6 +72,7 @@ class ActivationImportance(Importance):
 
     name: ClassVar[str] = "activation"
     uses_calibration: ClassVar[bool] = True
+    requires_calibration: ClassVar[bool] = True
     calibration: CalibrationData | None = None
     max_tensors_per_run: int = 16
     notes: list[str] = field(default_factory=list)

@@ -22,7 +22,8 @@ class Importance:
     """Base class of the importance criteria."""
 
     name: ClassVar[str] = ""
-    uses_calibration: ClassVar[bool] = False
+    uses_calibration: ClassVar[bool] = False  # takes calibration data when given
+    requires_calibration: ClassVar[bool] = False  # cannot score without it
 
     def prepare(self, model: ir.Model, groups: list[PruningGroup], *, shapes: dict[str, Shape] | None = None,
                 n_remove: dict[int, int] | None = None) -> None:

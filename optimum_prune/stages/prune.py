@@ -91,8 +91,9 @@ class PruneStageConfig(StageConfig):
         return out
 
 
-def _calibration(folder: Path, cfg: DatasetConfig):
-    """CalibrationData from a dataset split, processed with the folder's own tokenizer/processor."""
+def load_calibration(folder: Path, cfg: DatasetConfig):
+    """CalibrationData from a dataset split, processed with the folder's own tokenizer/processor (the
+    ``prune`` stage's ``calibration`` and ``prune onnx --calibration``)."""
     from optimum_prune.calibration import CalibrationConfig, CalibrationData
     from optimum_prune.stages.data import load_split
 
@@ -129,7 +130,7 @@ class PruneStage(Stage):
         options = dict(self.config.prune_options)
         metrics: dict[str, Any] = {}
         if self.config.calibration is not None:
-            options["calibration"] = _calibration(input_dir, self.config.calibration)
+            options["calibration"] = load_calibration(input_dir, self.config.calibration)
             metrics["calibration"] = options["calibration"].describe()
         pruner.prune(self.config.pruning, output_dir, **options)
         if self.config.verify:
