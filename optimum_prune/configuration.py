@@ -215,8 +215,10 @@ class PruningConfig:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}. Use e.g. sparsity=0.3 "
                               "to remove 30% of the units of every group.")
         unknown = [s for s in self.scope if s not in KINDS]
-        if unknown or not self.scope:
-            raise ConfigError(f"scope has unknown kinds {unknown or self.scope!r}; allowed: {KINDS}")
+        if not self.scope:
+            raise ConfigError(f"scope is empty: name the group kinds to prune; allowed: {KINDS}")
+        if unknown:
+            raise ConfigError(f"scope has unknown kinds {unknown}; allowed: {KINDS}")
         if self.importance not in IMPORTANCE_CRITERIA:
             raise ConfigError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
         if not isinstance(self.importance_options, dict):

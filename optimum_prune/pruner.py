@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ from optimum_prune.errors import (
     ValidationError,
 )
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
+from optimum_prune.hints import config_hints, conv_width_hints
 from optimum_prune.importance import get_importance
 from optimum_prune.metrics import count_flops, count_parameters
 from optimum_prune.passes.apply import apply_removals
@@ -74,6 +75,7 @@ _MODEL_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data")
 
 _HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
               "decoder_attention_heads")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim", "emb_dim")  # "dim": DistilBERT
 _KV_KEYS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num")
 _FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim",
              "d_ff")
@@ -152,6 +154,7 @@ class PrunedModel:
     repair: object | None = None
     untied: list[str] = field(default_factory=list)
     folded_ifs: tuple[IfDecision, ...] = ()
+    hints: list[str] = field(default_factory=list)  # see optimum_prune.hints.config_hints
 
     def report(self, seconds: float, config_notes: list[str]) -> dict:
         """The ``prune`` entry of ``report.json``."""
@@ -168,7 +171,8 @@ class PrunedModel:
                               for k in KINDS},
             "seconds": round(seconds, 3),
             "config_notes": config_notes,
-            **({"hints": hints} if (hints := conv_width_hints(self.groups, self.removed)) else {}),
+            **({"hints": hints} if (hints := [*self.hints, *conv_width_hints(self.groups, self.removed)])
+               else {}),
             **({"repair": self.repair.to_dict()} if self.repair is not None else {}),
             **({"untied": self.untied} if self.untied else {}),
             **({"folded_ifs": [{"node": name, "branch": "then" if taken else "else"}
@@ -176,25 +180,6 @@ class PrunedModel:
             "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                        for g, g_plan in zip(self.groups, self.plan.groups, strict=True)],
         }
-
-
-CONV_WIDTH_MULTIPLE = 4
-"""Kept channel counts of ``conv`` groups below a multiple of this make ONNX Runtime's CPU convolutions
-slower than the dense model's (``benchmarks/cnn_quality.py``: 0.3x at exact counts, 2.3x faster at 16)."""
-
-
-def conv_width_hints(groups: Sequence[PruningGroup], removed: dict[int, set[int]]) -> list[str]:
-    """Advice for ``report.json`` when pruned ``conv`` groups keep channel counts that are not multiples of
-    :data:`CONV_WIDTH_MULTIPLE`, naming how many and the option that avoids it."""
-    kept = {g.id: (g.units - len(removed[g.id])) * g.unit_size for g in groups
-            if g.kind == "conv" and removed.get(g.id)}
-    odd = [g for g in groups if g.id in kept and kept[g.id] % CONV_WIDTH_MULTIPLE]
-    if not odd:
-        return []
-    return [f"{len(odd)} pruned conv group(s) keep channel counts that are not multiples of "
-            f"{CONV_WIDTH_MULTIPLE} (e.g. {odd[0].seed}: {kept[odd[0].id]} channels); ONNX Runtime's CPU "
-            "convolutions run several times slower on such widths. Fix: PruningConfig(round_to={'conv': 16}) "
-            "(8 on CPUs without AVX-512)"]
 
 
 def check_save_dir(save_dir: str | os.PathLike | None, source_folder: Path, config: PruningConfig | None,
@@ -207,9 +192,10 @@ def check_save_dir(save_dir: str | os.PathLike | None, source_folder: Path, conf
         raise ConfigError("pass a PruningConfig or a PruningPlan")
     save_dir = Path(save_dir).resolve()
     source = source_folder.resolve()
-    if save_dir == source or save_dir in source.parents:
-        what = "is the input folder" if save_dir == source else f"contains the input folder {source}"
-        raise ConfigError(f"save_dir {save_dir} {what}, which pruning would replace; choose a new folder "
+    if save_dir == source or save_dir in source.parents or source in save_dir.parents:
+        what = ("is the input folder" if save_dir == source else f"contains the input folder {source}"
+                if save_dir in source.parents else f"is inside the input folder {source}")
+        raise ConfigError(f"save_dir {save_dir} {what}, which pruning would change; choose a new folder "
                           "outside it (inputs are never modified)")
     if save_dir.exists() and any(save_dir.iterdir()) and not (save_dir / PLAN_FILE).exists():
         raise ConfigError(f"save_dir {save_dir} exists and is not empty (and holds no earlier pruning "
@@ -281,8 +267,14 @@ class ORTPruner:
                 return MultiFilePruner(path, registry=registry)
         if not model_path.is_file():
             found = sorted(p.name for p in path.glob("*.onnx"))
+            if not found and (path / "config.json").is_file() and any(
+                    any(path.glob(pattern)) for pattern in ("*.safetensors", "pytorch_model*.bin", "*.h5")):
+                raise InvalidModelError(
+                    f"{path} holds a transformers checkpoint, not an ONNX export: export it first with "
+                    f"`optimum-cli export onnx --model {path} ONNX_DIR` (or run a recipe whose first stage "
+                    "is export) and prune ONNX_DIR")
             raise InvalidModelError(f"{model_path} not found; ONNX files in {path}: {found or 'none'}. "
-                                    "Pass file_name= to choose one.")
+                                    "Pass file_name= (CLI: --file-name) to choose one.")
         return cls(model_path, registry)
 
     # ------------------------------------------------------------------------------------------
@@ -321,7 +313,8 @@ class ORTPruner:
         """Find every group (kind, prunable units) and why some cannot be pruned."""
         start = time.perf_counter()
         prep = self._prepare(tuple(io_patterns))
-        return AnalysisReport(prep.groups, count_parameters(prep.model),
+        # parameters as the source file holds them (the analysis copies shared norms per use)
+        return AnalysisReport(prep.groups, count_parameters(prep.model) - unshared_elements(prep.model),
                               count_flops(prep.model, self._dense_flop_shapes(prep)),
                               time.perf_counter() - start)
 
@@ -566,12 +559,18 @@ class ORTPruner:
                                         for r in repair_report.records])
         apply_removals(prep.model, prep.groups, removed)
         reshare_vectors(prep.model)
+        params_after = count_parameters(prep.model)
+        flops_after = count_flops(prep.model, self._flop_shapes(prep.model))
+        hints = []
+        if config is not None:
+            before, after = ((params_before, params_after) if config.target == "params"
+                             else (flops_before, flops_after))
+            hints = config_hints(prep.groups, removed, config, cut=1.0 - after / max(before, 1))
         return PrunedModel(model=prep.model, plan=plan, groups=prep.groups, removed=removed,
                            params_before=params_before, flops_before=flops_before,
-                           params_after=count_parameters(prep.model),
-                           flops_after=count_flops(prep.model, self._flop_shapes(prep.model)),
+                           params_after=params_after, flops_after=flops_after,
                            repair=repair_report, untied=list(prep.untied),
-                           folded_ifs=prep.folded_ifs)
+                           folded_ifs=prep.folded_ifs, hints=hints)
 
     def _copy_side_files(self, dest: Path) -> None:
         copy_side_files(self.folder, dest)
@@ -754,7 +753,8 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
     the key/value heads (Falcon-7B's ``multi_query`` overrides its ``num_kv_heads``), and head groups
     whose cache inputs are narrowed (``cache_narrowed``, see :mod:`optimum_prune.passes.cache_inputs`):
     the runtime then sizes the first cache for the dense model, which the graph narrows.
-    Otherwise new head counts are recorded when they still divide the hidden size (some config
+    Otherwise new head counts are recorded when they divide the hidden size, read under any of
+    ``_HIDDEN_KEYS`` (kept when it is not found there; some config
     classes reject other values, and the graph does not read them). Returns notes on what was kept.
     """
     if not path.is_file():
@@ -774,7 +774,7 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
         heads = None  # the counts stay
     if heads is not None and heads < 1:
         n_heads = next((cfg[k] for k in _HEAD_KEYS if isinstance(cfg.get(k), int)), None)
-        hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
+        hidden = next((cfg[k] for k in _HIDDEN_KEYS if isinstance(cfg.get(k), int)), None)
         new = dict(cfg)
         if (n_heads and isinstance(hidden, int) and cfg.get("head_dim") is None
                 and _config_can_set(cfg.get("model_type"), "head_dim")):
@@ -793,11 +793,14 @@ def _update_config(path: Path, groups: list[PruningGroup], removed: dict[int, se
                 if isinstance(cfg.get(k), int):
                     new[k] = int(round(cfg[k] * heads))
             new_heads = next((new[k] for k in _HEAD_KEYS if isinstance(new.get(k), int)), None)
-            if not isinstance(hidden, int) or not new_heads or hidden % new_heads == 0:
+            if not new_heads or (hidden is not None and hidden % new_heads == 0):
                 cfg, changed = new, True
             else:
-                notes.append(f"config.json keeps the source head counts: {new_heads} heads do not divide "
-                             f"hidden_size {hidden}, and the pruned graph does not read them")
+                why = (f"{new_heads} heads do not divide hidden_size {hidden}" if hidden is not None else
+                       f"it names the hidden size under none of {list(_HIDDEN_KEYS)}, so whether {new_heads} "
+                       "heads divide it is unknown")
+                notes.append(f"config.json keeps the source head counts: {why}, and the pruned graph does "
+                             "not read them")
     ffn = _uniform_ratio(groups, removed, "ffn")
     if ffn is not None and ffn < 1:
         for k in _FFN_KEYS:

@@ -361,3 +361,26 @@ qdq (float[B, S, 8] x) => (float[B, S, 6] y) {
         ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5), tmp_path / "p")
     assert not (tmp_path / "p").exists()
     assert snapshot(src) == before
+
+
+def test_save_dir_inside_input_is_refused(dense):
+    """Writing into a subfolder of the input would change the input folder."""
+    before = snapshot(dense)
+    with pytest.raises(ConfigError, match="is inside the input folder"):
+        ORTPruner.from_pretrained(dense).prune(PruningConfig(sparsity=0.5), dense / "pruned")
+    assert snapshot(dense) == before
+
+
+def test_a_transformers_checkpoint_is_told_to_export_first(tmp_path):
+    src = tmp_path / "hf-weights"
+    src.mkdir()
+    (src / "config.json").write_text("{}\n")
+    (src / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidModelError, match=r"transformers checkpoint, not an ONNX export.*optimum-cli "
+                                                 r"export onnx --model"):
+        ORTPruner.from_pretrained(src)
+
+
+def test_an_empty_scope_says_so():
+    with pytest.raises(ConfigError, match="scope is empty"):
+        PruningConfig(scope=())

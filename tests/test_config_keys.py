@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 from optimum_prune.pruner import _read_only_in_source
 
 
@@ -45,3 +47,34 @@ print(json.dumps({{"heads": config["num_attention_heads"], "head_dim": config.ge
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == '{"heads": 2, "head_dim": null, "transformers": false}'
+
+
+@pytest.mark.parametrize(
+    ("config", "heads", "note"),
+    [
+        # DistilBERT names the hidden size "dim": 2 heads divide 12, so the count is recorded
+        ({"model_type": "distilbert", "dim": 12, "n_heads": 3}, 2, None),
+        # ... and a count that does not divide it is not (DistilBertConfig raises on n_heads 2 with dim 9)
+        ({"model_type": "distilbert", "dim": 9, "n_heads": 3}, 3, "2 heads do not divide hidden_size 9"),
+        # no hidden size under a known key: the count stays, with a note
+        ({"model_type": "unknown-arch", "n_heads": 3}, 3, "names the hidden size under none of"),
+    ],
+)
+def test_head_counts_are_recorded_only_where_they_divide_the_hidden_size(tmp_path, config, heads, note):
+    """config.json gets the pruned head count only when it divides the hidden size, whatever the key the
+    config names that size with; otherwise the source count stays and report.json says why."""
+    import json
+
+    import onnx
+
+    from graphs import OP_GRAPHS
+    from optimum_prune import ORTPruner, PruningConfig
+
+    src = tmp_path / "dense"
+    src.mkdir()
+    onnx.save(OP_GRAPHS["attention_block"](), src / "model.onnx")
+    (src / "config.json").write_text(json.dumps(config))
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.34, scope=("heads",)), tmp_path / "p")
+    assert json.loads((out / "config.json").read_text())["n_heads"] == heads
+    notes = json.loads((out / "report.json").read_text())["stages"][-1]["config_notes"]
+    assert (note is None and not notes) or any(note in n for n in notes), notes
