@@ -161,7 +161,8 @@ def _flops_per_weight(value: ir.Value, shapes: dict[str, Shape], sequence: int) 
 
 def uniform_for_cost(groups: Sequence[PruningGroup], costs: dict[int, np.ndarray], target: float,
                      min_units: int, multiples: dict[int, int],
-                     saving: Callable[[dict[int, int]], float] | None = None) -> dict[int, int]:
+                     saving: Callable[[dict[int, int]], float] | None = None, *,
+                     total: float | None = None, measure: str = "cost") -> dict[int, int]:
     """One sparsity for every group, the smallest whose removal (of average-cost units) reaches
     ``target``; found by bisection. ``saving`` (removal counts -> amount saved) replaces the average
     cost when the saving is not linear in the count (latency tables). Raises :class:`ConfigError` when no
@@ -176,8 +177,10 @@ def uniform_for_cost(groups: Sequence[PruningGroup], costs: dict[int, np.ndarray
 
     best, reached = plan(0.999999)
     if reached < target:
-        raise ConfigError(f"the groups in scope can remove at most {reached:.4g} of the {target:.4g} asked; "
-                          "lower sparsity, widen scope, or lower min_units")
+        share = (f"{reached / total:.3f} of the model's {measure} ({reached:.4g} of the {target:.4g} asked)"
+                 if total else f"{reached:.4g} of the {target:.4g} asked")
+        raise ConfigError(f"the groups in scope can remove at most {share}; lower sparsity, widen scope, or "
+                          "lower min_units")
     lo, hi = 0.0, 0.999999
     for _ in range(40):
         mid = (lo + hi) / 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from optimum_prune.association.tree import KINDS
@@ -238,6 +238,16 @@ class PruningConfig:
                 "recover": self.recover.to_dict() if self.recover else False,
                 "allocation": self.allocation, "target": self.target, "round_to": self.round_to,
                 **({"latency_table": self.latency_table.to_dict()} if self.latency_table else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruningConfig:
+        """Inverse of :meth:`to_dict`; the keys a plan adds to it (``latency_estimate_ms``) are ignored."""
+        names = {f.name for f in fields(cls) if f.init}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        for key in ("scope", "exclude", "io_patterns"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
 
     def multiple(self, kind: str) -> int:
         """The rounding multiple of ``kind``'s kept units."""

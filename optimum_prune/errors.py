@@ -24,6 +24,10 @@ class ConfigError(PruningError):
     """A configuration value is outside its allowed range or names something unknown."""
 
 
+class CalibrationRequiredError(ConfigError):
+    """A data-driven criterion was asked for without calibration data for the model (or file) it scores."""
+
+
 class PlanMismatchError(PruningError):
     """A saved pruning plan does not match the model it is applied to."""
 

@@ -1,6 +1,6 @@
 """Advice for ``report.json`` (``hints``): what a pruning did that the user probably did not mean, and the
-option that changes it. A hint never changes the result; the cases that are plain mistakes (nothing
-pruned, an ``exclude`` pattern that matches nothing) also raise a ``UserWarning``.
+option that changes it. A hint never changes the result; :func:`warn_mistakes` turns the ones that are
+plain mistakes (nothing pruned, an ``exclude`` pattern that matches nothing) into a ``UserWarning``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def conv_width_hints(groups: Sequence[PruningGroup], removed: dict[int, set[int]
 
 def config_hints(groups: Sequence[PruningGroup], removed: dict[int, set[int]], config: PruningConfig, *,
                  cut: float | None = None) -> list[str]:
-    """Advice on ``config`` against what it pruned: nothing pruned (and which kinds the model has), head
-    groups left whole because they resize the key/value cache, ``exclude`` patterns that match no group,
-    and a params / FLOPs ``cut`` (the fraction removed) well above the ``sparsity`` asked."""
+    """Advice on ``config`` against what it pruned: nothing pruned (and which kinds the model has), a kind
+    in scope none of whose groups was pruned while the analysis refused some, head groups left whole
+    because they resize the key/value cache, ``exclude`` patterns that match no group, and a params /
+    FLOPs ``cut`` (the fraction removed) well above the ``sparsity`` asked."""
     hints: list[str] = []
     prunable = [g for g in groups if g.prunable]
     if config.sparsity > 0 and not any(removed.values()):
@@ -46,12 +47,18 @@ def config_hints(groups: Sequence[PruningGroup], removed: dict[int, set[int]], c
         have = Counter(g.kind for g in prunable)
         found = ", ".join(f"{k} ({n})" for k, n in sorted(have.items())) or "none"
         if not in_scope:
-            hints.append(f"nothing was pruned: no prunable group of kind {', '.join(config.scope)}; this "
+            hints.append(f"{NOTHING_PRUNED}: no prunable group of kind {', '.join(config.scope)}; this "
                          f"model's prunable groups: {found}. Fix: a scope among them (CLI: --scope)")
         else:
-            hints.append(f"nothing was pruned: sparsity {config.sparsity} removes no unit of the "
+            hints.append(f"{NOTHING_PRUNED}: sparsity {config.sparsity} removes no unit of the "
                          f"{len(in_scope)} group(s) in scope (smallest: {min(g.units for g in in_scope)} "
                          "units, min_units and round_to kept). Fix: a higher sparsity or lower round_to")
+    for kind in config.scope:
+        refused = [g for g in groups if g.kind == kind and not g.prunable]
+        if refused and not any(removed.get(g.id) for g in groups if g.kind == kind):
+            hints.append(f"no {kind} group was pruned: the analysis refused {len(refused)} (e.g. "
+                         f"{refused[0].seed}: {refused[0].reason}); ORTPruner.analyze() (CLI: prune analyze) "
+                         "gives every reason")
     cache_heads = [g for g in prunable if g.kind == "heads" and "heads" in config.scope
                    and any(s.io for s in g.slices)]
     if cache_heads and not config.prune_kv_heads:
@@ -60,12 +67,20 @@ def config_hints(groups: Sequence[PruningGroup], removed: dict[int, set[int]], c
     unmatched = [p for p in config.exclude if not any(p in g.seed for g in groups)]
     if unmatched:
         example = next((g.seed for g in prunable), None)
-        hints.append(f"exclude pattern(s) {unmatched} match no group seed (seeds look like {example!r}; "
+        hints.append(f"{UNMATCHED_EXCLUDE} {unmatched} match no group seed (seeds look like {example!r}; "
                      "ORTPruner.analyze() lists them), so they exclude nothing")
     if cut is not None and config.target in ("params", "flops") and cut > config.sparsity + OVERSHOOT:
         hints.append(f"the {config.target} cut is {cut:.3f}, above the {config.sparsity} asked: round_to "
                      f"{config.round_to} moves each group by whole steps. Fix: a lower round_to")
-    for hint in hints:
-        if hint.startswith(("nothing was pruned", "exclude pattern")):
-            warnings.warn(hint, UserWarning, stacklevel=3)
     return hints
+
+
+NOTHING_PRUNED = "nothing was pruned"
+UNMATCHED_EXCLUDE = "exclude pattern(s)"
+
+
+def warn_mistakes(hints: Sequence[str]) -> None:
+    """A ``UserWarning`` for each hint that is a plain mistake (nothing pruned, an unmatched exclude)."""
+    for hint in hints:
+        if hint.startswith((NOTHING_PRUNED, UNMATCHED_EXCLUDE)):
+            warnings.warn(hint, UserWarning, stacklevel=3)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,15 @@ from optimum_prune.association.rules import RuleRegistry
 from optimum_prune.association.tree import KINDS, PruningGroup
 from optimum_prune.calibration import CalibrationData
 from optimum_prune.configuration import DEFAULT_IO_PATTERNS, PruningConfig
-from optimum_prune.errors import ConfigError, InvalidModelError, PlanMismatchError, PruningError
+from optimum_prune.errors import (
+    CalibrationRequiredError,
+    ConfigError,
+    InvalidModelError,
+    PlanMismatchError,
+    PruningError,
+)
 from optimum_prune.graph import const_array, save_model_atomic
+from optimum_prune.hints import config_hints, warn_mistakes
 from optimum_prune.passes.cache_inputs import NARROWED_DIMS_KEY, narrow_cache_inputs
 from optimum_prune.passes.validate import make_session, validate_model_file
 from optimum_prune.plan import PLAN_FILE, PruningPlan, load_component_plans, save_component_plans
@@ -258,6 +265,16 @@ class MultiFilePruner:
             calib = self._calibration_for(f, calibration)
             try:
                 plans[f] = pruner._plan(preps[f], config, calib, frozen=frozenset(frozen[f]), follow=follow)
+            except CalibrationRequiredError as e:
+                if calib is None and calibration is not None:  # given, but it fits no input of this file
+                    given = (sorted(next(iter(calibration.batches()), {}))
+                             if isinstance(calibration, CalibrationData) else sorted(calibration))
+                    raise CalibrationRequiredError(
+                        f"{f}: importance {config.importance!r} needs calibration data for this file, and "
+                        f"the data given ({given}) neither feeds its inputs {sorted(self._inputs[f])} nor, "
+                        "through the encoder, a decoder's: pass a mapping {file name: CalibrationData} "
+                        "(Python API), or choose a data-free criterion (l1, l2, tree, obs, fidelity)") from e
+                raise CalibrationRequiredError(f"{f}: {e}") from e
             except ConfigError as e:
                 raise ConfigError(f"{f}: {e}") from e
             follows = [gp for gp in plans[f].groups if gp.id in follow]
@@ -361,6 +378,9 @@ class MultiFilePruner:
             save_component_plans(tmp / PLAN_FILE, {f: pm.plan for f, pm in pruned.items()})
             seconds = time.perf_counter() - start
             components = {f: pm.report(seconds, []) for f, pm in pruned.items()}
+            asked = config or PruningConfig.from_dict(next(iter(pruned.values())).plan.config)
+            hints = [*config_hints(combined, removed, asked, cut=_cut(pruned.values(), asked.target)),
+                     *(h for c in components.values() for h in c.get("hints", []))]
             report = {"stage": "prune", "config": next(iter(components.values()))["config"],
                       "params_before": sum(c["params_before"] for c in components.values()),
                       "params_after": sum(c["params_after"] for c in components.values()),
@@ -371,9 +391,19 @@ class MultiFilePruner:
                       "units_removed": {k: sum(c["units_removed"][k] for c in components.values())
                                         for k in KINDS},
                       "seconds": round(seconds, 3), "config_notes": notes,
+                      **({"hints": hints} if hints else {}),
                       "files": dict(self.unprunable_files), "components": components}
             _write_report(tmp, self.folder, report)
+        warn_mistakes(hints)
         return save_dir
+
+
+def _cut(pruned: Iterable[PrunedModel], target: str) -> float:
+    """The fraction of the files' summed parameters (``target="params"``) or else FLOPs removed."""
+    params = target == "params"
+    totals = [(pm.params_before, pm.params_after) if params else (pm.flops_before, pm.flops_after)
+              for pm in pruned]
+    return 1.0 - sum(a for _, a in totals) / max(sum(b for b, _ in totals), 1)
 
 
 def read_component_plans(folder: str | os.PathLike) -> dict[str, PruningPlan]:

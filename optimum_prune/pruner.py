@@ -48,11 +48,11 @@ from optimum_prune.errors import (
     ValidationError,
 )
 from optimum_prune.graph import Shape, infer_shapes, load_model, save_model_atomic
-from optimum_prune.hints import config_hints, conv_width_hints
+from optimum_prune.hints import config_hints, conv_width_hints, warn_mistakes
 from optimum_prune.importance import get_importance
 from optimum_prune.metrics import count_flops, count_parameters
 from optimum_prune.passes.apply import apply_removals
-from optimum_prune.passes.cache_inputs import narrow_cache_inputs
+from optimum_prune.passes.cache_inputs import NARROWED_DIMS_KEY, narrow_cache_inputs
 from optimum_prune.passes.normalize import (
     explicit_split_sizes,
     name_nodes,
@@ -155,6 +155,12 @@ class PrunedModel:
     untied: list[str] = field(default_factory=list)
     folded_ifs: tuple[IfDecision, ...] = ()
     hints: list[str] = field(default_factory=list)  # see optimum_prune.hints.config_hints
+
+    def cut(self, target: str) -> float:
+        """The fraction of the parameters (``target="params"``) or else of the FLOPs removed."""
+        before, after = ((self.params_before, self.params_after) if target == "params"
+                         else (self.flops_before, self.flops_after))
+        return 1.0 - after / max(before, 1)
 
     def report(self, seconds: float, config_notes: list[str]) -> dict:
         """The ``prune`` entry of ``report.json``."""
@@ -415,7 +421,8 @@ class ORTPruner:
                 saving = latency.total_saving if latency else joint_saving(eligible, prep.model, cost_shapes,
                                                                            config.target)
                 n_remove = uniform_for_cost(eligible, costs, config.sparsity * total, config.min_units,
-                                            multiples, saving=saving) \
+                                            multiples, saving=saving, total=total,
+                                            measure="latency (ms)" if latency else config.target) \
                     if eligible and config.sparsity > 0 else {}
         else:
             importance.prepare(prep.model, eligible, shapes=prep.shapes, n_remove=None)
@@ -491,6 +498,8 @@ class ORTPruner:
         save_dir = check_save_dir(save_dir, self.folder, config, plan)
         start = time.perf_counter()
         pruned = self.prune_in_memory(config, plan=plan, calibration=calibration)
+        asked = config or PruningConfig.from_dict(pruned.plan.config)  # a replayed plan: its config's hints
+        pruned.hints = config_hints(pruned.groups, pruned.removed, asked, cut=pruned.cut(asked.target))
         with staging_folder(save_dir) as tmp:
             model_file = tmp / self.model_path.name
             self._copy_side_files(tmp)
@@ -527,6 +536,7 @@ class ORTPruner:
             pruned.plan.save(tmp / PLAN_FILE)
             report = pruned.report(time.perf_counter() - start, config_notes)
             _write_report(tmp, self.folder, report)
+        warn_mistakes(pruned.hints)
         return save_dir
 
     def prune_in_memory(self, config: PruningConfig | None = None, *, plan: PruningPlan | None = None,
@@ -541,6 +551,12 @@ class ORTPruner:
         io_patterns = tuple(plan.config.get("io_patterns", DEFAULT_IO_PATTERNS)) if plan and config is None \
             else config.io_patterns
         prep = self._prepare(io_patterns)
+        if config is not None and config.prune_kv_heads and NARROWED_DIMS_KEY in prep.model.metadata_props:
+            raise ConfigError(
+                f"{self.model_path}: its cache inputs were narrowed by an earlier pruning with "
+                "prune_kv_heads=True, and pruning its key/value heads again is not supported. Prune the "
+                "dense export once at the total sparsity, or prune the other groups with "
+                "prune_kv_heads=False (CLI: without --prune-kv-heads)")
         if plan is None:
             plan = self._plan(prep, config, calibration, frozen=frozen, follow=follow)
         removed = _match_plan(plan, prep.groups)
@@ -559,18 +575,12 @@ class ORTPruner:
                                         for r in repair_report.records])
         apply_removals(prep.model, prep.groups, removed)
         reshare_vectors(prep.model)
-        params_after = count_parameters(prep.model)
-        flops_after = count_flops(prep.model, self._flop_shapes(prep.model))
-        hints = []
-        if config is not None:
-            before, after = ((params_before, params_after) if config.target == "params"
-                             else (flops_before, flops_after))
-            hints = config_hints(prep.groups, removed, config, cut=1.0 - after / max(before, 1))
         return PrunedModel(model=prep.model, plan=plan, groups=prep.groups, removed=removed,
                            params_before=params_before, flops_before=flops_before,
-                           params_after=params_after, flops_after=flops_after,
+                           params_after=count_parameters(prep.model),
+                           flops_after=count_flops(prep.model, self._flop_shapes(prep.model)),
                            repair=repair_report, untied=list(prep.untied),
-                           folded_ifs=prep.folded_ifs, hints=hints)
+                           folded_ifs=prep.folded_ifs)
 
     def _copy_side_files(self, dest: Path) -> None:
         copy_side_files(self.folder, dest)

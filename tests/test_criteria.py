@@ -169,6 +169,33 @@ def test_fidelity_removes_a_large_unit_with_no_effect_downstream(tmp_path):
     assert np.argmax(ActivationImportance(calibration=calibration)(group, prep.model)) == 4
 
 
+def test_fidelity_on_a_model_with_two_batch_axes(tmp_path):
+    """CLIP-style similarity: image rows [B, 8] through the FFN, text rows [T, 3], logits [B, T]. Stacking
+    trials along both batch axes pairs every trial with every other; fidelity must still score each
+    unit (one trial per run) and find the zero unit. It raised a reshape error before."""
+    model = onnx.parser.parse_model(f"""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[batch_size, {IN}] x, float[text_batch_size, {OUT}] t)
+            => (float[batch_size, text_batch_size] y) {{
+            m = MatMul(x, W1)
+            a = Add(m, b1)
+            h = Relu(a)
+            z = MatMul(h, W2)
+            tt = Transpose <perm = [1, 0]> (t)
+            y = MatMul(z, tt)
+        }}
+    """)
+    w1, b1, w2 = _weights()
+    b1[:] = 3.0  # every unit active on any input ...
+    w1[:, 2], b1[2], w2[2] = 0, 0, 0  # ... but unit 2, which is zero
+    for name, arr in (("W1", w1), ("b1", b1), ("W2", w2)):
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(arr, np.float32), name))
+    onnx.save(model, tmp_path / "model.onnx")
+    prep, group = _ffn_group(tmp_path / "model.onnx")
+    scores = FidelityImportance()(group, prep.model)
+    assert np.argmin(scores) == 2 and sorted(scores.tolist()) == list(range(HIDDEN)), scores
+
+
 @pytest.mark.parametrize("with_data", [False, True], ids=["data-free", "calibration"])
 def test_obs_prefers_the_unit_the_others_can_compensate(tmp_path, with_data):
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((IN, IN)))

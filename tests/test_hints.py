@@ -84,3 +84,35 @@ def test_analyze_counts_the_parameters_of_the_file(zoo_root):
     """The analysis copies norms shared by several groups; its parameter count is still the file's."""
     src = export_zoo_model("bert", zoo_root)
     assert ORTPruner.from_pretrained(src).analyze().params == count_parameters(load_model(src / "model.onnx"))
+
+
+def test_pruning_narrowed_cache_heads_again_is_refused_and_the_rest_still_prunes(zoo_root, tmp_path):
+    """GPT-2's cache inputs are narrowed once its KV heads are pruned; a second pass over them used to
+    collide with the first pass's narrowing nodes."""
+    from optimum_prune.errors import ConfigError
+
+    src = export_zoo_model("gpt2", zoo_root, with_past=True)
+    kv = PruningConfig(sparsity=0.5, prune_kv_heads=True)
+    once = ORTPruner.from_pretrained(src).prune(kv, tmp_path / "a")
+    assert "optimum_prune.narrowed_dims" in {p.key for p in onnx.load(once / "model.onnx").metadata_props}
+    with pytest.raises(ConfigError, match="narrowed by an earlier pruning"):
+        ORTPruner.from_pretrained(once).prune(kv, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    ffn = PruningConfig(sparsity=0.3, scope=("ffn",))
+    twice = ORTPruner.from_pretrained(once).prune(ffn, tmp_path / "c")
+    report = json.loads((twice / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["ffn"] > 0
+
+
+def test_a_kind_whose_groups_were_all_refused_names_a_reason(tmp_path):
+    """A refused group is worth a hint only when no group of its kind was pruned (a re-pruned decoder whose
+    every head group stops at the narrowed cache, say); the usual refusal next to pruned groups is not."""
+    src = _folder(tmp_path, "conv")
+    # W1's group prunes, W2's is refused (it would change the graph output): no hint for a partial refusal
+    out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("conv",)), tmp_path / "p")
+    assert not any("the analysis refused" in h for h in _hints(out))
+    with pytest.warns(UserWarning, match="nothing was pruned"):
+        out = ORTPruner.from_pretrained(src).prune(PruningConfig(sparsity=0.5, scope=("conv",),
+                                                                 exclude=("W1",)), tmp_path / "q")
+    refused = "no conv group was pruned: the analysis refused 1 (e.g. W2"
+    assert any(h.startswith(refused) and "graph output" in h for h in _hints(out)), _hints(out)

@@ -268,3 +268,31 @@ def test_encoder_calibration_feeds_the_decoders_through_the_dense_encoder(t5_fol
     report = json.loads((out / "report.json").read_text())["stages"][-1]
     assert all(c["units_removed"]["ffn"] == 48 for c in report["components"].values())
     assert verify(t5_folder, out).exact
+
+
+def test_hints_of_a_multi_file_model_are_judged_on_every_file_together(zoo_root, tmp_path):
+    """Whisper: at scope conv only the encoder has conv groups, so no file-level 'nothing was pruned'
+    warning may fire; the top-level report carries the hints (the decoders' cache-resizing heads)."""
+    import warnings
+
+    src = export_seq2seq_model("whisper", zoo_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out = MultiFilePruner(src).prune(PruningConfig(sparsity=0.5, scope=("conv",)), tmp_path / "conv")
+    report = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert report["units_removed"]["conv"] > 0
+    assert not any("nothing was pruned" in h for h in report.get("hints", []))
+    out = MultiFilePruner(src).prune(PruningConfig(sparsity=0.5), tmp_path / "heads")
+    hints = json.loads((out / "report.json").read_text())["stages"][-1]["hints"]
+    assert any("resize the key/value cache" in h for h in hints), hints
+
+
+def test_calibration_that_fits_no_file_of_a_speech_model_says_which_and_how(zoo_root, tmp_path):
+    """Text feeds for Whisper: they feed neither the encoder (input_features) nor, through it, a decoder;
+    the error used to say 'needs calibration data: pass calibration=...' although data was passed."""
+    src = export_seq2seq_model("whisper", zoo_root)
+    text = CalibrationData.from_feeds([{"input_ids": np.ones((2, 5), np.int64)}])
+    config = PruningConfig(sparsity=0.3, importance="activation")
+    with pytest.raises(ConfigError, match=r"_model.onnx: .*the data given \(\['input_ids'\]\) neither "
+                                          r"feeds its inputs .*mapping \{file name: CalibrationData\}"):
+        MultiFilePruner(src).prune(config, tmp_path / "p", calibration=text)

@@ -11,16 +11,17 @@ import onnx_ir as ir
 
 from optimum_prune.association.tree import PruningGroup
 from optimum_prune.calibration import CalibrationData, ChannelStats, StatRequest, capture_activations
-from optimum_prune.errors import ConfigError
+from optimum_prune.errors import CalibrationRequiredError, ConfigError
 from optimum_prune.graph import Shape, const_array, infer_shapes
 from optimum_prune.importance.base import Importance, leaf_inputs, per_unit, rows, values_by_name
 from optimum_prune.importance.magnitude import MagnitudeImportance
 
 
 def require_calibration(calibration: object, criterion: str) -> None:
-    """Raise :class:`ConfigError` naming the fix when a data-driven criterion has no calibration data."""
+    """Raise :class:`CalibrationRequiredError` naming the fix when a data-driven criterion has no calibration
+    data."""
     if calibration is None:
-        raise ConfigError(
+        raise CalibrationRequiredError(
             f"importance {criterion!r} needs calibration data: pass calibration=CalibrationData.from_dataset("
             "dataset, onnx_dir) (or .from_texts / .from_feeds / .generated) to ORTPruner.plan or prune, or "
             "choose a data-free criterion ('l1', 'l2', 'tree', 'obs', 'fidelity')")

@@ -251,6 +251,11 @@ class _Trials:
                 masks = {m.input_name: _mask_array(m, len(chunk) * rows, chunk, rows)
                          for m in self.group.masks}
                 got = self.session.run(self.outputs, {**feeds, **self.ones, **masks})
+                if any(got[i].shape != (len(chunk) * rows, *self.ref[i].shape[1:]) for i in usable):
+                    # stacked trials do not stay apart in the outputs (CLIP's logits_per_image pairs
+                    # every image with every text, both batch axes grow): run them one by one
+                    self.group.batched = False
+                    return self.distances(trials)
                 out.append(self._compare(got, usable, len(chunk), rows))
             return np.concatenate(out)
         usable = [i for i, r in enumerate(self.ref) if np.issubdtype(r.dtype, np.floating)]
