@@ -224,6 +224,8 @@ class PruningConfig:
         if not isinstance(self.importance_options, dict):
             raise ConfigError(f"importance_options must be a dict, got {self.importance_options!r}")
         object.__setattr__(self, "importance_options", dict(self.importance_options))
+        if not isinstance(self.prune_kv_heads, bool):
+            raise ConfigError(f"prune_kv_heads must be True or False, got {self.prune_kv_heads!r}")
         if not isinstance(self.min_units, int) or self.min_units < 1:
             raise ConfigError(f"min_units must be an integer >= 1, got {self.min_units!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))

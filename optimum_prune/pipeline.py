@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -145,7 +146,7 @@ class Pipeline:
             if not path.is_file():
                 raise ConfigError(f"recipe not found: {path}")
             try:
-                data = yaml.safe_load(path.read_text())
+                data = load_yaml(path.read_text())
             except yaml.YAMLError as e:
                 raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
             name = path.stem
@@ -297,6 +298,21 @@ def _prepare_output(output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
+_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$""")
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-4`` as a number: PyYAML follows YAML 1.1, where a float needs
+    a dot (``1.0e-4``), so a learning rate written ``1e-4`` came in as a string."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``["benchmark.repeats=3"]`` -> ``{"benchmark": {"repeats": 3}}`` (values parsed as YAML)."""
     import yaml
@@ -308,7 +324,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not stage or not option:
             raise ConfigError(f"--set takes STAGE.KEY=VALUE (e.g. benchmark.repeats=3); got {item!r}")
         try:
-            out.setdefault(stage, {})[option] = yaml.safe_load(value)
+            out.setdefault(stage, {})[option] = load_yaml(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
     return out

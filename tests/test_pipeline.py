@@ -26,6 +26,7 @@ from optimum_prune.stages import (
     QuantizeStage,
     read_report,
 )
+from optimum_prune.stages.data import DatasetConfig, load_split
 from tiny_folders import TEXTS, text_dataset, tiny_hf_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -428,3 +429,78 @@ def test_prune_stage_with_calibration_uses_a_data_driven_criterion(bert_hf, data
     with pytest.raises(ConfigError, match="activation"):
         Pipeline([ExportStage(task="feature-extraction"), PruneStage(sparsity=0.5, importance="activation")]
                  ).run(bert_hf, work / "no-data", progress=False)
+
+
+def test_static_quantize_never_writes_into_its_input_folder(bert_hf, dataset, work):
+    """ONNX Runtime's calibration writes ``model-inferred.onnx`` beside the model it reads (and removes it):
+    a read-only input folder failed, and the folder changed under its owner."""
+    exported = ExportStage(task="feature-extraction").run(bert_hf, work / "static-in")
+    stamp = exported.stat().st_mtime_ns
+    before = _tree_digest(exported)
+    out = QuantizeStage(mode="static", calibration=_text_data(dataset)).run(exported, work / "static-out")
+    assert (out / "model.onnx").is_file()
+    assert exported.stat().st_mtime_ns == stamp, "a file was created in (or removed from) the input folder"
+    assert _tree_digest(exported) == before
+
+
+def test_recipe_values_are_checked_before_any_stage_runs():
+    """Quoted booleans, a data-driven criterion without data, a dataset that is not local, data files
+    without a builder name: each a one-line ConfigError naming the stage or key, at recipe load."""
+    with pytest.raises(ConfigError, match=r"stage 'quantize': per_channel must be true or false .*'false'"):
+        QuantizeStage(mode="dynamic", per_channel="false")
+    with pytest.raises(ConfigError, match=r"stage 'prune': verify must be true or false"):
+        PruneStage.from_dict({"sparsity": 0.3, "verify": "no"})
+    with pytest.raises(ConfigError, match=r"stage 'prune': prune_kv_heads must be True or False"):
+        PruneStage.from_dict({"sparsity": 0.3, "prune_kv_heads": "false"})
+    with pytest.raises(ConfigError, match=r"stage 'prune': sparsity must be a number"):
+        Pipeline.from_recipe({"stages": [{"prune": {"sparsity": "0.3"}}]})
+    with pytest.raises(ConfigError, match=r"importance 'activation' needs calibration data: add calibration"):
+        Pipeline.from_recipe({"stages": [{"prune": {"sparsity": 0.3, "importance": "activation"}}]})
+    with pytest.raises(ConfigError, match=r"'imdb' is not a local dataset \(the Hub is never contacted\)"):
+        load_split(DatasetConfig(name="imdb"))
+    with pytest.raises(ConfigError, match=r"'csv' reads data_files"):
+        DatasetConfig(name="csv")
+    with pytest.raises(ConfigError, match=r"text_pair_column 's2' would be ignored"):
+        PruneStage(sparsity=0.3, calibration={"name": "csv", "data_files": "p.csv", "text_pair_column": "s2"})
+    assert DatasetConfig(data_files="reviews.csv").name == "csv"  # the extension names the builder
+    assert DatasetConfig(data_files={"train": ["a.jsonl"]}).name == "json"
+
+
+def test_a_learning_rate_written_1e_4_is_a_number():
+    from optimum_prune.pipeline import load_yaml, parse_overrides
+
+    assert load_yaml("learning_rate: 1e-4\nother: 2.0e-4\nname: x1e3") == {
+        "learning_rate": 1e-4, "other": 2e-4, "name": "x1e3"}
+    assert parse_overrides(["distill.learning_rate=5e-5"]) == {"distill": {"learning_rate": 5e-5}}
+
+
+def test_class_ids_are_mapped_through_the_dataset_class_names(tmp_path):
+    """An imagefolder numbers its classes alphabetically (cat 0, dog 1); a model with dog 0, cat 1 must be
+    scored against its own ids, or a perfect model scores 0."""
+    from optimum_prune.stages.data import labels_of
+
+    (tmp_path / "config.json").write_text(json.dumps({"label2id": {"dog": 0, "cat": 1}}))
+    assert labels_of(tmp_path, [0, 0, 1], ["cat", "dog"]).tolist() == [1, 1, 0]
+    assert labels_of(tmp_path, [0, 1], None).tolist() == [0, 1]  # no names: ids as they are
+    assert labels_of(tmp_path, [0, 1], ["ant", "bee"]).tolist() == [0, 1]  # names the model does not know
+
+
+def test_fidelity_compares_per_token_outputs_token_by_token():
+    """Token-classification logits of batches padded to different lengths: rows are the real tokens."""
+    from optimum_prune.stages.evaluate import _fidelity, _pooled
+
+    rng = np.random.default_rng(0)
+    batches = [{"attention_mask": np.array([[1, 1, 0], [1, 1, 1]])}, {"attention_mask": np.ones((1, 5), int)}]
+    outputs = [rng.standard_normal((2, 3, 4)), rng.standard_normal((1, 5, 4))]
+    assert _pooled(outputs[0], batches[0], "token-classification").shape == (5, 4)
+    same = _fidelity(outputs, outputs, batches, "token-classification")
+    assert same["cosine_mean"] == pytest.approx(1.0)
+
+
+def test_benchmark_records_the_sequence_length_that_ran(bert_hf, work):
+    exported = ExportStage(task="feature-extraction").run(bert_hf, work / "bench-in")
+    limit = json.loads((exported / "config.json").read_text())["max_position_embeddings"]
+    out = BenchmarkStage(batch_sizes=[1], repeats=1, warmup=0, sequence_length=10 * limit).run(
+        exported, work / "bench-out")
+    entry = read_report(out)[-1]
+    assert entry["sequence_length"] == limit and entry["sequence_length_asked"] == 10 * limit

@@ -174,6 +174,7 @@ class PruneONNXCommand(_PruneSubcommand):
         import yaml
 
         from optimum_prune.errors import ConfigError
+        from optimum_prune.pipeline import load_yaml
 
         a = self.args
         options: dict = {
@@ -196,7 +197,7 @@ class PruneONNXCommand(_PruneSubcommand):
             if not sep or not key.strip():
                 raise ConfigError(f"--set takes KEY=VALUE (e.g. recover=true); got {item!r}")
             try:
-                options[key.strip()] = yaml.safe_load(value)
+                options[key.strip()] = load_yaml(value)
             except yaml.YAMLError as e:
                 raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
         if a.calibration is not None:
@@ -220,14 +221,15 @@ class PruneONNXCommand(_PruneSubcommand):
         from optimum_prune.stages.prune import PruneStageConfig, load_calibration
 
         a = self.args
-        stage = PruneStageConfig.from_dict(self.stage_options(), where="prune onnx")
-        importance, _ = criterion_class(stage.pruning.importance)
-        if importance.requires_calibration and stage.calibration is None:
+        options = self.stage_options()
+        importance, _ = criterion_class(options["importance"])
+        if importance.requires_calibration and "calibration" not in options:
             raise ConfigError(
-                f"--importance {stage.pruning.importance} needs calibration data: add --calibration NAME "
+                f"--importance {options['importance']} needs calibration data: add --calibration NAME "
                 "(e.g. --calibration rotten_tomatoes, or --calibration csv --calibration-files data.csv "
                 "--calibration-column text), or choose a data-free criterion (l1, l2, tree, obs, fidelity)"
             )
+        stage = PruneStageConfig.from_dict(options, where="prune onnx")
         pruner = ORTPruner.from_pretrained(a.model, file_name=a.file_name)
         options = dict(stage.prune_options)
         if stage.calibration is not None:

@@ -16,7 +16,13 @@ def encode_examples(folder: Path, dataset, model: torch.nn.Module, *, text_colum
     """``(examples, collator)``: one dict of model inputs per row of ``dataset`` and the collator that pads
     them into batches. Only the inputs ``model.forward`` accepts are kept; ``labels`` when
     ``label_column`` is given."""
-    from optimum_prune.stages.data import _as_image, labels_of, load_tokenizer, max_sequence_length
+    from optimum_prune.stages.data import (
+        _as_image,
+        class_names,
+        labels_of,
+        load_tokenizer,
+        max_sequence_length,
+    )
 
     accepted = set(inspect.signature(model.forward).parameters)
     columns = set(dataset.column_names)
@@ -25,7 +31,7 @@ def encode_examples(folder: Path, dataset, model: torch.nn.Module, *, text_colum
         if label_column not in columns:
             raise ConfigError(f"distillation dataset has no label column {label_column!r}; columns: "
                               f"{sorted(columns)} (set label_column: null for soft targets only)")
-        labels = labels_of(folder, list(dataset[label_column])).tolist()
+        labels = labels_of(folder, list(dataset[label_column]), class_names(dataset, label_column)).tolist()
     if "pixel_values" in accepted and "input_ids" not in accepted:
         from transformers import AutoImageProcessor, default_data_collator
 

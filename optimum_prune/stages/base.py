@@ -57,11 +57,29 @@ class StageConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping of options, got {type(data).__name__} {data!r}")
         check_keys(data, cls.valid_keys(), where)
-        return cls(**data)
+        check_booleans(cls, data, where)
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            if str(e).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (nested configurations included), stored in ``report.json``."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+
+
+def check_booleans(cls: type, data: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`ConfigError` when a field of dataclass ``cls`` typed ``bool`` (or ``bool | None``) is
+    given anything else in ``data``: a quoted ``"false"`` is a true string, not off."""
+    for f in dataclasses.fields(cls):
+        kind = str(f.type).replace(" ", "")
+        if f.name in data and kind in ("bool", "bool|None", "None|bool"):
+            value = data[f.name]
+            if not isinstance(value, bool) and not (value is None and "None" in kind):
+                raise ConfigError(f"{where}: {f.name} must be true or false (unquoted in YAML), "
+                                  f"got {value!r}")
 
 
 def check_keys(data: Mapping[str, Any], valid: tuple[str, ...] | list[str], where: str) -> None:

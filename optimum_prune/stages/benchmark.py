@@ -70,11 +70,13 @@ class BenchmarkStage(Stage):
             str(find_model_file(input_dir)), opts, providers=["CPUExecutionProvider"]
         )
         latency: dict[str, dict[str, float]] = {}
+        lengths: set[int] = set()
         total = len(cfg.batch_sizes) * (cfg.warmup + cfg.repeats)
         quiet = {} if cfg.progress else {"disable": True}  # unset: tqdm honours TQDM_DISABLE
         with tqdm(total=total, desc="benchmark", leave=False, **quiet) as bar:
             for batch in cfg.batch_sizes:
                 feeds = synthetic_inputs(session, input_dir, batch=batch, sequence=cfg.sequence_length)
+                lengths.update(int(v.shape[1]) for k, v in feeds.items() if k == "input_ids" and v.ndim == 2)
                 times = []
                 for i in range(cfg.warmup + cfg.repeats):
                     start = time.perf_counter()
@@ -87,9 +89,12 @@ class BenchmarkStage(Stage):
                     "p90_ms": float(np.percentile(times, 90)),
                     "mean_ms": float(np.mean(times)),
                 }
+        ran = max(lengths) if lengths else cfg.sequence_length
         return {
             "latency": latency,
-            "sequence_length": cfg.sequence_length,
+            # what ran: the length asked, capped at the model's position table
+            "sequence_length": ran,
+            **({"sequence_length_asked": cfg.sequence_length} if ran != cfg.sequence_length else {}),
             "repeats": cfg.repeats,
             "threads": cfg.threads or None,
             "model_size_bytes": model_size_bytes(input_dir),

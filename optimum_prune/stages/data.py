@@ -22,6 +22,18 @@ from optimum_prune.runtime import empty_cache
 from optimum_prune.stages.base import StageConfig, positive_int
 
 BUILTIN_DATASETS = ("rotten_tomatoes",)
+FILE_BUILDERS = ("csv", "json", "text", "parquet", "arrow", "imagefolder", "audiofolder")
+"""``datasets`` builders that read local ``data_files`` (no Hub)."""
+_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text",
+               ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def _builder_of(data_files: str | list | dict) -> str | None:
+    """The ``datasets`` builder the extension of ``data_files`` names (the first file's), or None."""
+    first = data_files
+    while isinstance(first, list | tuple | dict):
+        first = next(iter(first.values() if isinstance(first, dict) else first), None)
+    return _EXTENSIONS.get(Path(str(first)).suffix.lower()) if first is not None else None
 
 
 @dataclasses.dataclass
@@ -62,10 +74,19 @@ class DatasetConfig(StageConfig):
             raise ConfigError(f"dataset pack must be true or false; got {self.pack!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"dataset name must be a non-empty string; got {self.name!r}")
-        positive_int(self.num_samples, "dataset num_samples")
-        positive_int(self.max_length, "dataset max_length")
         if isinstance(self.data_files, Path):
             self.data_files = str(self.data_files)
+        if self.data_files is not None and self.name == "rotten_tomatoes":
+            builder = _builder_of(self.data_files)
+            if builder is None:
+                raise ConfigError(f"dataset data_files {self.data_files!r} given without a builder name: add "
+                                  f"name: csv, json, text, parquet or imagefolder")
+            self.name = builder  # data_files without a name: the builder their extension says
+        if self.name in FILE_BUILDERS and self.data_files is None:
+            raise ConfigError(f"dataset name {self.name!r} reads data_files: add data_files (a path, a glob "
+                              "or a list)")
+        positive_int(self.num_samples, "dataset num_samples")
+        positive_int(self.max_length, "dataset max_length")
 
     @classmethod
     def coerce(cls, value: Any, where: str) -> DatasetConfig | None:
@@ -91,6 +112,11 @@ def load_split(cfg: DatasetConfig):
             if cfg.split not in ds:
                 raise ConfigError(f"dataset {cfg.name} has no split {cfg.split!r}; splits: {list(ds)}")
             ds = ds[cfg.split]
+    elif cfg.name not in FILE_BUILDERS and not Path(cfg.name).exists():
+        raise ConfigError(
+            f"dataset {cfg.name!r} is not a local dataset (the Hub is never contacted): use "
+            f"{', '.join(BUILTIN_DATASETS)}, a local folder (Dataset.save_to_disk, or data files), or a "
+            f"builder of local files ({', '.join(FILE_BUILDERS)}) with data_files")
     else:
         try:
             ds = datasets.load_dataset(cfg.name, cfg.config_name, data_files=cfg.data_files, split=cfg.split)
@@ -204,16 +230,26 @@ def _as_image(value):
     return value.convert("RGB") if hasattr(value, "convert") else value
 
 
-def labels_of(folder: Path, values: list) -> np.ndarray:
-    """Integer labels: ints as they are, strings through the model's ``label2id``."""
-    if all(isinstance(v, int | np.integer) for v in values):
-        return np.asarray(values, dtype=np.int64)
+def labels_of(folder: Path, values: list, names: list[str] | None = None) -> np.ndarray:
+    """Integer labels for the model of ``folder``: strings through its ``label2id``; ints as they are, unless
+    the dataset names its classes (``names``, a ``ClassLabel``'s: an imagefolder numbers its folders in
+    alphabetical order) and the model's ``label2id`` knows every name, which then maps them."""
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     label2id = {str(k).lower(): int(v) for k, v in (config.get("label2id") or {}).items()}
+    if all(isinstance(v, int | np.integer) for v in values):
+        if names and all(str(n).lower() in label2id for n in names):
+            return np.asarray([label2id[str(names[int(v)]).lower()] for v in values], dtype=np.int64)
+        return np.asarray(values, dtype=np.int64)
     try:
         return np.asarray([label2id[str(v).lower()] for v in values], dtype=np.int64)
     except KeyError as e:
         raise ConfigError(f"label {e.args[0]!r} is not in the model's label2id {sorted(label2id)}") from None
+
+
+def class_names(dataset, column: str) -> list[str] | None:
+    """The class names of ``dataset``'s ``column`` when it is a ``datasets.ClassLabel``, else None."""
+    feature = getattr(dataset, "features", {}).get(column)
+    return list(feature.names) if getattr(feature, "names", None) else None
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from optimum_prune.errors import ConfigError
 from optimum_prune.stages.base import Stage, StageConfig, find_model_file, one_of, positive_int, read_report
 from optimum_prune.stages.data import (
     DatasetConfig,
+    class_names,
     complete_feeds,
     encode,
     labels_of,
@@ -33,6 +34,9 @@ from optimum_prune.stages.data import (
 from optimum_prune.stages.tasks import infer_task, normalize_task
 
 METRICS = ("auto", "fidelity", "accuracy", "perplexity")
+CLASSIFICATION_TASKS = ("text-classification", "image-classification", "audio-classification",
+                        "zero-shot-classification", "multiple-choice")
+"""Tasks whose output is one score per class per example: what ``accuracy`` compares with the labels."""
 
 
 @dataclasses.dataclass
@@ -102,10 +106,13 @@ class EvaluateStage(Stage):
         if metric == "auto":
             if task == "text-generation" and cfg.dataset is not None:
                 metric = "perplexity"
-            elif task.endswith("classification") and cfg.dataset is not None and cfg.dataset.label_column:
+            elif task in CLASSIFICATION_TASKS and cfg.dataset is not None and cfg.dataset.label_column:
                 metric = "accuracy"
             else:
                 metric = "fidelity"
+        if metric == "perplexity" and task != "text-generation":
+            raise ConfigError(f"evaluate perplexity is for text-generation models; {input_dir} is {task}: "
+                              "use metric accuracy (classifiers) or fidelity")
         reference = self._reference(input_dir)
         if metric == "fidelity" and reference is None:
             raise ConfigError(
@@ -127,7 +134,8 @@ class EvaluateStage(Stage):
                 for i in range(0, len(ds), cfg.batch_size)
             ]
             if cfg.dataset.label_column and cfg.dataset.label_column in rows:
-                labels = labels_of(input_dir, rows[cfg.dataset.label_column])
+                column = cfg.dataset.label_column
+                labels = labels_of(input_dir, rows[column], class_names(ds, column))
             source = f"{cfg.dataset.name}:{cfg.dataset.split}"
         else:
             n = cfg.num_samples
@@ -151,7 +159,12 @@ class EvaluateStage(Stage):
                 raise ConfigError(
                     f"evaluate accuracy: dataset has no label column {cfg.dataset.label_column!r}"
                 )
-            pred = np.concatenate([o.reshape(o.shape[0], -1).argmax(-1) for o in outputs])
+            if any(o.ndim != 2 for o in outputs):
+                raise ConfigError(
+                    f"evaluate accuracy compares one prediction per example with its label; the {task} model "
+                    f"{input_dir} outputs {outputs[0].shape} per batch (classes per token?): use metric "
+                    f"fidelity, or accuracy on a {' / '.join(CLASSIFICATION_TASKS[:3])} model")
+            pred = np.concatenate([o.argmax(-1) for o in outputs])
             result["accuracy"] = float((pred == labels).mean())
             result["quality"] = {"name": "accuracy", "value": result["accuracy"], "higher_is_better": True}
         elif metric == "perplexity":
@@ -201,11 +214,19 @@ def _input_names(session) -> set[str]:
 
 
 def _pooled(out: np.ndarray, feeds: dict[str, np.ndarray], task: str) -> np.ndarray:
+    """Rows to compare: a feature extractor's mean-pooled embedding per example, one row per real token for
+    other per-token outputs (token classification; batches padded to different lengths), one row per
+    position for a language model, else one per example."""
     out = out.astype(np.float64)
-    if task == "feature-extraction" and out.ndim == 3 and "attention_mask" in feeds:
-        mask = feeds["attention_mask"][..., None].astype(np.float64)
-        return (out * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
-    return out.reshape(out.shape[0], -1) if task != "text-generation" else out.reshape(-1, out.shape[-1])
+    mask = feeds.get("attention_mask")
+    if task == "feature-extraction" and out.ndim == 3 and mask is not None:
+        weights = mask[..., None].astype(np.float64)
+        return (out * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)
+    if task == "text-generation":
+        return out.reshape(-1, out.shape[-1])
+    if out.ndim == 3 and mask is not None and mask.shape == out.shape[:2]:
+        return out[mask.astype(bool)]
+    return out.reshape(out.shape[0], -1)
 
 
 def _fidelity(

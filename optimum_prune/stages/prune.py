@@ -10,7 +10,7 @@ from typing import Any
 
 from optimum_prune.configuration import PruningConfig
 from optimum_prune.errors import ConfigError
-from optimum_prune.stages.base import Stage, StageConfig, check_keys, find_model_file
+from optimum_prune.stages.base import Stage, StageConfig, check_booleans, check_keys, find_model_file
 from optimum_prune.stages.data import DatasetConfig
 
 _PRUNE_RESERVED = {"self", "config", "save_dir", "plan"}
@@ -54,11 +54,22 @@ class PruneStageConfig(StageConfig):
     calibration: DatasetConfig | dict | str | None = None
 
     def __post_init__(self) -> None:
+        from optimum_prune.importance import criterion_class
+
         self.calibration = DatasetConfig.coerce(self.calibration, "prune calibration")
         if isinstance(self.pruning, Mapping):
             self.pruning = PruningConfig(**self.pruning)
         if not isinstance(self.pruning, PruningConfig):
             raise ConfigError(f"prune: pruning must be a PruningConfig; got {type(self.pruning).__name__}")
+        if self.calibration is not None and self.calibration.text_pair_column is not None:
+            raise ConfigError(f"prune: calibration tokenises one text per example; text_pair_column "
+                              f"{self.calibration.text_pair_column!r} would be ignored: remove it (the first "
+                              "sentence alone calibrates), or join the pair into one text column")
+        if self.calibration is None and criterion_class(self.pruning.importance)[0].requires_calibration:
+            raise ConfigError(
+                f"prune: importance {self.pruning.importance!r} needs calibration data: add calibration to "
+                "the stage (e.g. calibration: {name: rotten_tomatoes, num_samples: 128}), or choose a "
+                "data-free criterion (l1, l2, tree, obs, fidelity)")
         unknown = sorted(set(self.prune_options) - set(_prune_call_keys()))
         if unknown:
             raise ConfigError(
@@ -75,13 +86,18 @@ class PruneStageConfig(StageConfig):
     def from_dict(cls, data: Mapping[str, Any] | None, *, where: str = "") -> PruneStageConfig:
         """Split a flat recipe mapping into PruningConfig fields, prune() options and stage keys."""
         data = dict(data or {})
-        check_keys(data, cls.valid_keys(), where or "stage 'prune'")
+        where = where or "stage 'prune'"
+        check_keys(data, cls.valid_keys(), where)
+        check_booleans(cls, data, where)
         pruning = {k: data.pop(k) for k in list(data) if k in _pruning_keys()}
         for key in ("scope", "exclude", "io_patterns"):
             if isinstance(pruning.get(key), list):
                 pruning[key] = tuple(pruning[key])
         options = {k: data.pop(k) for k in list(data) if k in _prune_call_keys() and k != "calibration"}
-        return cls(pruning=PruningConfig(**pruning), prune_options=options, **data)
+        try:
+            return cls(pruning=PruningConfig(**pruning), prune_options=options, **data)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """Flat form, as a recipe writes it."""
@@ -100,6 +116,9 @@ def load_calibration(folder: Path, cfg: DatasetConfig):
     # packed windows are filled from as many texts as they need: read the whole (shuffled) split
     dataset = load_split(dataclasses.replace(cfg, num_samples=2**62) if cfg.pack else cfg)
     column = cfg.text_column if cfg.text_column in dataset.column_names else cfg.image_column
+    if column not in dataset.column_names:
+        raise ConfigError(f"calibration dataset {cfg.name!r} has neither text_column {cfg.text_column!r} nor "
+                          f"image_column {cfg.image_column!r}; its columns: {dataset.column_names}")
     rows = cfg.num_samples if cfg.pack else min(cfg.num_samples, len(dataset))
     config = CalibrationConfig(num_samples=rows, max_length=cfg.max_length, column=column, pack=cfg.pack)
     return CalibrationData.from_dataset(dataset, folder, config=config)

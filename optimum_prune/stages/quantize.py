@@ -304,7 +304,8 @@ def quantized_node_counts(path: Path) -> dict[str, Any]:
 
 
 def _prepared_for_quantizer(model: Path, scratch: Path) -> Path:
-    """``model``, or a copy of it in ``scratch`` that the quantizers can read.
+    """A copy of ``model`` in ``scratch`` that the quantizers can read (links to the folder's files when no
+    repair is needed).
 
     Two repairs, each only when needed:
 
@@ -325,7 +326,12 @@ def _prepared_for_quantizer(model: Path, scratch: Path) -> Path:
     stale = any(v.name in names for v in header.graph.value_info)
     contrib = any(n.domain == "com.microsoft" for n in header.graph.node)
     if not stale and not contrib:
-        return model
+        # ONNX Runtime's static calibration writes ``<model>-inferred.onnx`` beside the file it reads: give
+        # it links in ``scratch``, so that the input folder is never written to (nor need be writable)
+        for path in model.parent.iterdir():
+            if path.is_file():
+                (scratch / path.name).symlink_to(path.resolve())
+        return scratch / model.name
     full = onnx.load(str(model))
     if contrib:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
