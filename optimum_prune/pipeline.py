@@ -278,7 +278,7 @@ def _parse_stages(items: Any, registry: StageRegistry, overrides: dict[str, dict
             )
         if not isinstance(options, Mapping):
             raise ConfigError(f"recipe {where}[{i}] ({name}): options must be a mapping; got {options!r}")
-        options = {**options, **overrides.get(name, {})}
+        options = _overridden(options, overrides.get(name, {}))
         stage_cls = registry.get(name)
         stages.append(stage_cls.from_dict(options))
     return stages
@@ -314,17 +314,42 @@ def load_yaml(text: str) -> Any:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["benchmark.repeats=3"]`` -> ``{"benchmark": {"repeats": 3}}`` (values parsed as YAML)."""
+    """``["benchmark.repeats=3"]`` -> ``{"benchmark": {"repeats": 3}}`` (values parsed as YAML). A longer
+    path sets one key inside a mapping option and keeps its other keys:
+    ``prune.calibration.num_samples=8`` changes the calibration's sample count only (a whole mapping,
+    ``prune.calibration={...}``, replaces it)."""
     import yaml
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        stage, dot, option = key.strip().partition(".")
-        if not sep or not dot or not stage or not option:
+        stage, *path = key.strip().split(".")
+        if not sep or not stage or not path or not all(path):
             raise ConfigError(f"--set takes STAGE.KEY=VALUE (e.g. benchmark.repeats=3); got {item!r}")
         try:
-            out.setdefault(stage, {})[option] = load_yaml(value)
+            parsed = load_yaml(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+        node = out.setdefault(stage, {})
+        for part in path[:-1]:
+            if not isinstance(node.get(part), _Partial):
+                node[part] = _Partial()
+            node = node[part]
+        node[path[-1]] = parsed
+    return out
+
+
+class _Partial(dict):
+    """Keys ``parse_overrides`` sets inside a mapping option, merged into it rather than replacing it."""
+
+
+def _overridden(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``overrides`` applied: a :class:`_Partial` merges into the mapping it names."""
+    out = dict(options)
+    for key, value in overrides.items():
+        if isinstance(value, _Partial):
+            base = out.get(key)
+            out[key] = _overridden(base if isinstance(base, Mapping) else {}, value)
+        else:
+            out[key] = value
     return out

@@ -504,3 +504,22 @@ def test_benchmark_records_the_sequence_length_that_ran(bert_hf, work):
         exported, work / "bench-out")
     entry = read_report(out)[-1]
     assert entry["sequence_length"] == limit and entry["sequence_length_asked"] == 10 * limit
+
+
+def test_a_dotted_override_sets_one_key_inside_a_mapping_option():
+    from optimum_prune.pipeline import parse_overrides
+
+    calibration = {"name": "csv", "data_files": "a.csv", "num_samples": 64}
+    recipe = {"stages": [{"prune": {"sparsity": 0.3, "importance": "activation", "recover": True,
+                                    "calibration": calibration}}]}
+    overrides = parse_overrides(["prune.calibration.num_samples=8", "prune.recover.damp=0.1"])
+    stage = Pipeline.from_recipe(recipe, overrides=overrides).stages[0]
+    calibration = stage.config.calibration
+    assert (calibration.name, calibration.data_files, calibration.num_samples) == ("csv", "a.csv", 8)
+    assert stage.config.pruning.recover.damp == 0.1
+    # a whole mapping still replaces the option
+    whole = parse_overrides(["prune.calibration={name: rotten_tomatoes, num_samples: 8}"])
+    calibration = Pipeline.from_recipe(recipe, overrides=whole).stages[0].config.calibration
+    assert (calibration.name, calibration.data_files) == ("rotten_tomatoes", None)
+    with pytest.raises(ConfigError, match="STAGE.KEY=VALUE"):
+        parse_overrides(["prune..num_samples=8"])
