@@ -37,6 +37,7 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
+import onnx
 
 from optimum_prune import ORTPruner, PruningConfig, verify
 from optimum_prune.assets import AssetError
@@ -122,7 +123,12 @@ def export_onnx(model_dir: Path, output_dir: Path) -> tuple[Path, bool]:
         tmp.mkdir()
         try:
             # The folder also carries sentence-transformers files; export the plain transformers encoder.
-            main_export(str(model_dir), tmp, task="feature-extraction", library_name="transformers")
+            try:
+                main_export(str(model_dir), tmp, task="feature-extraction", library_name="transformers")
+            except Exception as e:  # optimum and transformers raise many types (ValueError, KeyError)
+                raise DemoError(f"could not export {model_dir} to ONNX for feature extraction "
+                                f"({type(e).__name__}: {e}); the demo takes a Hugging Face text encoder "
+                                "folder (config.json, weights, tokenizer) or an ONNX folder") from e
             if not (tmp / "model.onnx").is_file():
                 raise DemoError(f"the export of {model_dir} produced no model.onnx")
             stamp_file.unlink(missing_ok=True)
@@ -227,8 +233,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
-    except (OSError, ValueError) as e:
-        raise DemoError(f"no usable tokenizer in {onnx_dir}: {e}") from e
+    except Exception as e:  # OSError, ValueError, KeyError (a config class with no tokenizer, e.g. ViT)
+        raise DemoError(f"no usable tokenizer in {onnx_dir} ({type(e).__name__}: {e}); the demo embeds "
+                        "text: give it a text model") from e
+    outputs = [o.name for o in onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph.output]
+    if "last_hidden_state" not in outputs:
+        raise DemoError(f"the demo compares sentence embeddings (the output last_hidden_state of a "
+                        f"feature-extraction export); {onnx_dir / 'model.onnx'} outputs {outputs}: export "
+                        "the model with task feature-extraction, or pass its Hugging Face folder")
     config_file = onnx_dir / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     max_length = min(MAX_LENGTH, config.get("max_position_embeddings", MAX_LENGTH))

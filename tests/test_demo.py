@@ -127,3 +127,28 @@ def test_demo_reports_a_missing_model_without_traceback(tmp_path):
                           check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: model folder not found") and "Traceback" not in proc.stderr
+
+
+def test_demo_reports_folders_it_cannot_use_without_traceback(tiny_bert, tmp_path):
+    """A classifier's ONNX folder (no last_hidden_state) and a folder that does not export: one line each,
+    and nothing pruned for the first (it used to prune, then fail on the missing output)."""
+    import onnx
+
+    classifier = tmp_path / "classifier"
+    shutil.copytree(tiny_bert["onnx"], classifier)
+    model = onnx.load(str(classifier / "model.onnx"))
+    model.graph.output[0].name = "logits"
+    for node in model.graph.node:
+        node.output[:] = ["logits" if o == "last_hidden_state" else o for o in node.output]
+    onnx.save(model, str(classifier / "model.onnx"))
+    no_config = tmp_path / "weights-only"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    for folder, message in ((classifier, "outputs ['logits']"), (no_config, "could not export")):
+        out = tmp_path / f"out-{folder.name}"
+        proc = subprocess.run([sys.executable, str(DEMO), "--model", str(folder), "--output-dir", str(out),
+                               "--reviews", str(tiny_bert["reviews"])], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+        assert not (out / "pruned").exists()
