@@ -39,14 +39,16 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from optimum_prune import ORTPruner, PruningConfig, verify
+from optimum_prune import CalibrationConfig, CalibrationData, ORTPruner, PruningConfig, verify
 from optimum_prune.assets import AssetError
 from optimum_prune.errors import PruningError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "outputs" / "demo"
-CONFIG = PruningConfig(sparsity=0.3, scope=("ffn", "heads"), importance="l2")
+# Wanda-style activation scores and the least-squares repair, both on reviews other than the ones compared
+CONFIG = PruningConfig(sparsity=0.3, scope=("ffn", "heads"), importance="activation", recover=True)
 N_REVIEWS = 48
+N_CALIBRATION = 128
 MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 EXPORT_STAMP = "export.json"  # next to onnx/: which source folder the export was made from
 
@@ -146,9 +148,10 @@ def export_onnx(model_dir: Path, output_dir: Path) -> tuple[Path, bool]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def load_reviews(path: Path, n: int = N_REVIEWS) -> list[str]:
+def load_reviews(path: Path, n: int = N_REVIEWS, offset: int = 0) -> list[str]:
     """``n`` reviews from the Rotten Tomatoes CSV (``category``, ``text``): half ``fresh``, half ``rotten``,
-    evenly spaced through the file (deterministic; ``plot`` synopses are skipped)."""
+    evenly spaced through the file, each ``offset`` rows after its even spot (deterministic; ``plot``
+    synopses are skipped). Offsets 0 and 1 give disjoint sets while ``n`` is at most half the reviews."""
     opener = bz2.open if path.suffix == ".bz2" else open
     by_category: dict[str, list[str]] = {"fresh": [], "rotten": []}
     with opener(path, "rt", encoding="utf-8", newline="") as f:
@@ -161,7 +164,7 @@ def load_reviews(path: Path, n: int = N_REVIEWS) -> list[str]:
         k = n // 2 + (n % 2 if i == 0 else 0)
         if len(texts) < k:
             raise DemoError(f"{path} has {len(texts)} reviews of one category, {k} needed")
-        picked += [texts[j * len(texts) // k] for j in range(k)]
+        picked += [texts[(j * len(texts) // k + offset) % len(texts)] for j in range(k)]
     return picked
 
 
@@ -207,6 +210,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Rotten Tomatoes CSV (category,text); default: the cached data set")
     parser.add_argument("--n-reviews", type=int, default=N_REVIEWS,
                         help="reviews compared; default: %(default)s")
+    parser.add_argument("--n-calibration", type=int, default=N_CALIBRATION,
+                        help="other reviews the criterion and the repair use; default: %(default)s")
     return parser.parse_args(argv)
 
 
@@ -245,10 +250,13 @@ def main(argv: list[str] | None = None) -> dict:
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     max_length = min(MAX_LENGTH, config.get("max_position_embeddings", MAX_LENGTH))
     reviews = load_reviews(Path(reviews_path), args.n_reviews)
+    calibration = CalibrationData.from_texts(load_reviews(Path(reviews_path), args.n_calibration, offset=1),
+                                             onnx_dir, CalibrationConfig(num_samples=args.n_calibration,
+                                                                         max_length=max_length))
 
     pruner = ORTPruner.from_pretrained(onnx_dir, file_name="model.onnx")
     summary = pruner.analyze().summary()
-    out = pruner.prune(CONFIG, output_dir / "pruned")
+    out = pruner.prune(CONFIG, output_dir / "pruned", calibration=calibration)
     check = verify(onnx_dir, out)
     report = json.loads((out / "report.json").read_text())["stages"][-1]
 
@@ -267,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cosine_mean": float(cosine.mean()),
         "cosine_min": float(cosine.min()),
         "n_reviews": len(reviews),
+        "n_calibration": calibration.num_samples,
         "seconds": time.perf_counter() - start,
     }
     print(format_table(result))
@@ -281,7 +290,8 @@ def format_table(r: dict) -> str:
         "",
         f"optimum-prune demo: {r['model']}",
         f"  pruning: sparsity={cfg['sparsity']}, scope={'+'.join(cfg['scope'])}, "
-        f"importance={cfg['importance']}",
+        f"importance={cfg['importance']}" + (", least-squares repair" if cfg.get("recover") else "")
+        + f" (calibration: {r['n_calibration']} other reviews)",
         "",
         f"  {'groups':<32}{'found':>8}{'prunable':>10}{'pruned':>8}{'units removed':>16}",
     ]

@@ -81,7 +81,9 @@ def _check_result(result: dict, out_dir: Path) -> None:
     assert report["params_after"] < report["params_before"]
     assert report["flops_after"] < report["flops_before"]
     assert 0.0 < result["cosine_min"] <= result["cosine_mean"] <= 1.0 + 1e-6
-    assert result["n_reviews"] == N_REVIEWS
+    assert result["n_reviews"] == N_REVIEWS and result["n_calibration"] == 8
+    assert report["config"]["importance"] == "activation" and report["repair"]["consumers"] == 4
+    assert report["repair"]["mean_error_after"] < report["repair"]["mean_error_before"]
     assert result["pruned_dir"] == out_dir / "pruned"
     assert (out_dir / "pruned" / "model.onnx").is_file()
 
@@ -89,7 +91,8 @@ def _check_result(result: dict, out_dir: Path) -> None:
 def test_demo_exports_then_reuses_the_export(demo, tiny_bert, tmp_path, capsys):
     out_dir = tmp_path / "out"
     args = ["--model", str(tiny_bert["hf"]), "--output-dir", str(out_dir),
-            "--reviews", str(tiny_bert["reviews"]), "--n-reviews", str(N_REVIEWS)]
+            "--reviews", str(tiny_bert["reviews"]), "--n-reviews", str(N_REVIEWS),
+            "--n-calibration", "8"]
 
     first = demo.main(args)
     assert first["export"] == "new"
@@ -113,7 +116,8 @@ def test_demo_exports_then_reuses_the_export(demo, tiny_bert, tmp_path, capsys):
 def test_demo_on_an_onnx_folder(demo, tiny_bert, tmp_path, capsys):
     out_dir = tmp_path / "out"
     result = demo.main(["--model", str(tiny_bert["onnx"]), "--output-dir", str(out_dir),
-                        "--reviews", str(tiny_bert["reviews"]), "--n-reviews", str(N_REVIEWS)])
+                        "--reviews", str(tiny_bert["reviews"]), "--n-reviews", str(N_REVIEWS),
+            "--n-calibration", "8"])
     assert result["onnx_dir"] == tiny_bert["onnx"] and result["export"] == "given"
     _check_result(result, out_dir)
     assert not (out_dir / "onnx").exists()
