@@ -278,7 +278,7 @@ def _parse_stages(items: Any, registry: StageRegistry, overrides: dict[str, dict
             )
         if not isinstance(options, Mapping):
             raise ConfigError(f"recipe {where}[{i}] ({name}): options must be a mapping; got {options!r}")
-        options = _overridden(options, overrides.get(name, {}))
+        options = apply_overrides(options, overrides.get(name, {}))
         stage_cls = registry.get(name)
         stages.append(stage_cls.from_dict(options))
     return stages
@@ -343,13 +343,13 @@ class _Partial(dict):
     """Keys ``parse_overrides`` sets inside a mapping option, merged into it rather than replacing it."""
 
 
-def _overridden(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def apply_overrides(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` with ``overrides`` applied: a :class:`_Partial` merges into the mapping it names."""
     out = dict(options)
     for key, value in overrides.items():
         if isinstance(value, _Partial):
             base = out.get(key)
-            out[key] = _overridden(base if isinstance(base, Mapping) else {}, value)
+            out[key] = apply_overrides(base if isinstance(base, Mapping) else {}, value)
         else:
             out[key] = value
     return out

@@ -224,7 +224,8 @@ def test_prune_onnx_budget_rounding_and_generated_repair(installed, bert_onnx, t
     out = tmp_path / "pruned"
     res = optimum_prune(
         installed, "onnx", "--model", str(bert_onnx), "--sparsity", "0.2", "--target", "flops",
-        "--allocation", "global", "--round-to", "ffn=8", "--recover", "--set", "min_units=2", "-o", str(out),
+        "--allocation", "global", "--round-to", "ffn=8", "--recover", "--set", "min_units=2",
+        "--set", "recover.damp=0.1", "-o", str(out),
     )
     assert res.returncode == 0, res.stderr
     assert "repair: " in res.stdout and "generated" in res.stdout and "exact" in res.stdout
@@ -232,7 +233,7 @@ def test_prune_onnx_budget_rounding_and_generated_repair(installed, bert_onnx, t
     config = plan["config"]
     assert (config["allocation"], config["target"], config["round_to"], config["min_units"]) == (
         "global", "flops", {"ffn": 8}, 2)
-    assert config["recover"]["method"] == "lstsq" and plan["repairs"]
+    assert config["recover"]["method"] == "lstsq" and config["recover"]["damp"] == 0.1 and plan["repairs"]
     ffn = [g for g in plan["groups"] if g["kind"] == "ffn"]
     assert any(len(g["kept"]) < g["units"] for g in ffn)
     assert all(len(g["kept"]) % 8 == 0 for g in ffn)

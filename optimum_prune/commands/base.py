@@ -148,7 +148,8 @@ class PruneONNXCommand(_PruneSubcommand):
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="any PruningConfig field (YAML value), e.g. --set recover='{sequential: true, cv_folds: 4}'",
+            help="any PruningConfig field (YAML value), e.g. --set recover='{sequential: true, cv_folds: 4}' "
+            "or --set recover.damp=0.1",
         )
         data = parser.add_argument_group("calibration data (datasets; the Hub is never contacted)")
         data.add_argument(
@@ -171,10 +172,8 @@ class PruneONNXCommand(_PruneSubcommand):
 
     def stage_options(self) -> dict:
         """The flat ``prune`` stage mapping these arguments describe (validated by ``PruneStageConfig``)."""
-        import yaml
-
         from optimum_prune.errors import ConfigError
-        from optimum_prune.pipeline import load_yaml
+        from optimum_prune.pipeline import apply_overrides, parse_overrides
 
         a = self.args
         options: dict = {
@@ -193,13 +192,11 @@ class PruneONNXCommand(_PruneSubcommand):
         if a.recover:
             options["recover"] = True
         for item in a.overrides:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--set takes KEY=VALUE (e.g. recover=true); got {item!r}")
-            try:
-                options[key.strip()] = load_yaml(value)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+            if not item.partition("=")[0].strip() or "=" not in item:
+                raise ConfigError(f"--set takes KEY=VALUE (e.g. recover.damp=0.1); got {item!r}")
+        # the prune stage's overrides of `prune run`: a dotted key sets one key inside a mapping option
+        options = apply_overrides(options, parse_overrides([f"prune.{item}" for item in a.overrides])
+                                  .get("prune", {}))
         if a.calibration is not None:
             calibration = {"name": a.calibration, "split": a.calibration_split, "num_samples": a.num_samples,
                            "max_length": a.max_length}
