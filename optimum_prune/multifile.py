@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,7 @@ from optimum_prune.pruner import (
     _write_report,
     check_save_dir,
     copy_side_files,
+    removed_share,
     staging_folder,
 )
 
@@ -274,9 +275,9 @@ class MultiFilePruner:
                         f"the data given ({given}) neither feeds its inputs {sorted(self._inputs[f])} nor, "
                         "through the encoder, a decoder's: pass a mapping {file name: CalibrationData} "
                         "(Python API), or choose a data-free criterion (l1, l2, tree, obs, fidelity)") from e
-                raise CalibrationRequiredError(f"{f}: {e}") from e
+                raise type(e)(f"{f}: {e}") from e
             except ConfigError as e:
-                raise ConfigError(f"{f}: {e}") from e
+                raise type(e)(f"{f}: {e}") from e
             follows = [gp for gp in plans[f].groups if gp.id in follow]
             if config.recovery is not None and any(len(gp.kept) < gp.units for gp in follows):
                 raise ConfigError(
@@ -379,7 +380,8 @@ class MultiFilePruner:
             seconds = time.perf_counter() - start
             components = {f: pm.report(seconds, []) for f, pm in pruned.items()}
             asked = config or PruningConfig.from_dict(next(iter(pruned.values())).plan.config)
-            hints = [*config_hints(combined, removed, asked, cut=_cut(pruned.values(), asked.target)),
+            cut = removed_share(pruned.values(), asked.target)
+            hints = [*config_hints(combined, removed, asked, cut=cut),
                      *(h for c in components.values() for h in c.get("hints", []))]
             report = {"stage": "prune", "config": next(iter(components.values()))["config"],
                       "params_before": sum(c["params_before"] for c in components.values()),
@@ -396,14 +398,6 @@ class MultiFilePruner:
             _write_report(tmp, self.folder, report)
         warn_mistakes(hints)
         return save_dir
-
-
-def _cut(pruned: Iterable[PrunedModel], target: str) -> float:
-    """The fraction of the files' summed parameters (``target="params"``) or else FLOPs removed."""
-    params = target == "params"
-    totals = [(pm.params_before, pm.params_after) if params else (pm.flops_before, pm.flops_after)
-              for pm in pruned]
-    return 1.0 - sum(a for _, a in totals) / max(sum(b for b, _ in totals), 1)
 
 
 def read_component_plans(folder: str | os.PathLike) -> dict[str, PruningPlan]:

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,12 +156,6 @@ class PrunedModel:
     folded_ifs: tuple[IfDecision, ...] = ()
     hints: list[str] = field(default_factory=list)  # see optimum_prune.hints.config_hints
 
-    def cut(self, target: str) -> float:
-        """The fraction of the parameters (``target="params"``) or else of the FLOPs removed."""
-        before, after = ((self.params_before, self.params_after) if target == "params"
-                         else (self.flops_before, self.flops_after))
-        return 1.0 - after / max(before, 1)
-
     def report(self, seconds: float, config_notes: list[str]) -> dict:
         """The ``prune`` entry of ``report.json``."""
         return {
@@ -186,6 +180,13 @@ class PrunedModel:
             "groups": [{**g.summary(), "kept": len(g_plan.kept)}
                        for g, g_plan in zip(self.groups, self.plan.groups, strict=True)],
         }
+
+
+def removed_share(models: Iterable[PrunedModel], target: str) -> float:
+    """The fraction of the ``models``' summed parameters (``target="params"``) or else FLOPs removed."""
+    totals = [(m.params_before, m.params_after) if target == "params" else (m.flops_before, m.flops_after)
+              for m in models]
+    return 1.0 - sum(a for _, a in totals) / max(sum(b for b, _ in totals), 1)
 
 
 def check_save_dir(save_dir: str | os.PathLike | None, source_folder: Path, config: PruningConfig | None,
@@ -499,7 +500,8 @@ class ORTPruner:
         start = time.perf_counter()
         pruned = self.prune_in_memory(config, plan=plan, calibration=calibration)
         asked = config or PruningConfig.from_dict(pruned.plan.config)  # a replayed plan: its config's hints
-        pruned.hints = config_hints(pruned.groups, pruned.removed, asked, cut=pruned.cut(asked.target))
+        cut = removed_share([pruned], asked.target)
+        pruned.hints = config_hints(pruned.groups, pruned.removed, asked, cut=cut)
         with staging_folder(save_dir) as tmp:
             model_file = tmp / self.model_path.name
             self._copy_side_files(tmp)

@@ -211,22 +211,21 @@ class PruneONNXCommand(_PruneSubcommand):
         return options
 
     def execute(self) -> int:
-        from optimum_prune.errors import ConfigError
-        from optimum_prune.importance import criterion_class
+        from optimum_prune.errors import CalibrationRequiredError, ConfigError
         from optimum_prune.pruner import ORTPruner
         from optimum_prune.stages import read_report
         from optimum_prune.stages.prune import PruneStageConfig, load_calibration
 
         a = self.args
         options = self.stage_options()
-        importance, _ = criterion_class(options["importance"])
-        if importance.requires_calibration and "calibration" not in options:
+        try:
+            stage = PruneStageConfig.from_dict(options, where="prune onnx")
+        except CalibrationRequiredError as e:  # the stage's check, said in the command's words
             raise ConfigError(
                 f"--importance {options['importance']} needs calibration data: add --calibration NAME "
                 "(e.g. --calibration rotten_tomatoes, or --calibration csv --calibration-files data.csv "
                 "--calibration-column text), or choose a data-free criterion (l1, l2, tree, obs, fidelity)"
-            )
-        stage = PruneStageConfig.from_dict(options, where="prune onnx")
+            ) from e
         pruner = ORTPruner.from_pretrained(a.model, file_name=a.file_name)
         options = dict(stage.prune_options)
         if stage.calibration is not None:

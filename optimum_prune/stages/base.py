@@ -63,7 +63,7 @@ class StageConfig:
         except ConfigError as e:
             if str(e).startswith(where):
                 raise
-            raise ConfigError(f"{where}: {e}") from e
+            raise type(e)(f"{where}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (nested configurations included), stored in ``report.json``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from optimum_prune.configuration import PruningConfig
-from optimum_prune.errors import ConfigError
+from optimum_prune.errors import CalibrationRequiredError, ConfigError
 from optimum_prune.stages.base import Stage, StageConfig, check_booleans, check_keys, find_model_file
 from optimum_prune.stages.data import DatasetConfig
 
@@ -66,7 +66,7 @@ class PruneStageConfig(StageConfig):
                               f"{self.calibration.text_pair_column!r} would be ignored: remove it (the first "
                               "sentence alone calibrates), or join the pair into one text column")
         if self.calibration is None and criterion_class(self.pruning.importance)[0].requires_calibration:
-            raise ConfigError(
+            raise CalibrationRequiredError(
                 f"prune: importance {self.pruning.importance!r} needs calibration data: add calibration to "
                 "the stage (e.g. calibration: {name: rotten_tomatoes, num_samples: 128}), or choose a "
                 "data-free criterion (l1, l2, tree, obs, fidelity)")
@@ -97,7 +97,7 @@ class PruneStageConfig(StageConfig):
         try:
             return cls(pruning=PruningConfig(**pruning), prune_options=options, **data)
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from e
+            raise type(e)(f"{where}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """Flat form, as a recipe writes it."""
